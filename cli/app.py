@@ -1,0 +1,253 @@
+"""`hyperclone` commands. Each one parses flags, calls the Python API and renders the result."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grow small language models into larger ones that compute the same function.")
+out = Console()
+err = Console(stderr=True)
+
+
+def user_errors(fn):
+    """Bad input ends in one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from hyperclone.errors import UserError
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]: nothing was written")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _overrides(pairs: list[str] | None) -> dict | None:
+    from hyperclone.errors import UserError
+
+    if not pairs:
+        return None
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {pair!r}: write KEY=VALUE, e.g. --set num_attention_heads=8")
+        try:
+            found[key] = json.loads(value)
+        except ValueError:
+            found[key] = value
+    return found
+
+
+SetOpt = typer.Option(None, "--set", help="Config field for a source without config.json, KEY=VALUE (repeatable).")
+ConfigOpt = typer.Option(None, "--config", help="config.json to use for the source.")
+PickleOpt = typer.Option(False, "--allow-pickle", help="Read pickled .bin/.pt weights (with weights_only=True).")
+
+
+def _plan_options(width, ffn, layers, noise, seed, dtype, config, set_, allow_pickle) -> dict:
+    layer_value: int | str | None = layers
+    if layers is not None and layers.isdigit():
+        layer_value = int(layers)
+    return dict(width=width, ffn=ffn, layers=layer_value, noise=noise, seed=seed, dtype=dtype,
+                config=config, overrides=_overrides(set_), allow_pickle=allow_pickle)
+
+
+def _plan_table(summary: dict) -> Table:
+    s, d = summary["source_spec"], summary["target_spec"]
+    table = Table(title=f"{summary['family']} → target {summary['target']['name']}")
+    table.add_column("")
+    table.add_column("source", justify="right")
+    table.add_column("grown", justify="right")
+    for key in ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "layers", "vocab", "tied"):
+        table.add_row(key, str(s[key]), str(d[key]))
+    table.add_row("parameters", "", f"{summary['total_params']:,}")
+    table.add_row("bytes", "", f"{summary['bytes'] / 1e9:.3f} GB ({summary['dtype']})")
+    return table
+
+
+@app.command()
+@user_errors
+def grow(
+    src: str = typer.Argument(..., help="A .safetensors file, a model directory or hf://org/name[@rev]."),
+    to: str = typer.Option(..., "--to", help="Preset name (see `hyperclone presets`) or a target YAML file."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output directory (default: <source>-<target>)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write nothing."),
+    width: Optional[int] = typer.Option(None, help="Override the target's width multiplier."),
+    ffn: Optional[int] = typer.Option(None, help="Override the target's FFN multiplier."),
+    layers: Optional[str] = typer.Option(None, help="Override the target's layer count (N or Nx)."),
+    noise: Optional[float] = typer.Option(None, help="Symmetry-breaking noise scale; 0 gives exact copies."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the symmetry-breaking noise."),
+    dtype: Optional[str] = typer.Option(None, help="Output dtype: float32, bfloat16 or float16 (default: the source's)."),
+    shard_size: str = typer.Option("5GB", "--shard-size", help="Largest shard, e.g. 5GB or 500MB."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    allow_pickle: bool = PickleOpt,
+) -> None:
+    """Grow SRC into a larger model that computes the same function."""
+    import hyperclone
+
+    options = _plan_options(width, ffn, layers, noise, seed, dtype, config, set_, allow_pickle)
+    growth = hyperclone.plan(src, to, **options)
+    summary = growth.summary()
+    for warning in growth.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if dry_run:
+        out.print(_plan_table(summary))
+        for op in summary["operators"]:
+            out.print(f"  • {op}", highlight=False)
+        return
+    if output is None:
+        output = Path(f"{Path(src.rstrip('/')).stem}-{growth.target.name}")
+    from hyperclone.grow import write_plan
+
+    path = write_plan(growth, output, force=force, shard_size=shard_size, progress=True)
+    err.print(f"[green]grown[/] {summary['total_params']:,} parameters → {path}")
+
+
+@app.command()
+@user_errors
+def plan(
+    src: str = typer.Argument(..., help="A .safetensors file, a model directory or hf://org/name[@rev]."),
+    to: str = typer.Option(..., "--to", help="Preset name or target YAML file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    width: Optional[int] = typer.Option(None),
+    ffn: Optional[int] = typer.Option(None),
+    layers: Optional[str] = typer.Option(None),
+    noise: Optional[float] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    dtype: Optional[str] = typer.Option(None),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    allow_pickle: bool = PickleOpt,
+) -> None:
+    """Show what growing SRC to a target produces, reading headers only."""
+    import hyperclone
+
+    growth = hyperclone.plan(src, to, **_plan_options(width, ffn, layers, noise, seed, dtype, config, set_, allow_pickle))
+    summary = growth.summary()
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    for warning in growth.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    out.print(_plan_table(summary))
+    for op in summary["operators"]:
+        out.print(f"  • {op}", highlight=False)
+
+
+@app.command()
+@user_errors
+def verify(
+    src: str = typer.Argument(..., help="The source checkpoint."),
+    grown: str = typer.Argument(..., help="The grown checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
+    seq_len: int = typer.Option(32, "--seq-len", help="Tokens per sequence."),
+    batch: int = typer.Option(2, "--batch", help="Sequences."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random tokens."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest allowed |logit difference|."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    allow_pickle: bool = PickleOpt,
+) -> None:
+    """Check with transformers' own classes that GROWN computes what SRC computes (exit 0 yes, 1 no)."""
+    import hyperclone
+
+    result = hyperclone.verify(src, grown, batch=batch, seq_len=seq_len, seed=seed, tolerance=tolerance,
+                               config=config, overrides=_overrides(set_), allow_pickle=allow_pickle)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        verdict = "[green]PASS[/]" if result["passed"] else "[red]FAIL[/]"
+        out.print(
+            f"{verdict} max |Δlogit| {result['max_abs_diff']:.3e} (tolerance {result['tolerance']:g}), "
+            f"argmax agreement {result['argmax_agreement']:.2%} on {result['tokens']} tokens; "
+            f"parameters {result['source_params']:,} → {result['grown_params']:,}"
+        )
+    raise typer.Exit(0 if result["passed"] else 1)
+
+
+@app.command()
+@user_errors
+def inspect(
+    ckpt: str = typer.Argument(..., help="A .safetensors file, a model directory or hf://org/name[@rev]."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    allow_pickle: bool = PickleOpt,
+) -> None:
+    """Family, layers, widths, parameter count, dtype and size on disk."""
+    import hyperclone
+
+    info = hyperclone.inspect(ckpt, config_path=config, overrides=_overrides(set_), allow_pickle=allow_pickle)
+    if as_json:
+        sys.stdout.write(json.dumps(info) + "\n")
+        return
+    table = Table(title=info["path"], show_header=False)
+    for key, value in info.items():
+        if key != "path":
+            table.add_row(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def presets() -> None:
+    """List the growth presets shipped in recipes/."""
+    import hyperclone
+
+    table = Table(title="presets (use with --to NAME)")
+    table.add_column("name")
+    table.add_column("settings")
+    table.add_column("description")
+    for name, data in hyperclone.presets().items():
+        settings = ", ".join(f"{k}={v}" for k, v in data.items() if k != "description")
+        table.add_row(name, settings, data.get("description", ""))
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def demo(
+    family: str = typer.Option("llama", help="Family of the tiny example model."),
+    to: str = typer.Option("2x", "--to", help="Preset or target YAML."),
+    workdir: Optional[Path] = typer.Option(None, help="Keep the example models here (default: a temporary directory)."),
+) -> None:
+    """Make a tiny model, grow it and verify it: the whole job on a built-in example."""
+    import hyperclone
+    from hyperclone.testing import save_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="hyperclone-demo-") as tmp:
+        base = workdir or Path(tmp)
+        source = save_tiny_model(family, base / f"tiny-{family}")
+        err.print(f"made a tiny {family} model in {source}")
+        grown = hyperclone.grow(source, to, base / f"tiny-{family}-{to}", force=True)
+        result = hyperclone.verify(source, grown)
+        verdict = "[green]PASS[/]" if result["passed"] else "[red]FAIL[/]"
+        out.print(
+            f"{verdict} grew {result['source_params']:,} → {result['grown_params']:,} parameters; "
+            f"max |Δlogit| {result['max_abs_diff']:.2e}, argmax agreement {result['argmax_agreement']:.0%}"
+        )
+    raise typer.Exit(0 if result["passed"] else 1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Per-family tables: which tensor plays which role in the growth maths.
+
+A family is data, not code: the operators in `hyperclone.ops` and the planner in
+`hyperclone.plan` turn roles into tensors, so a new architecture costs one entry here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hyperclone.errors import UserError
+
+
+class Role(Enum):
+    """How a tensor relates to the residual stream, which decides how it grows."""
+
+    READ_ATTN = "read_attn"  # reads the residual, writes head space (q, k, v)
+    READ_FFN = "read_ffn"  # reads the residual, writes the FFN's inner space (gate, up)
+    WRITE_ATTN = "write_attn"  # reads head space, writes the residual (o_proj)
+    WRITE_FFN = "write_ffn"  # reads the FFN's inner space, writes the residual (down)
+    QKV_FUSED = "qkv_fused"  # rows [q; k; v], each a READ_ATTN (phi3)
+    GATE_UP_FUSED = "gate_up_fused"  # rows [gate; up], each a READ_FFN (phi3)
+    RES_NORM = "res_norm"  # norm over the residual (weight, bias)
+    PROJ_NORM = "proj_norm"  # norm over all heads of a projection (olmo2 q_norm/k_norm)
+    HEAD_NORM = "head_norm"  # norm over one head's dims (qwen3 q_norm/k_norm)
+
+
+WRITES = (Role.WRITE_ATTN, Role.WRITE_FFN)
+NORMS = (Role.RES_NORM, Role.PROJ_NORM, Role.HEAD_NORM)
+
+
+@dataclass(frozen=True)
+class Rule:
+    module: str  # name relative to the layer prefix, without .weight/.bias
+    role: Role
+
+
+def _rules(**modules: Role) -> tuple[Rule, ...]:
+    return tuple(Rule(name.replace("__", "."), role) for name, role in modules.items())
+
+
+_LLAMA_ATTN = dict(
+    self_attn__q_proj=Role.READ_ATTN,
+    self_attn__k_proj=Role.READ_ATTN,
+    self_attn__v_proj=Role.READ_ATTN,
+    self_attn__o_proj=Role.WRITE_ATTN,
+)
+_SWIGLU = dict(mlp__gate_proj=Role.READ_FFN, mlp__up_proj=Role.READ_FFN, mlp__down_proj=Role.WRITE_FFN)
+_PRE_NORMS = dict(input_layernorm=Role.RES_NORM, post_attention_layernorm=Role.RES_NORM)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Names and rules of one transformers model_type."""
+
+    model_type: str
+    rules: tuple[Rule, ...]
+    layer_prefix: str = "model.layers."
+    embed: str = "model.embed_tokens"
+    final_norm: str = "model.norm"
+    lm_head: str = "lm_head"
+    # Norms computing x * (offset + w): gemma's (1 + w). Fresh norms start at 1 - offset.
+    norm_offset: float = 0.0
+    # The embedding output is multiplied by sqrt(hidden_size) (gemma).
+    embed_scale_sqrt_hidden: bool = False
+    kv_heads_field: str | None = "num_key_value_heads"
+    # Tensor names (suffixes) that hold no weights and are dropped, e.g. cached rotary tables.
+    ignore_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
+    # Field in config.json giving the inner FFN size.
+    ffn_field: str = "intermediate_size"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def rule_for(self, module: str) -> Rule | None:
+        for rule in self.rules:
+            if rule.module == module:
+                return rule
+        return None
+
+
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in [
+        Family("llama", _rules(**_LLAMA_ATTN, **_SWIGLU, **_PRE_NORMS)),
+        Family("mistral", _rules(**_LLAMA_ATTN, **_SWIGLU, **_PRE_NORMS)),
+        Family("qwen2", _rules(**_LLAMA_ATTN, **_SWIGLU, **_PRE_NORMS)),
+        Family(
+            "qwen3",
+            _rules(**_LLAMA_ATTN, self_attn__q_norm=Role.HEAD_NORM, self_attn__k_norm=Role.HEAD_NORM, **_SWIGLU, **_PRE_NORMS),
+        ),
+        Family(
+            "gemma2",
+            _rules(
+                **_LLAMA_ATTN,
+                **_SWIGLU,
+                **_PRE_NORMS,
+                pre_feedforward_layernorm=Role.RES_NORM,
+                post_feedforward_layernorm=Role.RES_NORM,
+            ),
+            norm_offset=1.0,
+            embed_scale_sqrt_hidden=True,
+        ),
+        Family(
+            "olmo2",
+            _rules(
+                **_LLAMA_ATTN,
+                self_attn__q_norm=Role.PROJ_NORM,
+                self_attn__k_norm=Role.PROJ_NORM,
+                **_SWIGLU,
+                post_attention_layernorm=Role.RES_NORM,
+                post_feedforward_layernorm=Role.RES_NORM,
+            ),
+        ),
+        Family(
+            "phi3",
+            _rules(
+                self_attn__qkv_proj=Role.QKV_FUSED,
+                self_attn__o_proj=Role.WRITE_ATTN,
+                mlp__gate_up_proj=Role.GATE_UP_FUSED,
+                mlp__down_proj=Role.WRITE_FFN,
+                **_PRE_NORMS,
+            ),
+        ),
+        Family(
+            "gpt_neox",
+            _rules(
+                # query_key_value is per-head interleaved [h, (q k v), hd]: tiling whole rows
+                # keeps copy c of head i at c*h + i, so it grows like a plain READ_ATTN.
+                attention__query_key_value=Role.READ_ATTN,
+                attention__dense=Role.WRITE_ATTN,
+                mlp__dense_h_to_4h=Role.READ_FFN,
+                mlp__dense_4h_to_h=Role.WRITE_FFN,
+                input_layernorm=Role.RES_NORM,
+                post_attention_layernorm=Role.RES_NORM,
+            ),
+            layer_prefix="gpt_neox.layers.",
+            embed="gpt_neox.embed_in",
+            final_norm="gpt_neox.final_layer_norm",
+            lm_head="embed_out",
+            kv_heads_field=None,
+            ignore_suffixes=("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias"),
+        ),
+    ]
+}
+
+
+def family_for(model_type: str | None) -> Family:
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    raise UserError(
+        f"unsupported model family {model_type!r}: hyperclone grows {', '.join(sorted(FAMILIES))}"
+    )

@@ -1,0 +1,36 @@
+"""What a checkpoint is: family, shape, parameters, dtype, size on disk — from headers alone."""
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+
+from hyperclone.io.reader import open_checkpoint
+from hyperclone.plan import NAME_BY_DTYPE
+from hyperclone.spec import spec_from_config
+
+
+def inspect_checkpoint(source: str | os.PathLike, **open_options) -> dict:
+    ckpt = open_checkpoint(source, **open_options)
+    spec = spec_from_config(ckpt.config)
+    fam = spec.adapter
+    counted = {n: t for n, t in ckpt.tensors.items() if not n.endswith(fam.ignore_suffixes)}
+    if spec.tied:
+        counted.pop(fam.lm_head + ".weight", None)
+    dtypes = Counter()
+    for t in counted.values():
+        dtypes[NAME_BY_DTYPE.get(t.dtype, str(t.dtype))] += math.prod(t.shape)
+    info = {
+        "path": str(ckpt.path),
+        **spec.as_dict(),
+        "parameters": sum(math.prod(t.shape) for t in counted.values()),
+        "dtype": dtypes.most_common(1)[0][0] if dtypes else None,
+        "dtypes": dict(dtypes),
+        "size_on_disk": sum(f.stat().st_size for f in ckpt.weight_files()),
+        "files": len(ckpt.weight_files()),
+        "config_inferred": bool(ckpt.config_inferred),
+    }
+    manifest = ckpt.directory / "growth.json"
+    if manifest.exists():
+        info["grown_by_hyperclone"] = True
+    return info

@@ -1,0 +1,1 @@
+"""Reading sources lazily and writing sharded checkpoints."""

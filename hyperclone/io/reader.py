@@ -1,0 +1,186 @@
+"""Lazy checkpoint reader: tensor names, shapes and row slices, never the whole model at once."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from hyperclone.errors import UserError
+from hyperclone.io.infer import infer_config
+from hyperclone.io.resolve import resolve_source
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    file: Path
+
+
+@dataclass
+class Checkpoint:
+    """A source opened lazily. `config` is config.json's content (or what was inferred)."""
+
+    path: Path
+    files: list[Path]
+    tensors: dict[str, TensorInfo]
+    config: dict
+    config_inferred: list[str] = field(default_factory=list)
+    _handles: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def directory(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def _handle(self, file: Path):
+        if file not in self._handles:
+            if file.suffix in PICKLE_SUFFIXES:
+                self._handles[file] = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+            else:
+                self._handles[file] = safe_open(str(file), framework="pt")
+        return self._handles[file]
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a tensor (elements for a vector), read without loading the rest."""
+        info = self.tensors[name]
+        handle = self._handle(info.file)
+        try:
+            if isinstance(handle, dict):
+                return handle[name][start:stop]
+            return handle.get_slice(name)[start:stop]
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise UserError(f"cannot read tensor {name} from {info.file}: {exc}; the file is damaged, re-export it") from None
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.rows(name, 0, self.tensors[name].shape[0] if self.tensors[name].shape else 1)
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    def weight_files(self) -> list[Path]:
+        return sorted({t.file for t in self.tensors.values()})
+
+
+def _safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
+    """Parse a safetensors header and check it against the file's size (catches truncation)."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise ValueError("shorter than a safetensors header")
+            n = int.from_bytes(raw, "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length runs past the end of the file")
+            header = json.loads(fh.read(n))
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"{file} is not a valid safetensors file ({exc}): re-download or re-export it") from None
+    meta = header.pop("__metadata__", None) or {}
+    infos: dict[str, TensorInfo] = {}
+    end = 0
+    for name, entry in header.items():
+        try:
+            dtype = DTYPES[entry["dtype"]]
+            begin, stop = entry["data_offsets"]
+            shape = tuple(int(s) for s in entry["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{file} has a malformed entry for tensor {name}: re-export the checkpoint") from None
+        end = max(end, stop)
+        infos[name] = TensorInfo(name, shape, dtype, file)
+    if 8 + n + end > size:
+        raise UserError(
+            f"{file} is truncated ({size} bytes, its header needs {8 + n + end}): re-download or re-export it"
+        )
+    return infos, meta
+
+
+def _pickle_tensors(file: Path, allow_pickle: bool) -> dict[str, TensorInfo]:
+    if not allow_pickle:
+        raise UserError(
+            f"{file} is a pickled checkpoint; hyperclone reads safetensors only unless you pass --allow-pickle "
+            "(then it loads with weights_only=True)"
+        )
+    try:
+        state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # torch raises many types for bad pickles
+        raise UserError(f"cannot load {file} safely ({str(exc).splitlines()[0]}); convert it to safetensors") from None
+    return {k: TensorInfo(k, tuple(v.shape), v.dtype, file) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _weight_files(directory: Path, allow_pickle: bool) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = directory / index_name
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError):
+                raise UserError(f"{index} is not a valid shard index: it needs a 'weight_map'") from None
+            files = sorted({directory / f for f in weight_map.values()})
+            missing = [f.name for f in files if not f.exists()]
+            if missing:
+                raise UserError(f"{directory} misses shard {missing[0]} named in {index_name}: download it again")
+            return files
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES and "training_args" not in p.name)
+    if pickles and allow_pickle:
+        return pickles
+    hint = " (it has pickled weights: pass --allow-pickle)" if pickles else ""
+    raise UserError(f"{directory} holds no .safetensors weights{hint}")
+
+
+def open_checkpoint(
+    source: str | os.PathLike,
+    *,
+    config_path: str | os.PathLike | None = None,
+    overrides: dict | None = None,
+    allow_pickle: bool = False,
+) -> Checkpoint:
+    """Open a .safetensors file (config.json beside it), a model directory, or an hf:// source."""
+    path = resolve_source(source)
+    if path.is_dir():
+        files = _weight_files(path, allow_pickle)
+        directory = path
+    else:
+        if path.suffix not in (".safetensors",) + PICKLE_SUFFIXES:
+            raise UserError(f"{path} is neither a .safetensors file nor a model directory")
+        files, directory = [path], path.parent
+    tensors: dict[str, TensorInfo] = {}
+    metadata: dict = {}
+    for file in files:
+        if file.suffix in PICKLE_SUFFIXES:
+            found = _pickle_tensors(file, allow_pickle)
+        else:
+            found, meta = _safetensors_header(file)
+            metadata.update(meta)
+        tensors.update(found)
+    if not tensors:
+        raise UserError(f"{path} holds no tensors")
+
+    cfg_file = Path(config_path) if config_path else directory / "config.json"
+    inferred: list[str] = []
+    if cfg_file.exists():
+        try:
+            config = json.loads(cfg_file.read_text())
+        except ValueError as exc:
+            raise UserError(f"{cfg_file} is not valid JSON ({exc}): fix or replace it") from None
+    elif config_path:
+        raise UserError(f"config file {cfg_file} does not exist")
+    else:
+        config, inferred = infer_config({k: v.shape for k, v in tensors.items()}, metadata, overrides or {}, path)
+    if overrides:
+        config.update(overrides)
+    return Checkpoint(path=path, files=files, tensors=tensors, config=config, config_inferred=inferred)

@@ -1,0 +1,53 @@
+"""growth.json: what was grown from what, so a grown checkpoint can be traced and reproduced."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from hyperclone.plan import GrowthPlan
+
+
+def tool_version() -> str:
+    try:
+        return metadata.version("hyperclone")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def sha256_file(path: Path, on_bytes: Callable[[int], None] = lambda n: None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            digest.update(block)
+            on_bytes(len(block))
+    return digest.hexdigest()
+
+
+def source_files(plan: GrowthPlan) -> list[Path]:
+    ckpt = plan.source
+    files = list(ckpt.weight_files())
+    config = ckpt.directory / "config.json"
+    if config.exists():
+        files.append(config)
+    return files
+
+
+def build_manifest(plan: GrowthPlan, source_hashes: dict[Path, str], shards: list[dict], copied: list[str]) -> dict:
+    summary = plan.summary()
+    summary.pop("config")
+    return {
+        "hyperclone_version": tool_version(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "path": str(plan.source.path),
+            "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": h} for p, h in source_hashes.items()],
+        },
+        **summary,
+        "seed": plan.target.seed,
+        "noise": plan.target.noise,
+        "shards": shards,
+        "copied_files": copied,
+    }

@@ -1,0 +1,98 @@
+"""Row-chunked production of one output tensor from source rows.
+
+An output tensor is a vertical stack of segments; each segment maps a row range of one source
+tensor to the same number of output rows, transforming columns only (tile, split, zero, ...).
+That keeps every operator row-separable, so a tensor of any size is produced in bounded memory,
+and chunk boundaries depend on shapes alone so the noise, seeded per chunk, is reproducible.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from hyperclone.ops.split import split_exact
+
+# Elements of float64 work per chunk (~64 MB per buffer). A constant, never a machine property:
+# chunk boundaries seed the noise, so changing it changes the bits of the output.
+CHUNK_ELEMENTS = 1 << 23
+
+RowReader = Callable[[str, int, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """`rows` output rows made from source rows [start, start + rows) of `source`.
+
+    op:
+      copy   — the source rows (cast to the output dtype)
+      tile   — `copies` copies side by side, times `scale`
+      split  — `copies` parts side by side that sum exactly to the rows (zero-sum `noise`)
+      part   — part number `part` of such a split, with `scale`/`offset` (tied final norms)
+      zeros / fill / normal — no source: a constant `value`, or N(0, value^2) for fresh layers
+    `in_cols` is the source's column count (1 for vectors); output columns = in_cols * copies
+    for tile/split, in_cols otherwise.
+    """
+
+    op: str
+    rows: int
+    in_cols: int = 1
+    source: str | None = None
+    start: int = 0
+    copies: int = 1
+    part: int = 0
+    scale: float = 1.0
+    offset: float = 0.0
+    noise: float = 0.0
+    value: float = 0.0
+    key: str = ""
+
+    @property
+    def out_cols(self) -> int:
+        return self.in_cols * self.copies if self.op in ("tile", "split") else self.in_cols
+
+
+def _generator(seed: int, key: str, row: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{key}:{row}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def chunk_rows(seg: Segment) -> int:
+    width = max(seg.in_cols * max(seg.copies, 1), 1)
+    return max(1, CHUNK_ELEMENTS // width)
+
+
+def _transform(seg: Segment, x: torch.Tensor, dtype: torch.dtype, seed: int, row: int) -> torch.Tensor:
+    gen = _generator(seed, seg.key, row) if seg.noise > 0 or seg.op == "normal" else None
+    if seg.op == "copy":
+        return x.to(dtype)
+    if seg.op == "tile":
+        return (x.to(dtype).to(torch.float64) * seg.scale).to(dtype).repeat(1, seg.copies)
+    if seg.op == "split":
+        return torch.cat(split_exact(x.to(dtype), seg.copies, dtype, noise=seg.noise, generator=gen), dim=-1)
+    if seg.op == "part":
+        parts = split_exact(x.to(dtype), seg.copies, dtype, scale=seg.scale, offset=seg.offset)
+        return parts[seg.part]
+    raise ValueError(f"unknown segment op {seg.op}")
+
+
+def produce_rows(
+    segments: list[Segment], read_rows: RowReader, dtype: torch.dtype, seed: int
+) -> Iterator[torch.Tensor]:
+    """Yield the output tensor as consecutive 2D row chunks in `dtype`."""
+    for seg in segments:
+        step = chunk_rows(seg)
+        for r0 in range(0, seg.rows, step):
+            r1 = min(seg.rows, r0 + step)
+            shape = (r1 - r0, seg.out_cols)
+            if seg.op in ("zeros", "fill"):
+                yield torch.full(shape, seg.value, dtype=dtype)
+            elif seg.op == "normal":
+                gen = _generator(seed, seg.key, r0)
+                yield (torch.randn(shape, dtype=torch.float32, generator=gen) * seg.value).to(dtype)
+            else:
+                x = read_rows(seg.source, seg.start + r0, seg.start + r1)
+                x = x.reshape(r1 - r0, -1)
+                yield _transform(seg, x, dtype, seed, r0)

@@ -1,0 +1,291 @@
+"""The planner: from a source checkpoint and a target, one recipe (list of segments) per output tensor.
+
+Every output path — the streaming writer, the in-memory API, dry runs — consumes this plan, so the
+maths lives in one place: roles (hyperclone.arch) decide the segments, operators
+(hyperclone.ops) turn segments into tensors.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from hyperclone.arch import Family, Role
+from hyperclone.arch.families import NORMS, WRITES
+from hyperclone.errors import UserError
+from hyperclone.io.reader import Checkpoint
+from hyperclone.ops import Segment
+from hyperclone.spec import ModelSpec, config_for, spec_from_config
+from hyperclone.targets import Target
+
+LAYER = re.compile(r"^(\d+)\.(.+)\.(weight|bias)$")
+DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+NAME_BY_DTYPE = {v: k for k, v in DTYPE_BY_NAME.items()}
+
+
+@dataclass
+class OutTensor:
+    name: str
+    shape: tuple[int, ...]
+    segments: list[Segment]
+
+
+@dataclass
+class GrowthPlan:
+    source: Checkpoint
+    target: Target
+    src: ModelSpec
+    dst: ModelSpec
+    config: dict
+    dtype: torch.dtype
+    tensors: list[OutTensor]
+    layer_map: list[int]
+    inserted: list[bool]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_params(self) -> int:
+        return sum(math.prod(t.shape) for t in self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return self.total_params * self.dtype.itemsize
+
+    def operators(self) -> list[str]:
+        s, d, t = self.src, self.dst, self.target
+        ops = []
+        if t.width > 1:
+            ops.append(
+                f"width x{t.width}: hidden {s.hidden}->{d.hidden}, heads {s.heads}->{d.heads}, "
+                f"kv heads {s.kv_heads}->{d.kv_heads}, head_dim {s.head_dim}"
+            )
+        if t.ffn > 1:
+            ops.append(f"ffn x{t.ffn}: intermediate {s.intermediate * t.width}->{d.intermediate}")
+        if d.layers > s.layers:
+            after = [self.layer_map[j] for j, new in enumerate(self.inserted) if new]
+            ops.append(f"depth {s.layers}->{d.layers}: {t.depth_init} layers with zeroed output projections after source layers {after}")
+        if not ops:
+            ops.append("identity (same shape)")
+        return ops
+
+    def summary(self) -> dict:
+        return {
+            "source": str(self.source.path),
+            "family": self.src.family,
+            "target": self.target.as_dict(),
+            "source_spec": self.src.as_dict(),
+            "target_spec": self.dst.as_dict(),
+            "operators": self.operators(),
+            "dtype": NAME_BY_DTYPE[self.dtype],
+            "total_params": self.total_params,
+            "active_params": self.total_params,
+            "bytes": self.nbytes,
+            "layer_map": self.layer_map,
+            "warnings": self.warnings,
+            "config": self.config,
+        }
+
+
+def depth_layout(layers: int, target_layers: int, insert_after: tuple[int, ...] | None) -> list[tuple[int, bool]]:
+    """(source layer, inserted?) for each target layer; new layers follow the source layer they copy."""
+    extra = target_layers - layers
+    if insert_after is not None:
+        if len(insert_after) != extra:
+            raise UserError(f"insert_after names {len(insert_after)} positions but {extra} layers are added")
+        bad = [p for p in insert_after if not 0 <= p < layers]
+        if bad:
+            raise UserError(f"insert_after position {bad[0]} is not a source layer (0..{layers - 1})")
+        counts = [list(insert_after).count(i) for i in range(layers)]
+    else:  # spread evenly
+        counts = [((i + 1) * extra) // layers - (i * extra) // layers for i in range(layers)]
+    out: list[tuple[int, bool]] = []
+    for i in range(layers):
+        out.append((i, False))
+        out.extend([(i, True)] * counts[i])
+    return out
+
+
+def _dominant_dtype(ckpt: Checkpoint) -> torch.dtype:
+    counts: dict[torch.dtype, int] = {}
+    for info in ckpt.tensors.values():
+        if info.dtype.is_floating_point:
+            counts[info.dtype] = counts.get(info.dtype, 0) + math.prod(info.shape)
+    dtype = max(counts, key=counts.get) if counts else torch.float32
+    if dtype not in NAME_BY_DTYPE:
+        raise UserError(f"source dtype {dtype} is not supported: convert to float32, bfloat16 or float16 (or pass --dtype)")
+    return dtype
+
+
+class _Builder:
+    """Turns (role, source tensor) into segments for one target layer."""
+
+    def __init__(self, fam: Family, src: ModelSpec, target: Target, init_std: float):
+        self.fam, self.src, self.t, self.init_std = fam, src, target, init_std
+        n, m = target.width, target.ffn
+        attn_tiles = (n, n)  # (row tiles, column parts)
+        self.shape = {
+            Role.READ_ATTN: attn_tiles,
+            Role.QKV_FUSED: attn_tiles,
+            Role.READ_FFN: (n * m, n),
+            Role.GATE_UP_FUSED: (n * m, n),
+            Role.WRITE_ATTN: (n, n),
+            Role.WRITE_FFN: (n, n * m),
+        }
+
+    def row_ranges(self, role: Role, rows: int) -> list[tuple[int, int]]:
+        s = self.src
+        if role is Role.QKV_FUSED:
+            q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+            bounds = [0, q, q + kv, q + 2 * kv]
+        elif role is Role.GATE_UP_FUSED:
+            bounds = [0, rows // 2, rows]
+        else:
+            bounds = [0, rows]
+        if bounds[-1] != rows:
+            raise UserError(f"a fused tensor has {rows} rows, but the config implies {bounds[-1]}: config.json does not match the weights")
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def linear(self, out_name: str, src_name: str, shape: tuple, role: Role, is_bias: bool, new: bool) -> list[Segment]:
+        tiles, parts = self.shape[role]
+        fresh = new and self.t.depth_init == "fresh"
+        zero = new and role in WRITES
+        segs = []
+        for k, (r0, r1) in enumerate(self.row_ranges(role, shape[0])):
+            rows = r1 - r0
+            for a in range(tiles):
+                key = f"{out_name}#{k}/{a}"
+                if is_bias:
+                    if zero or fresh:
+                        segs.append(Segment("zeros", rows, 1, key=key))
+                    else:
+                        segs.append(Segment("copy", rows, 1, src_name, r0, key=key))
+                elif zero:
+                    segs.append(Segment("zeros", rows, shape[1] * parts, key=key))
+                elif fresh:
+                    segs.append(Segment("normal", rows, shape[1] * parts, value=self.init_std, key=key))
+                else:
+                    segs.append(Segment("split", rows, shape[1], src_name, r0, copies=parts, noise=self.t.noise, key=key))
+        return segs
+
+    def norm(self, out_name: str, src_name: str, length: int, role: Role, is_bias: bool, new: bool) -> list[Segment]:
+        copies = 1 if role is Role.HEAD_NORM else self.t.width
+        if new and self.t.depth_init == "fresh":
+            value = 0.0 if is_bias else 1.0 - self.fam.norm_offset
+            return [Segment("fill", length, 1, value=value, key=out_name) for _ in range(copies)]
+        return [Segment("copy", length, 1, src_name, 0, key=out_name) for _ in range(copies)]
+
+
+def _check_shape(name: str, shape: tuple, role: Role, src: ModelSpec) -> None:
+    if len(shape) == 2:
+        reads_residual = role not in WRITES
+        width = shape[1] if reads_residual else shape[0]
+        if width != src.hidden:
+            raise UserError(f"{name} has shape {list(shape)} but the config says hidden_size {src.hidden}: config.json does not match the weights")
+
+
+def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
+    config = ckpt.config
+    src = spec_from_config(config)
+    fam = src.adapter
+    n = target.width
+    target_layers = target.layer_count(src.layers)
+    layout = depth_layout(src.layers, target_layers, target.insert_after)
+    dtype = DTYPE_BY_NAME[target.dtype] if target.dtype else _dominant_dtype(ckpt)
+    dst = replace(
+        src,
+        hidden=src.hidden * n,
+        heads=src.heads * n,
+        kv_heads=src.kv_heads * n,
+        intermediate=src.intermediate * n * target.ffn,
+        layers=target_layers,
+    )
+    warnings: list[str] = []
+    builder = _Builder(fam, src, target, float(config.get("initializer_range", 0.02)))
+
+    globals_: dict[str, str] = {}
+    per_layer: dict[int, dict[str, str]] = {i: {} for i in range(src.layers)}
+    for name in ckpt.tensors:
+        if name.endswith(fam.ignore_suffixes):
+            continue
+        module, _, suffix = name.rpartition(".")
+        if module in (fam.embed, fam.final_norm, fam.lm_head) and suffix in ("weight", "bias"):
+            globals_[name] = module
+            continue
+        if name.startswith(fam.layer_prefix) and (m := LAYER.match(name[len(fam.layer_prefix) :])):
+            i, rel, suffix = int(m.group(1)), m.group(2), m.group(3)
+            if fam.rule_for(rel) is None:
+                raise UserError(f"tensor {name} is not part of a {fam.model_type} model hyperclone knows; is model_type right?")
+            if i >= src.layers:
+                raise UserError(f"tensor {name} is beyond num_hidden_layers={src.layers}: config.json does not match the weights")
+            per_layer[i][f"{rel}.{suffix}"] = name
+            continue
+        raise UserError(f"tensor {name} is not part of a {fam.model_type} model hyperclone knows; is model_type right?")
+
+    embed = fam.embed + ".weight"
+    if embed not in ckpt.tensors:
+        raise UserError(f"{ckpt.path} has no {embed}: not a {fam.model_type} checkpoint")
+    empty = [i for i, t in per_layer.items() if not t]
+    if empty:
+        raise UserError(f"{ckpt.path} has no tensors for layer {empty[0]} of {src.layers}: the checkpoint is incomplete")
+    vocab, hidden = ckpt.tensors[embed].shape
+    if hidden != src.hidden or vocab != src.vocab:
+        raise UserError(f"{embed} has shape {[vocab, hidden]} but config.json says vocab_size {src.vocab}, hidden_size {src.hidden}")
+
+    sigma = 1.0 / math.sqrt(n) if fam.embed_scale_sqrt_hidden else 1.0
+    if fam.embed_scale_sqrt_hidden and math.isqrt(n) ** 2 != n and dtype != torch.float32:
+        warnings.append(
+            f"{fam.model_type} multiplies embeddings by sqrt(hidden_size): width {n} needs E/sqrt({n}), which "
+            f"{NAME_BY_DTYPE[dtype]} cannot hold exactly, so logits will differ slightly (use width 4 or --dtype float32)"
+        )
+
+    tensors: list[OutTensor] = []
+
+    def add(name: str, source_shape: tuple, segments: list[Segment]) -> None:
+        rows = sum(s.rows for s in segments)
+        shape = (rows,) if len(source_shape) == 1 else (rows, segments[0].out_cols)
+        tensors.append(OutTensor(name, shape, segments))
+
+    tensors_embed = [Segment("tile", vocab, hidden, embed, copies=n, scale=sigma, key=embed)]
+    add(embed, (vocab, hidden), tensors_embed)
+
+    for j, (i, new) in enumerate(layout):
+        for rel, src_name in sorted(per_layer[i].items()):
+            module, suffix = rel.rsplit(".", 1)
+            role = fam.rule_for(module).role
+            shape = ckpt.tensors[src_name].shape
+            _check_shape(src_name, shape, role, src)
+            out_name = f"{fam.layer_prefix}{j}.{rel}"
+            is_bias = suffix == "bias"
+            if role in NORMS:
+                add(out_name, shape, builder.norm(out_name, src_name, shape[0], role, is_bias, new))
+            else:
+                add(out_name, shape, builder.linear(out_name, src_name, shape, role, is_bias, new))
+
+    lm_head = fam.lm_head + ".weight"
+    for suffix in ("weight", "bias"):
+        name = f"{fam.final_norm}.{suffix}"
+        if name not in ckpt.tensors:
+            continue
+        length = ckpt.tensors[name].shape[0]
+        if dst.tied:
+            offset = fam.norm_offset if suffix == "weight" else 0.0
+            segs = [Segment("part", length, 1, name, copies=n, part=c, scale=1.0 / sigma, offset=offset, key=name) for c in range(n)]
+        else:
+            segs = [Segment("copy", length, 1, name, key=name) for _ in range(n)]
+        add(name, (length,), segs)
+    if not dst.tied:
+        if lm_head not in ckpt.tensors:
+            raise UserError(f"{ckpt.path} has no {lm_head} but tie_word_embeddings is false: the checkpoint is incomplete")
+        add(lm_head, (vocab, hidden), [Segment("split", vocab, hidden, lm_head, copies=n, noise=target.noise, key=lm_head)])
+
+    layer_map = [i for i, _ in layout]
+    cfg = config_for(config, src, dst, layer_map, NAME_BY_DTYPE[dtype])
+    if ckpt.config_inferred:
+        warnings.append(
+            "no config.json: sizes were read from tensor shapes; "
+            + ", ".join(ckpt.config_inferred)
+            + f" take transformers' defaults for {fam.model_type} (pass --config or --set to give them)"
+        )
+    return GrowthPlan(ckpt, target, src, dst, cfg, dtype, tensors, layer_map, [new for _, new in layout], warnings)

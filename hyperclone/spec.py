@@ -1,0 +1,83 @@
+"""Architecture-neutral description of a dense decoder, read from and written back to config.json."""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+from hyperclone.arch import Family, family_for
+from hyperclone.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    family: str
+    vocab: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    layers: int
+    tied: bool
+
+    @property
+    def adapter(self) -> Family:
+        return family_for(self.family)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _need(config: dict, key: str, where: str) -> int:
+    value = config.get(key)
+    if value is None:
+        raise UserError(f"{where} has no {key!r}: add it to config.json or pass --set {key}=VALUE")
+    return value
+
+
+def spec_from_config(config: dict, where: str = "config.json") -> ModelSpec:
+    """Read the growth-relevant shape of a model from its config dict."""
+    fam = family_for(config.get("model_type"))
+    hidden = _need(config, "hidden_size", where)
+    heads = _need(config, "num_attention_heads", where)
+    kv = config.get(fam.kv_heads_field) if fam.kv_heads_field else None
+    kv = heads if kv is None else kv
+    head_dim = config.get("head_dim") or hidden // heads
+    if heads % kv:
+        raise UserError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
+    # transformers' own default: gpt_neox and phi3 are untied unless said, the others read the config.
+    tied = bool(config.get("tie_word_embeddings", fam.model_type == "gemma2"))
+    return ModelSpec(
+        family=fam.model_type,
+        vocab=_need(config, "vocab_size", where),
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv,
+        head_dim=head_dim,
+        intermediate=_need(config, fam.ffn_field, where),
+        layers=_need(config, "num_hidden_layers", where),
+        tied=tied,
+    )
+
+
+def config_for(source_config: dict, src: ModelSpec, dst: ModelSpec, layer_map: list[int], dtype_name: str) -> dict:
+    """The target's config.json: the source's, with the grown sizes and per-layer lists remapped."""
+    fam = src.adapter
+    cfg = copy.deepcopy(source_config)
+    cfg["hidden_size"] = dst.hidden
+    cfg["num_attention_heads"] = dst.heads
+    if fam.kv_heads_field:
+        cfg[fam.kv_heads_field] = dst.kv_heads
+    cfg[fam.ffn_field] = dst.intermediate
+    cfg["num_hidden_layers"] = dst.layers
+    if cfg.get("head_dim") is not None or src.head_dim != src.hidden // src.heads:
+        cfg["head_dim"] = dst.head_dim
+    if isinstance(cfg.get("layer_types"), list):
+        cfg["layer_types"] = [source_config["layer_types"][i] for i in layer_map]
+    if "max_window_layers" in cfg and cfg.get("max_window_layers") is not None and isinstance(cfg.get("layer_types"), list):
+        # layer_types now says which layers slide; keep max_window_layers consistent with it.
+        cfg["max_window_layers"] = dst.layers
+    cfg["tie_word_embeddings"] = dst.tied
+    cfg["dtype"] = dtype_name
+    cfg.pop("torch_dtype", None)
+    return cfg

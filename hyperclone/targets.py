@@ -1,0 +1,170 @@
+"""Growth targets: presets in recipes/ or a YAML file, validated into one dataclass."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from hyperclone.errors import UserError
+
+DEFAULT_NOISE = 0.01
+KEYS = {"description", "width", "ffn", "layers", "noise", "seed", "depth_init", "insert_after", "dtype"}
+LATER = {
+    "moe": "MoE targets (moe:) are not supported by this version yet: grow the dense model first",
+    "total_params": "goal targets (total_params/active_params) are not supported by this version yet: give width/ffn/layers",
+    "active_params": "goal targets (total_params/active_params) are not supported by this version yet: give width/ffn/layers",
+}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    width: int = 1
+    ffn: int = 1
+    layers: int | str | None = None  # a layer count, or "Nx" for N times the source's
+    noise: float = DEFAULT_NOISE
+    seed: int = 0
+    depth_init: str = "copy"  # "copy": neighbour's weights; "fresh": random init (output projections zero either way)
+    insert_after: tuple[int, ...] | None = None
+    dtype: str | None = None
+    description: str = ""
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["insert_after"] = list(self.insert_after) if self.insert_after is not None else None
+        return d
+
+    def layer_count(self, source_layers: int) -> int:
+        if self.layers is None:
+            return source_layers
+        if isinstance(self.layers, str):
+            count = source_layers * _multiplier(self.layers, "layers")
+        else:
+            count = self.layers
+        if count < source_layers:
+            raise UserError(
+                f"layers {self.layers} would give {count} layers, fewer than the source's {source_layers}: "
+                "hyperclone only adds layers"
+            )
+        return count
+
+
+def _multiplier(text: str, key: str) -> int:
+    body = text.strip().lower().removesuffix("x")
+    try:
+        value = int(body)
+    except ValueError:
+        raise UserError(f"{key}: {text!r} is not a layer count or a multiplier such as '2x'") from None
+    if value < 1:
+        raise UserError(f"{key}: {text!r} must be at least 1x")
+    return value
+
+
+def _positive_int(key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{key} must be a whole number, got {value!r}")
+    if value != int(value):
+        lo, hi = math.floor(value), math.ceil(value)
+        raise UserError(
+            f"{key} {value} is not reachable by function-preserving growth: it must be a whole multiplier "
+            f"(nearest reachable: {max(lo, 1)} or {hi})"
+        )
+    if value < 1:
+        raise UserError(f"{key} must be at least 1, got {value}")
+    return int(value)
+
+
+def target_from_dict(data: dict, name: str) -> Target:
+    if not isinstance(data, dict):
+        raise UserError(f"target {name} must be a YAML mapping of keys such as width, ffn, layers, noise")
+    for key in data:
+        if key in LATER:
+            raise UserError(f"target {name}: {LATER[key]}")
+        if key not in KEYS:
+            raise UserError(f"target {name}: unknown key {key!r} (known: {', '.join(sorted(KEYS))})")
+    out: dict = {"name": name}
+    for key in ("width", "ffn"):
+        if key in data:
+            out[key] = _positive_int(key, data[key])
+    if data.get("layers") is not None:
+        layers = data["layers"]
+        if isinstance(layers, str):
+            _multiplier(layers, "layers")
+            out["layers"] = layers
+        else:
+            out["layers"] = _positive_int("layers", layers)
+    if "noise" in data:
+        noise = data["noise"]
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0 or not math.isfinite(noise):
+            raise UserError(f"noise must be a number >= 0 (0 gives exact copies), got {noise!r}")
+        out["noise"] = float(noise)
+    if "seed" in data:
+        if isinstance(data["seed"], bool) or not isinstance(data["seed"], int):
+            raise UserError(f"seed must be an integer, got {data['seed']!r}")
+        out["seed"] = data["seed"]
+    if "depth_init" in data:
+        if data["depth_init"] not in ("copy", "fresh"):
+            raise UserError(f"depth_init must be 'copy' or 'fresh', got {data['depth_init']!r}")
+        out["depth_init"] = data["depth_init"]
+    if data.get("insert_after") is not None:
+        positions = data["insert_after"]
+        if not isinstance(positions, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+            raise UserError("insert_after must be a list of source layer indices, e.g. [1, 3]")
+        out["insert_after"] = tuple(positions)
+    if data.get("dtype") is not None:
+        if data["dtype"] not in DTYPES:
+            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {data['dtype']!r}")
+        out["dtype"] = data["dtype"]
+    if "description" in data:
+        out["description"] = str(data["description"])
+    return Target(**out)
+
+
+def _preset_dir():
+    return resources.files("hyperclone.recipes")
+
+
+def presets() -> dict[str, dict]:
+    """Every growth preset shipped in recipes/, by name."""
+    found = {}
+    for entry in sorted(_preset_dir().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            data = yaml.safe_load(entry.read_text())
+            if isinstance(data, dict) and data.get("kind", "growth") == "growth":
+                data = {k: v for k, v in data.items() if k != "kind"}
+                found[entry.name[: -len(".yaml")]] = data
+    return found
+
+
+def load_target(spec: str | os.PathLike | dict | Target, overrides: dict | None = None) -> Target:
+    """A Target from a preset name, a YAML path, a dict or a Target; `overrides` win (None values ignored)."""
+    if isinstance(spec, Target):
+        data, name = {k: v for k, v in spec.as_dict().items() if k != "name"}, spec.name
+    elif isinstance(spec, dict):
+        data, name = dict(spec), "custom"
+    else:
+        text = str(spec)
+        path = Path(text).expanduser()
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.exists():
+                raise UserError(f"target file {text} does not exist")
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise UserError(f"target file {text} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            data = {k: v for k, v in data.items() if k != "kind"} if isinstance(data, dict) else data
+            name = path.stem
+        else:
+            table = presets()
+            if text not in table:
+                raise UserError(f"unknown target {text!r}: give a YAML file or one of the presets {', '.join(table)}")
+            data, name = table[text], text
+    if overrides:
+        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    data = {k: v for k, v in data.items() if v is not None}
+    return target_from_dict(data, name)

@@ -1,0 +1,59 @@
+"""Tiny real checkpoints of every supported family, for the demo, the tests and the benchmarks.
+
+Weights are drawn larger than transformers' init (and norms away from 1) so that logits are far
+from uniform: a growth bug then shows up as a real difference, not as noise around zero.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+BASE = dict(vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+FAMILY_EXTRAS: dict[str, dict] = {
+    "llama": dict(num_key_value_heads=2),
+    "mistral": dict(num_key_value_heads=1, sliding_window=None),
+    "qwen2": dict(num_key_value_heads=2),
+    "qwen3": dict(num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
+    "gemma2": dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=8),
+    "olmo2": dict(num_key_value_heads=2),
+    "phi3": dict(num_key_value_heads=2),
+    "gpt_neox": dict(rotary_pct=0.5, use_parallel_residual=True),
+}
+
+
+def tiny_config(family: str, **overrides):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(family, **{**BASE, **FAMILY_EXTRAS.get(family, {}), **overrides})
+
+
+def randomize_(model: torch.nn.Module, seed: int, offset: float = 0.0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if p.dim() == 1 and "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 - offset + 0.2 * noise)
+            elif p.dim() == 1:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(noise * (1.0 / p.shape[-1]) ** 0.5)
+
+
+def save_tiny_model(family: str, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> Path:
+    """Build a random tiny `family` model and save it with save_pretrained; return its directory."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    config = tiny_config(family, **overrides)
+    model = AutoModelForCausalLM.from_config(config)
+    randomize_(model, seed, offset=1.0 if family == "gemma2" else 0.0)
+    model = model.to(dtype)
+    path = Path(path)
+    model.save_pretrained(path)
+    return path

@@ -1,0 +1,1 @@
+"""Growth presets and training recipes as YAML (installed as package data of hyperclone.recipes)."""
