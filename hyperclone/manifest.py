@@ -38,6 +38,7 @@ def source_files(plan: GrowthPlan) -> list[Path]:
 def build_manifest(plan: GrowthPlan, source_hashes: dict[Path, str], shards: list[dict], copied: list[str]) -> dict:
     summary = plan.summary()
     summary.pop("config")
+    summary.pop("source")
     return {
         "hyperclone_version": tool_version(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

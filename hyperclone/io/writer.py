@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -37,13 +38,10 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int):
         return text
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-    s = text.strip().upper().replace(" ", "")
-    digits = s.rstrip("KMGTIB")
-    unit = s[len(digits) :]
-    if unit not in units or not digits:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Z]*)", text.strip().upper().replace(" ", ""))
+    if not match or match.group(2) not in units:
         raise ValueError(f"not a size: {text!r} (write e.g. 5GB or 500MB)")
-    return int(float(digits) * units[unit])
-
+    return int(float(match.group(1)) * units[match.group(2)])
 
 def assign_shards(slots: list[TensorSlot], shard_bytes: int) -> list[list[TensorSlot]]:
     """Greedy, in order; a tensor larger than a shard gets one of its own."""
