@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,8 @@ def write_shards(
                     on_bytes(data.nbytes)
                 if count != slot.nbytes:
                     raise RuntimeError(f"internal error: {slot.name} produced {count} bytes, expected {slot.nbytes}")
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the directory is renamed into place
         written.append({"file": file_name, "bytes": (directory / file_name).stat().st_size, "sha256": digest.hexdigest()})
     if len(groups) > 1:
         index = {
