@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ GENERATE = r"""
 import sys, torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import logging; logging.disable_progress_bar()
-cfg = AutoConfig.for_model("llama", vocab_size=32000, hidden_size=1536, intermediate_size=4096, num_hidden_layers=16,
+cfg = AutoConfig.for_model("llama", vocab_size=32000, hidden_size=1536, intermediate_size=4096, num_hidden_layers=17,
                            num_attention_heads=12, num_key_value_heads=4, tie_word_embeddings=False)
 with torch.device("cpu"):
     torch.manual_seed(0)
@@ -44,6 +43,23 @@ def plain_copy(src_files: list[Path], dst: Path) -> int:
             w.flush()
             os.fsync(w.fileno())
     return total
+
+
+def run_measuring_rss(cmd: list[str]) -> int:
+    """Run cmd; return its peak resident set size, sampled every 20 ms (the child alone)."""
+    import psutil
+
+    proc = psutil.Popen(cmd)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
+    if proc.returncode:
+        raise SystemExit(f"{cmd[1]} failed with exit code {proc.returncode}")
+    return peak
 
 
 def machine() -> dict:
@@ -76,9 +92,8 @@ def main() -> None:
 
         exe = shutil.which("hyperclone")
         t0 = time.perf_counter()
-        subprocess.run([exe, "grow", str(src), "--to", args.target, "-o", str(work / "grown")], check=True)
+        peak_rss = run_measuring_rss([exe, "grow", str(src), "--to", args.target, "-o", str(work / "grown")])
         grow_s = time.perf_counter() - t0
-        peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child: grow
         out_bytes = sum(f.stat().st_size for f in (work / "grown").glob("*.safetensors"))
 
         verify = subprocess.run([exe, "verify", str(src), str(work / "grown"), "--json", "--seq-len", "16", "--batch", "1"],

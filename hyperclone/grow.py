@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,8 @@ def grow(
     on-disk-to-memory key mapping and is bit-identical to what `out` would hold.
     """
     growth = plan(source, target, **plan_options)
+    for message in growth.warnings:
+        warnings.warn(message, stacklevel=2)
     if dry_run:
         return growth
     if out is not None:

@@ -124,8 +124,8 @@ class _Builder:
     def __init__(self, fam: Family, src: ModelSpec, target: Target, init_std: float):
         self.fam, self.src, self.t, self.init_std = fam, src, target, init_std
         n, m = target.width, target.ffn
-        attn_tiles = (n, n)  # (row tiles, column parts)
-        self.shape = {
+        attn_tiles = (n, n)
+        self.tiling = {  # role -> (row tiles, column parts)
             Role.READ_ATTN: attn_tiles,
             Role.QKV_FUSED: attn_tiles,
             Role.READ_FFN: (n * m, n),
@@ -148,7 +148,7 @@ class _Builder:
         return list(zip(bounds[:-1], bounds[1:]))
 
     def linear(self, out_name: str, src_name: str, shape: tuple, role: Role, is_bias: bool, new: bool) -> list[Segment]:
-        tiles, parts = self.shape[role]
+        tiles, parts = self.tiling[role]
         fresh = new and self.t.depth_init == "fresh"
         zero = new and role in WRITES
         segs = []
@@ -247,8 +247,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
         shape = (rows,) if len(source_shape) == 1 else (rows, segments[0].out_cols)
         tensors.append(OutTensor(name, shape, segments))
 
-    tensors_embed = [Segment("tile", vocab, hidden, embed, copies=n, scale=sigma, key=embed)]
-    add(embed, (vocab, hidden), tensors_embed)
+    add(embed, (vocab, hidden), [Segment("tile", vocab, hidden, embed, copies=n, scale=sigma, key=embed)])
 
     for j, (i, new) in enumerate(layout):
         for rel, src_name in sorted(per_layer[i].items()):

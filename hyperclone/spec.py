@@ -74,9 +74,9 @@ def config_for(source_config: dict, src: ModelSpec, dst: ModelSpec, layer_map: l
         cfg["head_dim"] = dst.head_dim
     if isinstance(cfg.get("layer_types"), list):
         cfg["layer_types"] = [source_config["layer_types"][i] for i in layer_map]
-    if "max_window_layers" in cfg and cfg.get("max_window_layers") is not None and isinstance(cfg.get("layer_types"), list):
-        # layer_types now says which layers slide; keep max_window_layers consistent with it.
-        cfg["max_window_layers"] = dst.layers
+    if isinstance(cfg.get("max_window_layers"), int):
+        # qwen2/qwen3: layers below max_window_layers differ from those above; keep each new layer on its source's side.
+        cfg["max_window_layers"] = sum(1 for i in layer_map if i < source_config["max_window_layers"])
     cfg["tie_word_embeddings"] = dst.tied
     cfg["dtype"] = dtype_name
     cfg.pop("torch_dtype", None)

@@ -32,7 +32,8 @@ def test_bare_file_infers_what_shapes_make_certain(tiny, tmp_path):
     growth = hyperclone.plan(bare, "2x")
     assert (growth.src.heads, growth.src.kv_heads, growth.src.head_dim, growth.src.tied) == (4, 2, 16, True)
     assert any("no config.json" in w for w in growth.warnings)
-    out = hyperclone.grow(bare, "2x", tmp_path / "g", progress=False)
+    with pytest.warns(UserWarning, match="no config.json"):
+        out = hyperclone.grow(bare, "2x", tmp_path / "g", progress=False)
     assert_preserved(hyperclone.verify(bare, out))
 
     llama = tmp_path / "llama.safetensors"

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from hyperclone.errors import UserError
 from hyperclone.io.infer import infer_config
@@ -27,6 +27,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: torch.dtype
     file: Path
+    offset: int = -1  # absolute byte offset of the data in a safetensors file; -1 for pickles
 
 
 @dataclass
@@ -49,25 +50,37 @@ class Checkpoint:
             if file.suffix in PICKLE_SUFFIXES:
                 self._handles[file] = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
             else:
-                self._handles[file] = safe_open(str(file), framework="pt")
+                self._handles[file] = os.open(file, os.O_RDONLY)
         return self._handles[file]
 
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of a tensor (elements for a vector), read without loading the rest."""
+        """Rows [start, stop) of a tensor (elements for a vector), read without loading the rest.
+
+        safetensors rows are read with pread at the header's offsets rather than through mmap, so
+        pages already used do not pile up in this process's resident memory.
+        """
         info = self.tensors[name]
         handle = self._handle(info.file)
-        try:
-            if isinstance(handle, dict):
-                return handle[name][start:stop]
-            return handle.get_slice(name)[start:stop]
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise UserError(f"cannot read tensor {name} from {info.file}: {exc}; the file is damaged, re-export it") from None
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.rows(name, 0, self.tensors[name].shape[0] if self.tensors[name].shape else 1)
+        if isinstance(handle, dict):
+            return handle[name][start:stop]
+        row_elems = math.prod(info.shape[1:])
+        size = (stop - start) * row_elems * info.dtype.itemsize
+        buf = bytearray(size)
+        got = os.preadv(handle, [buf], info.offset + start * row_elems * info.dtype.itemsize)
+        if got != size:
+            raise UserError(f"cannot read tensor {name} from {info.file}: the file ended early; re-export it")
+        if size == 0:
+            return torch.empty((stop - start, *info.shape[1:]), dtype=info.dtype)
+        return torch.frombuffer(buf, dtype=info.dtype).reshape(stop - start, *info.shape[1:])
 
     def close(self) -> None:
-        self._handles.clear()
+        for handle in getattr(self, "_handles", {}).values():
+            if isinstance(handle, int):
+                os.close(handle)
+        getattr(self, "_handles", {}).clear()
+
+    def __del__(self) -> None:
+        self.close()
 
     def weight_files(self) -> list[Path]:
         return sorted({t.file for t in self.tensors.values()})
@@ -97,8 +110,10 @@ def _safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
             shape = tuple(int(s) for s in entry["shape"])
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{file} has a malformed entry for tensor {name}: re-export the checkpoint") from None
+        if stop - begin != math.prod(shape) * dtype.itemsize:
+            raise UserError(f"{file}: tensor {name} has {stop - begin} bytes for shape {list(shape)}; the file is corrupt")
         end = max(end, stop)
-        infos[name] = TensorInfo(name, shape, dtype, file)
+        infos[name] = TensorInfo(name, shape, dtype, file, 8 + n + begin)
     if 8 + n + end > size:
         raise UserError(
             f"{file} is truncated ({size} bytes, its header needs {8 + n + end}): re-download or re-export it"

@@ -10,10 +10,6 @@ from __future__ import annotations
 import torch
 
 
-def _round(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x.to(dtype).to(torch.float64)
-
-
 def split_exact(
     x: torch.Tensor,
     parts: int,
@@ -34,28 +30,41 @@ def split_exact(
     Fallbacks per element, in order: the noisy split, the even split, and — when `scale` is a whole
     number k — k parts equal to x and the rest equal to -offset, which is always exact.
     """
-    x = x.to(torch.float64)
     if parts == 1 and scale == 1.0:
         return [x.to(dtype)]
-    target = scale * (x + offset) - parts * offset
-    even = _round(target / parts, dtype)
+    plain = scale == 1.0 and offset == 0.0
+    # All but the last part may be any value of `dtype`, so they are drawn in float32 (cheap); only
+    # the remainder must be exact, so it alone is computed in float64.
+    work = x.to(torch.float32) if plain else (scale * (x.to(torch.float64) + offset) - parts * offset)
+    share = work / parts
     if noise > 0:
-        rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt() if x.dim() > 1 else x.pow(2).mean().sqrt()
-        eps = torch.randn((parts - 1, *x.shape), dtype=torch.float64, generator=generator) * (noise * rms)
-        first = _round(target / parts + eps, dtype)
+        rms = work.pow(2).mean(dim=-1, keepdim=True).sqrt() if x.dim() > 1 else work.pow(2).mean().sqrt()
+        eps = torch.randn((parts - 1, *x.shape), dtype=torch.float32, generator=generator)
+        first = (share + eps * (noise * rms)).to(dtype)
     else:
-        first = even.expand(parts - 1, *x.shape)
-    last = target - first.sum(0)
-    ok = _round(last, dtype) == last
-    if noise > 0 and not bool(ok.all()):
-        even_last = target - (parts - 1) * even
-        use_even = ~ok
-        first = torch.where(use_even, even, first)
-        last = torch.where(use_even, even_last, last)
-        ok = _round(last, dtype) == last
-    if not bool(ok.all()) and float(scale).is_integer():
+        first = share.to(dtype).expand(parts - 1, *x.shape)
+    target = x.to(torch.float64) if plain else work
+    taken = first[0].to(torch.float64) if parts == 2 else first.to(torch.float64).sum(0)
+    last = target - taken
+    last_rounded = last.to(dtype)
+    ok = last_rounded.to(torch.float64) == last
+    if bool(ok.all()):
+        return list(first.unbind(0)) + [last_rounded]
+    # Elements whose remainder is not representable (a few %, with noise) are redone alone: the even
+    # split, then — when `scale` is a whole number k — k parts equal to x and the rest -offset.
+    bad = ~ok
+    first = first.clone()
+    t = target[bad]
+    even = (t / parts).to(dtype).to(torch.float64)
+    fixed_first = even.expand(parts - 1, *t.shape).clone()
+    fixed_last = t - (parts - 1) * even
+    still = fixed_last.to(dtype).to(torch.float64) != fixed_last
+    if bool(still.any()) and float(scale).is_integer():
         k = int(scale)
-        fallback = torch.stack([x if c < k else torch.full_like(x, -offset) for c in range(parts)])
-        first = torch.where(ok, first, fallback[:-1])
-        last = torch.where(ok, last, fallback[-1])
-    return [p.to(dtype) for p in first.unbind(0)] + [last.to(dtype)]
+        xb = x.to(torch.float64)[bad][still]
+        options = [xb if c < k else torch.full_like(xb, -offset) for c in range(parts)]
+        fixed_first[:, still] = torch.stack(options[:-1])
+        fixed_last[still] = options[-1]
+    first[:, bad] = fixed_first.to(dtype)
+    last_rounded[bad] = fixed_last.to(dtype)
+    return list(first.unbind(0)) + [last_rounded]

@@ -15,9 +15,9 @@ import torch
 
 from hyperclone.ops.split import split_exact
 
-# Elements of float64 work per chunk (~64 MB per buffer). A constant, never a machine property:
+# Elements of float64 work per chunk (~32 MB per float64 buffer). A constant, never a machine property:
 # chunk boundaries seed the noise, so changing it changes the bits of the output.
-CHUNK_ELEMENTS = 1 << 23
+CHUNK_ELEMENTS = 1 << 22
 
 RowReader = Callable[[str, int, int], torch.Tensor]
 
