@@ -176,7 +176,8 @@ def verify(
         out.print(
             f"{verdict} max |Δlogit| {result['max_abs_diff']:.3e} (tolerance {result['tolerance']:g}), "
             f"argmax agreement {result['argmax_agreement']:.2%} on {result['tokens']} tokens; "
-            f"parameters {result['source_params']:,} → {result['grown_params']:,}"
+            f"parameters {result['source_params']:,} → {result['grown_params']:,}",
+            soft_wrap=True,
         )
     raise typer.Exit(0 if result["passed"] else 1)
 
@@ -240,7 +241,8 @@ def demo(
         verdict = "[green]PASS[/]" if result["passed"] else "[red]FAIL[/]"
         out.print(
             f"{verdict} grew {result['source_params']:,} → {result['grown_params']:,} parameters; "
-            f"max |Δlogit| {result['max_abs_diff']:.2e}, argmax agreement {result['argmax_agreement']:.0%}"
+            f"max |Δlogit| {result['max_abs_diff']:.2e}, argmax agreement {result['argmax_agreement']:.0%}",
+            soft_wrap=True,
         )
     raise typer.Exit(0 if result["passed"] else 1)
 
