@@ -109,7 +109,7 @@ def grow(
     if dry_run:
         out.print(_plan_table(summary))
         for op in summary["operators"]:
-            out.print(f"  • {op}", highlight=False)
+            out.print(f"  • {op}", highlight=False, soft_wrap=True)
         return
     if output is None:
         output = Path(f"{Path(src.rstrip('/')).stem}-{growth.target.name}")
@@ -147,7 +147,7 @@ def plan(
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     out.print(_plan_table(summary))
     for op in summary["operators"]:
-        out.print(f"  • {op}", highlight=False)
+        out.print(f"  • {op}", highlight=False, soft_wrap=True)
 
 
 @app.command()

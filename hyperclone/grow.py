@@ -43,7 +43,7 @@ def plan(
 
 def tensor_chunks(growth: GrowthPlan, tensor: OutTensor):
     """Row chunks of one output tensor: the single producer behind every output path."""
-    return produce_rows(tensor.segments, growth.source.rows, growth.dtype, growth.target.seed)
+    return produce_rows(tensor.segments, growth.source.rows, growth.dtype_of(tensor), growth.target.seed)
 
 
 def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size: str | int = "5GB", progress: bool = True) -> Path:
@@ -55,7 +55,7 @@ def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size
         raise UserError(f"--shard-size: {exc}") from None
     check_output(out.absolute(), force, needed_bytes=growth.nbytes)
     by_name = {t.name: t for t in growth.tensors}
-    slots = [TensorSlot(t.name, t.shape, growth.dtype) for t in growth.tensors]
+    slots = [TensorSlot(t.name, t.shape, growth.dtype_of(t)) for t in growth.tensors]
     with atomic_directory(out, force) as tmp:
         files = source_files(growth)
         with byte_progress("hashing source", sum(f.stat().st_size for f in files), progress) as advance:

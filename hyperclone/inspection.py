@@ -5,7 +5,9 @@ import math
 import os
 from collections import Counter
 
+from hyperclone.arch.moe import MOE_LAYOUTS
 from hyperclone.io.reader import open_checkpoint
+from hyperclone.moe import moe_spec
 from hyperclone.plan import NAME_BY_DTYPE
 from hyperclone.spec import spec_from_config
 
@@ -30,6 +32,13 @@ def inspect_checkpoint(source: str | os.PathLike, **open_options) -> dict:
         "files": len(ckpt.weight_files()),
         "config_inferred": bool(ckpt.config_inferred),
     }
+    layout = MOE_LAYOUTS.get(spec.family)
+    if layout is not None:
+        moe = moe_spec(ckpt.config, layout, spec.layers)
+        expert = 3 * spec.hidden * moe.inter
+        info.update(experts=moe.experts, top_k=moe.top_k, expert_inner=moe.inter, shared_inner=moe.shared_inter,
+                    moe_layers=sum(moe.moe_layers), routing=f"{layout.scoring}{', renormalised' if moe.normalised else ''}")
+        info["active_parameters"] = info["parameters"] - sum(moe.moe_layers) * (moe.experts - moe.top_k) * expert
     manifest = ckpt.directory / "growth.json"
     if manifest.exists():
         info["grown_by_hyperclone"] = True

@@ -14,12 +14,16 @@ import torch
 
 from hyperclone.arch import Family, Role
 from hyperclone.arch.families import NORMS, WRITES
+from hyperclone.arch.moe import MOE_LAYOUTS
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint
+from hyperclone.moe import Ffn, MoePlanner, expand_fused_experts
 from hyperclone.ops import Segment
 from hyperclone.spec import ModelSpec, config_for, spec_from_config
 from hyperclone.targets import Target
 
+BUFFERS = ("e_score_correction_bias",)  # saved with the weights, but buffers in transformers
+FFN_ROLES = (Role.READ_FFN, Role.WRITE_FFN, Role.GATE_UP_FUSED)
 LAYER = re.compile(r"^(\d+)\.(.+)\.(weight|bias)$")
 DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NAME_BY_DTYPE = {v: k for k, v in DTYPE_BY_NAME.items()}
@@ -30,6 +34,7 @@ class OutTensor:
     name: str
     shape: tuple[int, ...]
     segments: list[Segment]
+    dtype: torch.dtype | None = None  # None: the plan's dtype (routers and their biases may stay float32)
 
 
 @dataclass
@@ -44,14 +49,24 @@ class GrowthPlan:
     layer_map: list[int]
     inserted: list[bool]
     warnings: list[str] = field(default_factory=list)
+    moe: dict | None = None  # experts, top_k, expert_inner, shared_inner, moe_layers of the target
+    inactive_params: int = 0  # expert parameters a token does not use
 
     @property
     def total_params(self) -> int:
-        return sum(math.prod(t.shape) for t in self.tensors)
+        """Parameters as transformers counts them: buffers saved with the weights are left out."""
+        return sum(math.prod(t.shape) for t in self.tensors if not t.name.endswith(BUFFERS))
+
+    @property
+    def active_params(self) -> int:
+        return self.total_params - self.inactive_params
+
+    def dtype_of(self, tensor: OutTensor) -> torch.dtype:
+        return tensor.dtype or self.dtype
 
     @property
     def nbytes(self) -> int:
-        return self.total_params * self.dtype.itemsize
+        return sum(math.prod(t.shape) * self.dtype_of(t).itemsize for t in self.tensors)
 
     def operators(self) -> list[str]:
         s, d, t = self.src, self.dst, self.target
@@ -66,6 +81,8 @@ class GrowthPlan:
         if d.layers > s.layers:
             after = [self.layer_map[j] for j, new in enumerate(self.inserted) if new]
             ops.append(f"depth {s.layers}->{d.layers}: {t.depth_init} layers with zeroed output projections after source layers {after}")
+        if self.moe:
+            ops.append(self.moe["operation"])
         if not ops:
             ops.append("identity (same shape)")
         return ops
@@ -80,7 +97,8 @@ class GrowthPlan:
             "operators": self.operators(),
             "dtype": NAME_BY_DTYPE[self.dtype],
             "total_params": self.total_params,
-            "active_params": self.total_params,
+            "active_params": self.active_params,
+            "moe": self.moe,
             "bytes": self.nbytes,
             "layer_map": self.layer_map,
             "warnings": self.warnings,
@@ -202,13 +220,25 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
         layers=target_layers,
     )
     warnings: list[str] = []
-    builder = _Builder(fam, src, target, float(config.get("initializer_range", 0.02)))
+    init_std = float(config.get("initializer_range", 0.02))
+    builder = _Builder(fam, src, target, init_std)
+    layer_map = [i for i, _ in layout]
+    if fam.model_type in MOE_LAYOUTS:
+        expand_fused_experts(ckpt, MOE_LAYOUTS[fam.model_type], fam.layer_prefix)
+    moe = MoePlanner(ckpt, fam, target, src.layers, layer_map, half=dtype != torch.float32)
+    warnings += moe.warnings
+    if moe.active:
+        dst = replace(dst, family=moe.arch)
 
     globals_: dict[str, str] = {}
     per_layer: dict[int, dict[str, str]] = {i: {} for i in range(src.layers)}
     for name in ckpt.tensors:
         if name.endswith(fam.ignore_suffixes):
             continue
+        if name.startswith(fam.layer_prefix):
+            index, _, rel = name[len(fam.layer_prefix) :].partition(".")
+            if index.isdigit() and moe.claims(rel):
+                continue  # experts, routers, shared experts: emitted by the MoE planner
         module, _, suffix = name.rpartition(".")
         if module in (fam.embed, fam.final_norm, fam.lm_head) and suffix in ("weight", "bias"):
             globals_[name] = module
@@ -242,17 +272,20 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
 
     tensors: list[OutTensor] = []
 
-    def add(name: str, source_shape: tuple, segments: list[Segment]) -> None:
+    def add(name: str, source_shape: tuple, segments: list[Segment], tensor_dtype: torch.dtype | None = None) -> None:
         rows = sum(s.rows for s in segments)
         shape = (rows,) if len(source_shape) == 1 else (rows, segments[0].out_cols)
-        tensors.append(OutTensor(name, shape, segments))
+        tensors.append(OutTensor(name, shape, segments, tensor_dtype))
 
-    add(embed, (vocab, hidden), [Segment("tile", vocab, hidden, embed, copies=n, scale=sigma, key=embed)])
+    add(embed, (vocab, hidden), [Segment("tile", vocab, hidden, embed, copies=n, scale=sigma)])
 
     for j, (i, new) in enumerate(layout):
+        becomes_moe = moe.active and moe.spec_out.moe_layers[j]
         for rel, src_name in sorted(per_layer[i].items()):
             module, suffix = rel.rsplit(".", 1)
             role = fam.rule_for(module).role
+            if becomes_moe and role in FFN_ROLES:
+                continue  # a dense FFN that becomes experts
             shape = ckpt.tensors[src_name].shape
             _check_shape(src_name, shape, role, src)
             out_name = f"{fam.layer_prefix}{j}.{rel}"
@@ -261,6 +294,11 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
                 add(out_name, shape, builder.norm(out_name, src_name, shape[0], role, is_bias, new))
             else:
                 add(out_name, shape, builder.linear(out_name, src_name, shape, role, is_bias, new))
+        if becomes_moe:
+            ffn = [per_layer[i].get(f"mlp.{p}_proj.weight") for p in ("gate", "up", "down")]
+            dense_ffn = Ffn(*ffn, ckpt.tensors[ffn[0]].shape[0]) if all(ffn) else None
+            for name, segs, tensor_dtype in moe.mlp_tensors(j, i, new, dense_ffn, init_std, dtype):
+                add(name, (0,) if name.endswith("correction_bias") else (0, 0), segs, tensor_dtype)
 
     lm_head = fam.lm_head + ".weight"
     for suffix in ("weight", "bias"):
@@ -270,7 +308,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
         length = ckpt.tensors[name].shape[0]
         if dst.tied:
             offset = fam.norm_offset if suffix == "weight" else 0.0
-            segs = [Segment("part", length, 1, name, copies=n, part=c, scale=1.0 / sigma, offset=offset, key=name) for c in range(n)]
+            segs = [Segment("copy", length, 1, name, share=n, part=c, scale=1.0 / sigma, offset=offset) for c in range(n)]
         else:
             segs = [Segment("copy", length, 1, name, key=name) for _ in range(n)]
         add(name, (length,), segs)
@@ -279,12 +317,23 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
             raise UserError(f"{ckpt.path} has no {lm_head} but tie_word_embeddings is false: the checkpoint is incomplete")
         add(lm_head, (vocab, hidden), [Segment("split", vocab, hidden, lm_head, copies=n, noise=target.noise, key=lm_head)])
 
-    layer_map = [i for i, _ in layout]
     cfg = config_for(config, src, dst, layer_map, NAME_BY_DTYPE[dtype])
+    moe_summary, inactive = None, 0
+    if moe.active:
+        cfg = moe.config(cfg, dst)
+        spec = moe.spec_out
+        inner = spec.inter * n * target.ffn
+        inactive = sum(spec.moe_layers) * (spec.experts - spec.top_k) * 3 * dst.hidden * inner
+        moe_summary = {
+            "arch": moe.arch, "experts": spec.experts, "top_k": spec.top_k, "expert_inner": inner,
+            "shared_inner": spec.shared_inter * n * target.ffn, "moe_layers": [j for j, x in enumerate(spec.moe_layers) if x],
+            "operation": moe.describe(),
+        }
     if ckpt.config_inferred:
         warnings.append(
             "no config.json: sizes were read from tensor shapes; "
             + ", ".join(ckpt.config_inferred)
             + f" take transformers' defaults for {fam.model_type} (pass --config or --set to give them)"
         )
-    return GrowthPlan(ckpt, target, src, dst, cfg, dtype, tensors, layer_map, [new for _, new in layout], warnings)
+    return GrowthPlan(ckpt, target, src, dst, cfg, dtype, tensors, layer_map, [new for _, new in layout], warnings,
+                      moe_summary, inactive)

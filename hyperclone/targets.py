@@ -12,9 +12,8 @@ import yaml
 from hyperclone.errors import UserError
 
 DEFAULT_NOISE = 0.01
-KEYS = {"description", "width", "ffn", "layers", "noise", "seed", "depth_init", "insert_after", "dtype"}
+KEYS = {"description", "width", "ffn", "layers", "noise", "seed", "depth_init", "insert_after", "dtype", "moe"}
 LATER = {
-    "moe": "MoE targets (moe:) are not supported by this version yet: grow the dense model first",
     "total_params": "goal targets (total_params/active_params) are not supported by this version yet: give width/ffn/layers",
     "active_params": "goal targets (total_params/active_params) are not supported by this version yet: give width/ffn/layers",
 }
@@ -32,6 +31,7 @@ class Target:
     depth_init: str = "copy"  # "copy": neighbour's weights; "fresh": random init (output projections zero either way)
     insert_after: tuple[int, ...] | None = None
     dtype: str | None = None
+    moe: dict | None = None  # see hyperclone.moe.MoeTarget
     description: str = ""
 
     def as_dict(self) -> dict:
@@ -120,6 +120,11 @@ def target_from_dict(data: dict, name: str) -> Target:
         if data["dtype"] not in DTYPES:
             raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {data['dtype']!r}")
         out["dtype"] = data["dtype"]
+    if data.get("moe") is not None:
+        from hyperclone.moe import parse_moe_target
+
+        parse_moe_target(data["moe"])
+        out["moe"] = dict(data["moe"])
     if "description" in data:
         out["description"] = str(data["description"])
     return Target(**out)

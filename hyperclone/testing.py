@@ -21,6 +21,16 @@ FAMILY_EXTRAS: dict[str, dict] = {
     "olmo2": dict(num_key_value_heads=2),
     "phi3": dict(num_key_value_heads=2),
     "gpt_neox": dict(rotary_pct=0.5, use_parallel_residual=True),
+    # MoE families: 4 experts top-2, a dense first layer where the family has one
+    "qwen3_moe": dict(num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, mlp_only_layers=[0]),
+    "qwen2_moe": dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                      shared_expert_intermediate_size=24, norm_topk_prob=True),
+    "mixtral": dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
+    "olmoe": dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2),
+    "glm4_moe": dict(num_key_value_heads=2, head_dim=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                     n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1, routed_scaling_factor=2.5,
+                     use_qk_norm=True, norm_topk_prob=False),
+    "hunyuan_v1_moe": dict(num_key_value_heads=2, head_dim=8, num_experts=4, moe_topk=2, intermediate_size=16),
 }
 
 

@@ -139,6 +139,17 @@ FAMILIES: dict[str, Family] = {
             kv_heads_field=None,
             ignore_suffixes=("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias"),
         ),
+        # MoE families: attention and norms as below, experts/routers from hyperclone.arch.moe; the
+        # SwiGLU rules serve their dense layers (first_k_dense_replace, mlp_only_layers).
+        Family("qwen3_moe", _rules(**_LLAMA_ATTN, self_attn__q_norm=Role.HEAD_NORM, self_attn__k_norm=Role.HEAD_NORM, **_SWIGLU, **_PRE_NORMS)),
+        Family("qwen2_moe", _rules(**_LLAMA_ATTN, **_SWIGLU, **_PRE_NORMS)),
+        Family("mixtral", _rules(**_LLAMA_ATTN, **_PRE_NORMS)),
+        Family("olmoe", _rules(**_LLAMA_ATTN, self_attn__q_norm=Role.PROJ_NORM, self_attn__k_norm=Role.PROJ_NORM, **_PRE_NORMS)),
+        Family("glm4_moe", _rules(**_LLAMA_ATTN, self_attn__q_norm=Role.HEAD_NORM, self_attn__k_norm=Role.HEAD_NORM, **_SWIGLU, **_PRE_NORMS)),
+        Family(
+            "hunyuan_v1_moe",
+            _rules(**_LLAMA_ATTN, self_attn__query_layernorm=Role.HEAD_NORM, self_attn__key_layernorm=Role.HEAD_NORM, **_PRE_NORMS),
+        ),
     ]
 }
 

@@ -26,14 +26,16 @@ RowReader = Callable[[str, int, int], torch.Tensor]
 class Segment:
     """`rows` output rows made from source rows [start, start + rows) of `source`.
 
-    op:
-      copy   — the source rows (cast to the output dtype)
-      tile   — `copies` copies side by side, times `scale`
-      split  — `copies` parts side by side that sum exactly to the rows (zero-sum `noise`)
-      part   — part number `part` of such a split, with `scale`/`offset` (tied final norms)
-      zeros / fill / normal — no source: a constant `value`, or N(0, value^2) for fresh layers
-    `in_cols` is the source's column count (1 for vectors); output columns = in_cols * copies
-    for tile/split, in_cols otherwise.
+    Each source chunk goes through three steps:
+      1. columns `cols` (a window of the source's columns), cast to the output dtype;
+      2. share: part `part` of `share` parts that sum exactly to scale * (x + offset) - share * offset,
+         with zero-sum noise `share_noise` keyed by `share_key` (so the sibling parts, written as other
+         tensors, see the same draw). share=1 with scale != 1 just scales. Serves tied final norms and
+         cloned experts' down projections;
+      3. op: copy — as is; tile — `copies` copies side by side; split — `copies` parts side by side that
+         sum exactly to it, with zero-sum `noise`.
+    Ops without a source: zeros / fill (constant `value`) / normal (N(0, value^2)), `in_cols` wide.
+    Output columns = in_cols * copies for tile/split, in_cols otherwise.
     """
 
     op: str
@@ -42,12 +44,16 @@ class Segment:
     source: str | None = None
     start: int = 0
     copies: int = 1
+    noise: float = 0.0
+    key: str = ""
+    cols: tuple[int, int] | None = None
+    share: int = 1
     part: int = 0
     scale: float = 1.0
     offset: float = 0.0
-    noise: float = 0.0
+    share_noise: float = 0.0
+    share_key: str = ""
     value: float = 0.0
-    key: str = ""
 
     @property
     def out_cols(self) -> int:
@@ -65,16 +71,20 @@ def chunk_rows(seg: Segment) -> int:
 
 
 def _transform(seg: Segment, x: torch.Tensor, dtype: torch.dtype, seed: int, row: int) -> torch.Tensor:
-    gen = _generator(seed, seg.key, row) if seg.noise > 0 or seg.op == "normal" else None
+    if seg.cols is not None:
+        x = x[:, seg.cols[0] : seg.cols[1]]
+    x = x.to(dtype)
+    if seg.share > 1 or seg.scale != 1.0 or seg.offset != 0.0:
+        gen = _generator(seed, seg.share_key, row) if seg.share_noise > 0 else None
+        parts = split_exact(x, seg.share, dtype, noise=seg.share_noise, generator=gen, scale=seg.scale, offset=seg.offset)
+        x = parts[seg.part]
     if seg.op == "copy":
-        return x.to(dtype)
+        return x
     if seg.op == "tile":
-        return (x.to(dtype).to(torch.float64) * seg.scale).to(dtype).repeat(1, seg.copies)
+        return x.repeat(1, seg.copies)
     if seg.op == "split":
-        return torch.cat(split_exact(x.to(dtype), seg.copies, dtype, noise=seg.noise, generator=gen), dim=-1)
-    if seg.op == "part":
-        parts = split_exact(x.to(dtype), seg.copies, dtype, scale=seg.scale, offset=seg.offset)
-        return parts[seg.part]
+        gen = _generator(seed, seg.key, row) if seg.noise > 0 else None
+        return torch.cat(split_exact(x, seg.copies, dtype, noise=seg.noise, generator=gen), dim=-1)
     raise ValueError(f"unknown segment op {seg.op}")
 
 

@@ -1,0 +1,421 @@
+"""Mixture-of-experts growth: upcycling dense FFNs, cloning and splitting experts, widening MoE layers.
+
+Exactness (DESIGN.md section 3) rests on one fact: identical experts whose routing weights sum to
+the same total give the same output whatever the router picks. Every scale here follows from the
+routing weight that one duplicated router row receives (see `_down_scale`).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from hyperclone.arch.moe import MOE_LAYOUTS, UPCYCLE_REFUSALS, UPCYCLE_TARGETS, MoeLayout
+from hyperclone.errors import UserError
+from hyperclone.io.reader import Checkpoint, TensorInfo
+from hyperclone.ops import Segment
+
+MOE_KEYS = {"arch", "experts", "top_k", "shared_experts", "dense_layers", "split", "clone"}
+
+
+@dataclass(frozen=True)
+class MoeSpec:
+    experts: int
+    top_k: int
+    inter: int  # each routed expert's inner size
+    shared_inter: int  # the shared expert's inner size, 0 for none
+    moe_layers: tuple[bool, ...]  # per layer: MoE (True) or dense
+    normalised: bool  # top-k weights renormalised to sum to 1
+    n_group: int = 1
+    topk_group: int = 1
+
+
+@dataclass(frozen=True)
+class MoeTarget:
+    arch: str | None = None
+    experts: int | None = None
+    top_k: int | None = None
+    shared_experts: int | None = None
+    dense_layers: int | None = None
+    split: int = 1
+    clone: int = 1
+
+
+def parse_moe_target(data) -> MoeTarget:
+    if not isinstance(data, dict):
+        raise UserError("moe: must be a mapping, e.g. moe: {arch: mixtral, experts: 8, top_k: 2}")
+    unknown = set(data) - MOE_KEYS
+    if unknown:
+        raise UserError(f"moe: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(MOE_KEYS))})")
+    out = {}
+    for key, value in data.items():
+        if key == "arch":
+            if value not in MOE_LAYOUTS:
+                raise UserError(f"unknown MoE arch {value!r}: choose one of {', '.join(MOE_LAYOUTS)}")
+            out[key] = value
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key in ("shared_experts", "dense_layers") else 1):
+            raise UserError(f"moe.{key} must be a whole number{' >= 0' if key in ('shared_experts', 'dense_layers') else ' >= 1'}, got {value!r}")
+        out[key] = value
+    target = MoeTarget(**out)
+    if target.experts is not None and target.top_k is not None and target.top_k > target.experts:
+        raise UserError(f"moe.top_k {target.top_k} exceeds moe.experts {target.experts}: a token cannot pick more experts than exist")
+    return target
+
+
+def moe_spec(config: dict, layout: MoeLayout, layers: int) -> MoeSpec:
+    """Read a MoE family's routing shape from its config."""
+    experts = next((config[k] for k in layout.experts_keys() if config.get(k) is not None), None)
+    top_k = config.get(layout.topk_field)
+    if not isinstance(experts, int) or not isinstance(top_k, int):
+        raise UserError(
+            f"config.json needs integer {layout.experts_field} and {layout.topk_field} (per-layer lists are not supported)"
+        )
+    inter = config[layout.inter_field]
+    if layout.shared_kind == "same":
+        shared = inter
+    elif layout.shared_field and config.get(layout.shared_field):
+        shared = config[layout.shared_field] * (inter if layout.shared_kind == "multiple" else 1)
+    else:
+        shared = 0
+    if layout.dense_rule == "qwen":
+        dense = set(config.get("mlp_only_layers") or [])
+        step = config.get("decoder_sparse_step") or 1
+        moe_layers = tuple(i not in dense and (i + 1) % step == 0 for i in range(layers))
+    elif layout.dense_rule == "first_k":
+        first = config.get("first_k_dense_replace") or 0
+        moe_layers = tuple(i >= first for i in range(layers))
+    else:
+        moe_layers = (True,) * layers
+    normalised = True if layout.norm_field is None else bool(config.get(layout.norm_field, False))
+    groups = (config.get("n_group") or 1, config.get("topk_group") or 1) if layout.groups else (1, 1)
+    return MoeSpec(experts, top_k, inter, shared, moe_layers, normalised, *groups)
+
+
+def expand_fused_experts(ckpt: Checkpoint, layout: MoeLayout, layer_prefix: str) -> None:
+    """Present fused 3D expert tensors ([E, 2I, d] gate_up, [E, d, I] down) as per-expert tensors.
+
+    The per-expert views are byte ranges of the fused tensor, so they are read lazily like any other.
+    """
+    pattern = re.compile(re.escape(layer_prefix) + r"(\d+)\." + re.escape(layout.fused) + r"(gate_up_proj|down_proj)$")
+    for name in [n for n in ckpt.tensors if pattern.match(n)]:
+        info = ckpt.tensors.pop(name)
+        layer, kind = pattern.match(name).groups()
+        if info.offset < 0 or len(info.shape) != 3:
+            raise UserError(f"{name}: fused experts are read from safetensors 3D tensors only; re-export the checkpoint")
+        experts, rows, cols = info.shape
+        halves = [(0, rows // 2, 0), (rows // 2, rows // 2, 1)] if kind == "gate_up_proj" else [(0, rows, 2)]
+        for e in range(experts):
+            for start, count, part in halves:
+                offset = info.offset + (e * rows + start) * cols * info.dtype.itemsize
+                view = layout.expert_name(layer_prefix, int(layer), e, part)
+                ckpt.tensors[view] = TensorInfo(view, (count, cols), info.dtype, info.file, offset)
+
+
+@dataclass(frozen=True)
+class Ffn:
+    """The three tensors of one SwiGLU FFN (a dense MLP, an expert or a shared expert)."""
+
+    gate: str
+    up: str
+    down: str
+    inner: int
+
+
+def _pow2(x: float) -> bool:
+    return x > 0 and math.frexp(x)[0] == 0.5
+
+
+class MoePlanner:
+    """Decides the MoE shape of the target and emits the MLP tensors of MoE-involved layers."""
+
+    def __init__(self, ckpt: Checkpoint, src_family, target, src_layers: int, layer_map: list[int], half: bool):
+        self.ckpt, self.fam, self.t = ckpt, src_family, target
+        self.n, self.m_ffn = target.width, target.ffn
+        self.src_layout = MOE_LAYOUTS.get(src_family.model_type)
+        self.spec_in = moe_spec(ckpt.config, self.src_layout, src_layers) if self.src_layout else None
+        mt = parse_moe_target(target.moe) if target.moe is not None else None
+        self.warnings: list[str] = []
+        self.active = self.src_layout is not None or mt is not None
+        if not self.active:
+            return
+        mt = mt or MoeTarget()
+        if self.src_layout is not None:
+            self._plan_moe_source(mt, layer_map)
+        else:
+            self._plan_upcycle(mt, layer_map, src_layers)
+        scale_ok = _pow2(self.down_scale) or self.down_scale == 1.0
+        if half and not scale_ok:
+            self.warnings.append(
+                f"experts' down projections are scaled by {self.down_scale:g}, which half precision cannot apply "
+                "exactly; logits will differ slightly (use power-of-two split/clone factors or --dtype float32)"
+            )
+
+    # ----- deciding the target -------------------------------------------------------------
+    def _plan_moe_source(self, mt: MoeTarget, layer_map: list[int]) -> None:
+        spec, layout = self.spec_in, self.src_layout
+        if mt.arch not in (None, self.fam.model_type):
+            raise UserError(f"a {self.fam.model_type} source stays {self.fam.model_type}: converting between MoE families is not supported")
+        if mt.dense_layers is not None or mt.shared_experts is not None:
+            raise UserError("moe.dense_layers and moe.shared_experts apply when upcycling a dense model; a MoE source keeps its own")
+        clone, split = mt.clone, mt.split
+        if mt.experts is not None:
+            if mt.experts % (spec.experts * split):
+                raise UserError(f"moe.experts {mt.experts} is not a multiple of the source's {spec.experts} experts x split {split}")
+            clone = mt.experts // (spec.experts * split)
+        t = clone * split
+        if mt.top_k is not None and mt.top_k != spec.top_k * t:
+            raise UserError(f"moe.top_k must be {spec.top_k * t}: each chosen expert's {t} copies/slices are chosen together")
+        if spec.inter % split:
+            raise UserError(f"moe.split {split} does not divide the expert inner size {spec.inter}: choose a divisor")
+        if split > 1 and layout.shared_kind == "same":
+            raise UserError(
+                f"{self.fam.model_type} sizes its shared expert and its experts with one intermediate_size, so experts "
+                "cannot be split without changing the shared expert: clone them instead (moe: {clone: 2})"
+            )
+        if t > 1 and spec.n_group > 1 and spec.topk_group < spec.n_group:
+            raise UserError(
+                f"grouped routing (n_group={spec.n_group}, topk_group={spec.topk_group}) scores groups by their top-2 experts, "
+                "which duplicated experts change: only clone or split with topk_group == n_group"
+            )
+        self.layout, self.clone, self.split = layout, clone, split
+        self.spec_out = MoeSpec(
+            spec.experts * t, spec.top_k * t, spec.inter // split, spec.shared_inter,
+            tuple(spec.moe_layers[i] for i in layer_map), spec.normalised, spec.n_group, spec.topk_group,
+        )
+        # weight each duplicated router row receives, relative to the original expert's
+        share = 1.0 if layout.scoring == "sigmoid" and not spec.normalised else 1.0 / t
+        self.down_scale = 1.0 / (clone * share)
+        self.arch = self.fam.model_type
+
+    def _plan_upcycle(self, mt: MoeTarget, layer_map: list[int], src_layers: int) -> None:
+        src_type = self.fam.model_type
+        allowed = UPCYCLE_TARGETS.get(src_type, ())
+        if not allowed:
+            raise UserError(f"{src_type} cannot be upcycled exactly: {UPCYCLE_REFUSALS.get(src_type, 'no MoE family shares its maths')}")
+        arch = mt.arch or allowed[0]
+        if arch not in allowed:
+            raise UserError(f"{src_type} attention cannot become {arch} exactly; archs that keep it: {', '.join(allowed)}")
+        self._check_attention(arch)
+        if mt.experts is None or mt.top_k is None:
+            raise UserError("upcycling needs moe.experts and moe.top_k, e.g. moe: {arch: mixtral, experts: 8, top_k: 2}")
+        layout = MOE_LAYOUTS[arch]
+        split, dense_layers = mt.split, mt.dense_layers or 0
+        cfg = self.ckpt.config
+        inner = cfg[self.fam.ffn_field]
+        if mt.experts % split or mt.top_k % split:
+            raise UserError(f"moe.experts {mt.experts} and moe.top_k {mt.top_k} must be multiples of moe.split {split}")
+        if inner % split:
+            raise UserError(f"moe.split {split} does not divide the FFN inner size {inner}: choose a divisor")
+        if dense_layers and layout.dense_rule is None:
+            raise UserError(f"{arch} has no dense layers: moe.dense_layers must be 0")
+        if dense_layers >= src_layers:
+            raise UserError(f"moe.dense_layers {dense_layers} leaves no MoE layer among the source's {src_layers}")
+        shared = mt.shared_experts if mt.shared_experts is not None else int(layout.shared_required)
+        if layout.shared_required and not shared:
+            raise UserError(f"{arch} always has a shared expert: set moe.shared_experts to 1")
+        if layout.shared is None and shared:
+            raise UserError(f"{arch} has no shared experts: set moe.shared_experts to 0")
+        if layout.shared_kind == "same" and split > 1:
+            raise UserError(f"{arch} sizes its shared expert and its experts with one intermediate_size: use moe.split 1")
+        if layout.shared_kind in ("same", "size") and shared > 1:
+            raise UserError(f"{arch} has one shared expert at most")
+        # A shared expert as large as the FFN takes half of its output and the routed experts the other
+        # half; a smaller one starts with a zero down projection and the routed experts take it all.
+        expert_inner = inner // split
+        shared_inner = 0
+        if shared:
+            shared_inner = {"multiple": expert_inner * shared, "same": expert_inner, "size": inner}[layout.shared_kind]
+        self.shared_half = shared_inner == inner
+        routed = 0.5 if self.shared_half else 1.0
+        self.layout, self.clone, self.split, self.arch = layout, 1, split, arch
+        self.spec_out = MoeSpec(
+            mt.experts, mt.top_k, expert_inner, shared_inner,
+            tuple(i >= dense_layers for i in layer_map), True,
+        )
+        # each of the split slices of a chosen copy gets 1/split of the copy's weight
+        self.down_scale = routed * split
+
+    def _check_attention(self, arch: str) -> None:
+        cfg, src = self.ckpt.config, self.fam.model_type
+        if cfg.get("mlp_bias") or (cfg.get("attention_bias") and arch in ("mixtral", "glm4_moe")):
+            raise UserError(f"{arch} has no biases on these projections, and this {src} checkpoint has them")
+        if arch == "glm4_moe" and (cfg.get("sliding_window") and (src == "mistral" or cfg.get("use_sliding_window"))):
+            raise UserError("glm4_moe has no sliding-window attention, and this checkpoint uses it; use mixtral")
+        if cfg.get("hidden_act", "silu") != "silu" and arch != "qwen2_moe":
+            raise UserError(f"{arch} experts use SiLU, this {src} checkpoint uses {cfg.get('hidden_act')}")
+
+    def describe(self) -> str:
+        spec, before = self.spec_out, self.spec_in
+        if before is None:
+            return (f"upcycle dense FFN -> {self.arch}: {spec.experts} experts top-{spec.top_k} (split {self.split}), "
+                    f"shared inner {spec.shared_inter}, random router, down projections x{self.down_scale:g}")
+        return (f"experts {before.experts} -> {spec.experts} (clone x{self.clone}, split x{self.split}), "
+                f"top-k {before.top_k} -> {spec.top_k}, down projections x{self.down_scale:g}")
+
+    # ----- the target config ---------------------------------------------------------------
+    def config(self, cfg: dict, dst_spec) -> dict:
+        """Write the MoE fields of the target config (sizes already grown by width/ffn)."""
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        layout, spec = self.layout, self.spec_out
+        grow = self.n * self.m_ffn
+        if self.arch != cfg["model_type"]:  # upcycling into another family: its defaults, our shared fields
+            base = AutoConfig.for_model(self.arch).to_dict()
+            for key in COPY_FIELDS:
+                if key in cfg:
+                    base[key] = cfg[key]
+            base["model_type"] = self.arch
+            base["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[self.arch]]
+            if self.arch == "glm4_moe":
+                base.update(partial_rotary_factor=1.0, use_qk_norm=self.fam.model_type == "qwen3",
+                            routed_scaling_factor=1.0, n_group=1, topk_group=1)
+            if self.arch == "qwen2_moe":
+                base["qkv_bias"] = True
+            cfg = base
+        for key in [k for k in layout.experts_keys() if k in cfg] or [layout.experts_field]:
+            cfg[key] = spec.experts
+        cfg[layout.topk_field] = spec.top_k
+        cfg[layout.inter_field] = spec.inter * grow
+        if layout.norm_field:
+            cfg[layout.norm_field] = spec.normalised
+        if layout.shared_field and layout.shared_kind == "size":
+            cfg[layout.shared_field] = spec.shared_inter * grow
+        elif layout.shared_field and layout.shared_kind == "multiple":
+            cfg[layout.shared_field] = spec.shared_inter // spec.inter if spec.shared_inter else 0
+        dense = [j for j, is_moe in enumerate(spec.moe_layers) if not is_moe]
+        if layout.dense_rule == "qwen":
+            cfg["mlp_only_layers"] = dense
+            cfg["decoder_sparse_step"] = 1
+        elif layout.dense_rule == "first_k":
+            if dense != list(range(len(dense))):
+                raise UserError("dense layers must come first in this family; insert new layers after MoE layers only")
+            cfg["first_k_dense_replace"] = len(dense)
+        return cfg
+
+    # ----- tensors -------------------------------------------------------------------------
+    def claims(self, rel: str) -> bool:
+        """Whether a source tensor (named relative to its layer) is MoE machinery handled here."""
+        layout = self.src_layout
+        if layout is None:
+            return False
+        expert = re.escape(layout.expert).replace(r"\{e\}", r"\d+").replace(r"\{part\}", "(" + "|".join(layout.parts) + ")")
+        patterns = [expert + r"\.weight"] + [re.escape(n) for n in (layout.router, layout.router_bias, layout.shared_gate) if n]
+        if layout.shared:
+            patterns.append(re.escape(layout.shared) + r"(gate_proj|up_proj|down_proj)\.weight")
+        return any(re.fullmatch(p, rel) for p in patterns)
+
+    def layer_is_moe_in_source(self, i: int) -> bool:
+        return self.spec_in is not None and self.spec_in.moe_layers[i]
+
+    def mlp_tensors(self, j: int, i: int, new: bool, dense_ffn: Ffn | None, init_std: float, dtype) -> list[tuple]:
+        """(name, segments, dtype or None) of target layer j's MoE block, from source layer i."""
+        prefix, layout, spec = self.fam.layer_prefix, self.layout, self.spec_out
+        fresh = new and self.t.depth_init == "fresh"
+        out: list[tuple] = []
+        if self.spec_in is not None and self.spec_in.moe_layers[i]:
+            src = self.src_layout
+            experts = [self._expert(src, i, e) for e in range(self.spec_in.experts)]
+            t = self.clone * self.split
+            for e, ffn in enumerate(experts):
+                for a in range(self.clone):
+                    for s in range(self.split):
+                        e_out = (e * self.clone + a) * self.split + s
+                        out += self._ffn(j, ffn, ("expert", e_out), s, self.split, a, self.clone, self.down_scale, new, fresh, init_std)
+            out.append(self._router_rows(j, i, t, fresh, init_std))
+            if src.router_bias:
+                name = f"{prefix}{i}.{src.router_bias}"
+                segs = [Segment("copy", 1, 1, name, start=e) for e in range(self.spec_in.experts) for _ in range(t)]
+                out.append((f"{prefix}{j}.{layout.router_bias}", segs, self.ckpt.tensors[name].dtype))
+            if src.shared and self.spec_in.shared_inter:
+                shared = Ffn(*(f"{prefix}{i}.{src.shared}{p}.weight" for p in ("gate_proj", "up_proj", "down_proj")), self.spec_in.shared_inter)
+                out += self._ffn(j, shared, ("shared",), 0, 1, 0, 1, 1.0, new, fresh, init_std)
+            if src.shared_gate:
+                name = f"{prefix}{i}.{src.shared_gate}"
+                seg = Segment("normal", 1, self.n * self.ckpt.tensors[name].shape[1], value=init_std, key=name) if fresh else \
+                    Segment("split", 1, self.ckpt.tensors[name].shape[1], name, copies=self.n)
+                out.append((f"{prefix}{j}.{layout.shared_gate}", [seg], None))
+            return out
+        # upcycling a dense FFN
+        if dense_ffn is None:
+            raise UserError(f"source layer {i} has no SwiGLU FFN (gate_proj/up_proj/down_proj) to upcycle")
+        copies = spec.experts // self.split
+        for c in range(copies):
+            for s in range(self.split):
+                out += self._ffn(j, dense_ffn, ("expert", c * self.split + s), s, self.split, 0, 1, self.down_scale, new, fresh, init_std)
+        width = self.n * self.ckpt.tensors[dense_ffn.gate].shape[1]
+        router = f"{prefix}{j}.{layout.router}"
+        rows = spec.experts // self.split
+        # one random row per copy, repeated for its slices so they share the copy's score
+        router_segs = [Segment("normal", 1, width, value=init_std, key=f"{router}#{c}") for c in range(rows) for _ in range(self.split)]
+        out.append((router, router_segs, None))
+        if layout.router_bias:
+            out.append((f"{prefix}{j}.{layout.router_bias}", [Segment("zeros", spec.experts, 1)], None))
+        if spec.shared_inter:
+            shared_scale = 0.5 if self.shared_half else 0.0
+            if layout.shared_gate:  # sigmoid(0) = 1/2 multiplies the shared expert
+                shared_scale *= 2
+            slices = dense_ffn.inner // spec.shared_inter
+            out += self._ffn(j, dense_ffn, ("shared",), 0, slices, 0, 1, shared_scale, new, fresh, init_std)
+        if layout.shared_gate:
+            out.append((f"{prefix}{j}.{layout.shared_gate}", [Segment("zeros", 1, width)], None))
+        return out
+
+    def _expert(self, layout: MoeLayout, i: int, e: int) -> Ffn:
+        names = [layout.expert_name(self.fam.layer_prefix, i, e, p) for p in range(3)]
+        missing = [n for n in names if n not in self.ckpt.tensors]
+        if missing:
+            raise UserError(f"{self.ckpt.path} misses {missing[0]}: the checkpoint is incomplete or config.json has the wrong expert count")
+        return Ffn(*names, self.ckpt.tensors[names[0]].shape[0])
+
+    def _router_rows(self, j: int, i: int, t: int, fresh: bool, init_std: float) -> tuple:
+        src, dst = self.src_layout, self.layout
+        name = f"{self.fam.layer_prefix}{i}.{src.router}"
+        cols = self.ckpt.tensors[name].shape[1]
+        if fresh:
+            segs = [Segment("normal", self.spec_in.experts * t, cols * self.n, value=init_std, key=name)]
+        else:  # each expert's router row, once per copy/slice; widened like any reader of the residual
+            segs = [Segment("split", 1, cols, name, start=e, copies=self.n) for e in range(self.spec_in.experts) for _ in range(t)]
+        dtype = self.ckpt.tensors[name].dtype if src.router_fp32 else None
+        return (f"{self.fam.layer_prefix}{j}.{dst.router}", segs, dtype)
+
+    def _ffn(self, j, ffn: Ffn, where: tuple, s: int, slices: int, a: int, clone: int, down_scale: float,
+             new: bool, fresh: bool, init_std: float) -> list[tuple]:
+        """Gate, up and down of one output FFN: slice s of `slices` of `ffn`, copy a of `clone`."""
+        layout, prefix = self.layout, self.fam.layer_prefix
+        if where[0] == "expert":
+            names = [layout.expert_name(prefix, j, where[1], p) for p in range(3)]
+        else:
+            names = [f"{prefix}{j}.{layout.shared}{p}.weight" for p in ("gate_proj", "up_proj", "down_proj")]
+        width = self.ckpt.tensors[ffn.gate].shape[1]
+        rows = ffn.inner // slices
+        lo, hi = s * rows, (s + 1) * rows
+        n, tiles = self.n, self.n * self.m_ffn
+        out = []
+        for name, source in zip(names[:2], (ffn.gate, ffn.up)):
+            if fresh:
+                segs = [Segment("normal", rows, width * n, value=init_std, key=f"{name}#{r}") for r in range(tiles)]
+            else:
+                segs = [Segment("split", rows, width, source, start=lo, copies=n, noise=self.t.noise, key=f"{name}#{r}") for r in range(tiles)]
+            out.append((name, segs, None))
+        d = self.ckpt.tensors[ffn.down].shape[0]
+        if new or down_scale == 0.0:
+            segs = [Segment("zeros", d, rows * tiles) for _ in range(n)]
+        else:
+            segs = [
+                Segment("split", d, rows, ffn.down, cols=(lo, hi), copies=tiles, noise=self.t.noise, key=f"{names[2]}#{r}",
+                        share=clone, part=a, scale=down_scale * clone, share_noise=self.t.noise if clone > 1 else 0.0,
+                        share_key=f"{ffn.down}#{s}/{r}")
+                for r in range(n)
+            ]
+        out.append((names[2], segs, None))
+        return out
+
+
+COPY_FIELDS = (
+    "vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
+    "rms_norm_eps", "rope_parameters", "rope_theta", "rope_scaling", "hidden_act", "tie_word_embeddings", "initializer_range",
+    "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout", "num_hidden_layers", "intermediate_size",
+    "sliding_window", "use_sliding_window", "max_window_layers", "layer_types", "attention_bias", "dtype",
+)
