@@ -194,6 +194,11 @@ class MoePlanner:
         if not allowed:
             raise UserError(f"{src_type} cannot be upcycled exactly: {UPCYCLE_REFUSALS.get(src_type, 'no MoE family shares its maths')}")
         arch = mt.arch or allowed[0]
+        if arch == "deepseek_v3":
+            raise UserError(
+                f"deepseek_v3 uses multi-head latent attention, which {src_type}'s attention cannot be mapped onto exactly; "
+                f"archs that keep it: {', '.join(allowed)}"
+            )
         if arch not in allowed:
             raise UserError(f"{src_type} attention cannot become {arch} exactly; archs that keep it: {', '.join(allowed)}")
         self._check_attention(arch)

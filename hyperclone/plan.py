@@ -150,6 +150,8 @@ class _Builder:
             Role.GATE_UP_FUSED: (n * m, n),
             Role.WRITE_ATTN: (n, n),
             Role.WRITE_FFN: (n, n * m),
+            Role.LATENT_READ: (1, n),  # the latent rank stays; only the residual it reads grows
+            Role.HEAD_FROM_LATENT: (n, 1),  # more heads from the same latent
         }
 
     def row_ranges(self, role: Role, rows: int) -> list[tuple[int, int]]:
@@ -196,7 +198,7 @@ class _Builder:
 
 
 def _check_shape(name: str, shape: tuple, role: Role, src: ModelSpec) -> None:
-    if len(shape) == 2:
+    if len(shape) == 2 and role is not Role.HEAD_FROM_LATENT:
         reads_residual = role not in WRITES
         width = shape[1] if reads_residual else shape[0]
         if width != src.hidden:

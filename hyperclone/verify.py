@@ -45,13 +45,16 @@ def as_model_directory(source: str | os.PathLike, **open_options) -> Iterator[Pa
 def _logits(directory: Path, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
     from hyperclone.grow import load_model
 
-    model = load_model(directory, dtype=torch.float32)
+    model = load_model(directory, dtype=torch.float32, reference=True)
     model.eval()
     vocab = model.config.vocab_size
     if int(tokens.max()) >= vocab:
         raise UserError(f"{directory} has a vocabulary of {vocab}, smaller than the other model's")
-    with torch.no_grad():
-        logits = model(input_ids=tokens).logits.float()
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=tokens).logits.float()
+    except RuntimeError as exc:
+        raise UserError(f"transformers failed to run {directory}: {str(exc).splitlines()[0]}") from None
     params = sum(p.numel() for p in model.parameters())
     del model
     return logits, params

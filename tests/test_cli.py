@@ -96,20 +96,24 @@ def _bad_inputs(tiny, tmp_path):
     cases["unwritable_output"] = (["grow", str(good), "--to", "2x", "-o", str(blocker / "out")], "not a writable directory")
     cases["unknown_preset"] = (["grow", str(good), "--to", "5x"], "unknown target")
     cases["missing_source"] = (["grow", str(tmp_path / "nope"), "--to", "2x"], "does not exist")
-    cases["moe_target_not_yet"] = (["grow", str(good), "--to", str(_yaml(tmp_path, "moe: {experts: 8}"))], "MoE targets")
+    moe = {
+        "moe_top_k_above_experts": ("moe: {arch: mixtral, experts: 2, top_k: 4}", "exceeds"),
+        "moe_split_not_dividing": ("moe: {arch: mixtral, experts: 10, top_k: 5, split: 5}", "does not divide"),
+        "moe_unknown_arch": ("moe: {arch: switch_transformer, experts: 8, top_k: 2}", "unknown MoE arch"),
+        "moe_incompatible_attention": ("moe: {arch: deepseek_v3, experts: 8, top_k: 2}", "latent attention"),
+    }
+    for key, (text, expected) in moe.items():
+        target = tmp_path / f"{key}.yaml"
+        target.write_text(text + "\n")
+        cases[key] = (["grow", str(good), "--to", str(target)], expected)
     cases["bad_shard_size"] = (["grow", str(good), "--to", "2x", "--shard-size", "lots"], "not a size")
     cases["fewer_layers"] = (["grow", str(good), "--to", "2x", "--layers", "1"], "only adds layers")
     return cases
 
 
-def _yaml(tmp_path, text):
-    path = tmp_path / "t.yaml"
-    path.write_text(text + "\n")
-    return path
-
-
 BAD = ["truncated", "corrupt", "missing_config", "unknown_family", "non_integer_width", "unwritable_output",
-       "unknown_preset", "missing_source", "moe_target_not_yet", "bad_shard_size", "fewer_layers"]
+       "unknown_preset", "missing_source", "bad_shard_size", "fewer_layers", "moe_top_k_above_experts",
+       "moe_split_not_dividing", "moe_unknown_arch", "moe_incompatible_attention"]
 
 
 @pytest.mark.parametrize("case", BAD)

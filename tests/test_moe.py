@@ -12,7 +12,7 @@ import hyperclone
 from hyperclone.errors import UserError
 from tests.conftest import assert_preserved
 
-MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "glm4_moe", "hunyuan_v1_moe"]
+MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "glm4_moe", "deepseek_v3", "hunyuan_v1_moe"]
 PATHS = {
     "width2": dict(width=2),
     "clone2": dict(moe={"clone": 2}),
@@ -170,8 +170,23 @@ def test_upcycled_experts_diverge_through_the_random_router(tiny, tmp_path):
         ("olmo2", dict(moe={"arch": "olmoe", "experts": 4, "top_k": 2}), "normalises after"),
         ("hunyuan_v1_moe", dict(moe={"split": 2}), "clone them instead"),
         ("mixtral", dict(moe={"arch": "qwen3_moe"}), "stays mixtral"),
+        ("llama", dict(moe={"arch": "deepseek_v3", "experts": 4, "top_k": 2}), "latent attention"),
+        ("deepseek_v3", dict(moe={"clone": 2}), None),
     ],
 )
 def test_moe_refusals(family, target, expected, tiny):
+    if expected is None:  # deepseek_v3 with topk_group == n_group: grouped routing that cloning keeps
+        assert hyperclone.plan(tiny(family), target).moe["experts"] == 8
+        with pytest.raises(UserError, match="grouped routing"):
+            hyperclone.plan(tiny(family, topk_group=1), target)
+        return
     with pytest.raises(UserError, match=expected):
         hyperclone.plan(tiny(family), target)
+
+
+def test_mla_without_q_lora(tiny, tmp_path):
+    src = tiny("deepseek_v3", q_lora_rank=None)
+    out = hyperclone.grow(src, dict(width=2, moe={"split": 2}), tmp_path / "g", progress=False)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["num_attention_heads"], config["kv_lora_rank"], config["hidden_size"]) == (8, 8, 64)
+    assert_preserved(hyperclone.verify(src, out, seq_len=48))

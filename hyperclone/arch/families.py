@@ -22,7 +22,9 @@ class Role(Enum):
     GATE_UP_FUSED = "gate_up_fused"  # rows [gate; up], each a READ_FFN (phi3)
     RES_NORM = "res_norm"  # norm over the residual (weight, bias)
     PROJ_NORM = "proj_norm"  # norm over all heads of a projection (olmo2 q_norm/k_norm)
-    HEAD_NORM = "head_norm"  # norm over one head's dims (qwen3 q_norm/k_norm)
+    HEAD_NORM = "head_norm"  # norm over one head's dims (qwen3 q_norm/k_norm), or over a latent (MLA)
+    LATENT_READ = "latent_read"  # reads the residual into a latent whose rank stays (MLA q_a_proj, kv_a_proj_with_mqa)
+    HEAD_FROM_LATENT = "head_from_latent"  # reads a latent, writes head space (MLA q_b_proj, kv_b_proj)
 
 
 WRITES = (Role.WRITE_ATTN, Role.WRITE_FFN)
@@ -146,6 +148,21 @@ FAMILIES: dict[str, Family] = {
         Family("mixtral", _rules(**_LLAMA_ATTN, **_PRE_NORMS)),
         Family("olmoe", _rules(**_LLAMA_ATTN, self_attn__q_norm=Role.PROJ_NORM, self_attn__k_norm=Role.PROJ_NORM, **_PRE_NORMS)),
         Family("glm4_moe", _rules(**_LLAMA_ATTN, self_attn__q_norm=Role.HEAD_NORM, self_attn__k_norm=Role.HEAD_NORM, **_SWIGLU, **_PRE_NORMS)),
+        Family(
+            "deepseek_v3",
+            _rules(
+                self_attn__q_proj=Role.READ_ATTN,  # when q_lora_rank is None
+                self_attn__q_a_proj=Role.LATENT_READ,
+                self_attn__q_a_layernorm=Role.HEAD_NORM,
+                self_attn__q_b_proj=Role.HEAD_FROM_LATENT,
+                self_attn__kv_a_proj_with_mqa=Role.LATENT_READ,
+                self_attn__kv_a_layernorm=Role.HEAD_NORM,
+                self_attn__kv_b_proj=Role.HEAD_FROM_LATENT,
+                self_attn__o_proj=Role.WRITE_ATTN,
+                **_SWIGLU,
+                **_PRE_NORMS,
+            ),
+        ),
         Family(
             "hunyuan_v1_moe",
             _rules(**_LLAMA_ATTN, self_attn__query_layernorm=Role.HEAD_NORM, self_attn__key_layernorm=Role.HEAD_NORM, **_PRE_NORMS),

@@ -57,6 +57,11 @@ MOE_LAYOUTS: dict[str, MoeLayout] = {
         scoring="sigmoid", experts_field="n_routed_experts", shared_field="n_shared_experts", shared_kind="multiple",
         dense_rule="first_k", groups=True,
     ),
+    "deepseek_v3": MoeLayout(
+        "mlp.experts.{e}.{part}", router_bias="mlp.gate.e_score_correction_bias", shared="mlp.shared_experts.",
+        scoring="sigmoid", experts_field="n_routed_experts", shared_field="n_shared_experts", shared_kind="multiple",
+        dense_rule="first_k", groups=True,
+    ),
     "hunyuan_v1_moe": MoeLayout(
         "mlp.experts.{e}.{part}", router="mlp.gate.wg.weight", shared="mlp.shared_mlp.", norm_field=None,
         topk_field="moe_topk", inter_field="intermediate_size", shared_kind="same", shared_required=True, router_fp32=True,
