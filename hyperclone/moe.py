@@ -15,7 +15,7 @@ from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint, TensorInfo
 from hyperclone.ops import Segment
 
-MOE_KEYS = {"arch", "experts", "top_k", "shared_experts", "dense_layers", "split", "clone"}
+MOE_KEYS = {"arch", "experts", "top_k", "shared_experts", "dense_layers", "split", "clone", "router_init"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class MoeTarget:
     dense_layers: int | None = None
     split: int = 1
     clone: int = 1
+    router_init: float | None = None  # std of an upcycled model's random router (default: initializer_range)
 
 
 def parse_moe_target(data) -> MoeTarget:
@@ -49,6 +50,11 @@ def parse_moe_target(data) -> MoeTarget:
         raise UserError(f"moe: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(MOE_KEYS))})")
     out = {}
     for key, value in data.items():
+        if key == "router_init":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise UserError(f"moe.router_init must be a number >= 0 (the random router's std), got {value!r}")
+            out[key] = float(value)
+            continue
         if key == "arch":
             if value not in MOE_LAYOUTS:
                 raise UserError(f"unknown MoE arch {value!r}: choose one of {', '.join(MOE_LAYOUTS)}")
@@ -234,6 +240,7 @@ class MoePlanner:
         self.shared_half = shared_inner == inner
         routed = 0.5 if self.shared_half else 1.0
         self.layout, self.clone, self.split, self.arch = layout, 1, split, arch
+        self.router_init = mt.router_init
         self.spec_out = MoeSpec(
             mt.experts, mt.top_k, expert_inner, shared_inner,
             tuple(i >= dense_layers for i in layer_map), True,
@@ -353,7 +360,8 @@ class MoePlanner:
         router = f"{prefix}{j}.{layout.router}"
         rows = spec.experts // self.split
         # one random row per copy, repeated for its slices so they share the copy's score
-        router_segs = [Segment("normal", 1, width, value=init_std, key=f"{router}#{c}") for c in range(rows) for _ in range(self.split)]
+        std = init_std if self.router_init is None else self.router_init
+        router_segs = [Segment("normal", 1, width, value=std, key=f"{router}#{c}") for c in range(rows) for _ in range(self.split)]
         out.append((router, router_segs, None))
         if layout.router_bias:
             out.append((f"{prefix}{j}.{layout.router_bias}", [Segment("zeros", spec.experts, 1)], None))

@@ -151,7 +151,11 @@ def test_cloned_experts_break_symmetry_only_with_noise(noise, tiny, tmp_path):
 
 def test_upcycled_experts_diverge_through_the_random_router(tiny, tmp_path):
     src = tiny("llama")
-    out = hyperclone.grow(src, dict(moe={"arch": "mixtral", "experts": 4, "top_k": 2}), tmp_path / "g", progress=False)
+    moe = {"arch": "mixtral", "experts": 4, "top_k": 2, "router_init": 0.5}
+    out = hyperclone.grow(src, dict(moe=moe), tmp_path / "g", progress=False)
+    other_seed = hyperclone.grow(src, dict(seed=1, moe=moe), tmp_path / "s", progress=False)
+    routers = [hyperclone.load_model(p).model.layers[0].mlp.gate.weight for p in (out, other_seed)]
+    assert 0.4 < routers[0].std().item() < 0.6 and not torch.equal(*routers)
     assert_preserved(hyperclone.verify(src, out, seq_len=48))
     model = hyperclone.load_model(out, dtype=torch.float32)
     experts = model.model.layers[0].mlp.experts
