@@ -247,6 +247,48 @@ def demo(
     raise typer.Exit(0 if result["passed"] else 1)
 
 
+@app.command()
+@user_errors
+def train(
+    model: str = typer.Option(..., "--model", help="A grown (or any saved) transformers checkpoint directory."),
+    data: str = typer.Option(..., "--data", help="Text file, directory, .jsonl, .parquet, or a Hub dataset name."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Run directory (default: <model>-trained)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe: a name in recipes/ or a YAML file."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per process per micro-batch."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="muonclip | muon | adamw"),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="wsd | cosine | constant"),
+    decay_shape: Optional[str] = typer.Option(None, "--decay-shape", help="linear | cosine | 1-sqrt | exp"),
+    decay_fraction: Optional[float] = typer.Option(None, "--decay-fraction"),
+    decay_from: Optional[str] = typer.Option(None, "--decay-from", help="Branch a decay run from this stable-phase checkpoint."),
+    warmup: Optional[float] = typer.Option(None, "--warmup", help="Fraction of steps (< 1) or a step count."),
+    save_every: Optional[int] = typer.Option(None, "--save-every"),
+    keep: Optional[int] = typer.Option(None, "--keep"),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every"),
+    moe_balance: Optional[str] = typer.Option(None, "--moe-balance", help="auto | aux | aux_free | none"),
+    text_field: Optional[str] = typer.Option(None, "--text-field"),
+    streaming: Optional[bool] = typer.Option(None, "--streaming/--no-streaming"),
+    resume: bool = typer.Option(False, "--resume", help="Continue exactly from the latest checkpoint in the run directory."),
+    force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a run."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    trackers: Optional[str] = typer.Option(None, "--trackers", help="tensorboard (default) | none | another Accelerate tracker."),
+) -> None:
+    """Continue pretraining a (grown) model: Accelerate, MuonClip, Warmup-Stable-Decay, exact resume."""
+    import hyperclone
+
+    settings = {k: v for k, v in locals().items() if k not in ("recipe", "output", "hyperclone")}
+    settings["out"] = str(output) if output else None
+    settings["resume"] = resume or None
+    settings["force"] = force or None
+    result = hyperclone.train(recipe=recipe, **settings)
+    err.print(f"[green]trained[/] {result['steps']} steps, {result['tokens']:,} tokens: loss {result['loss']:.4f}, "
+              f"eval loss {result['eval_loss'] if result['eval_loss'] is None else round(result['eval_loss'], 4)} → {result['out']}/final",
+              soft_wrap=True)
+
+
 def main() -> None:
     app()
 

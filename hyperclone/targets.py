@@ -140,7 +140,7 @@ def presets() -> dict[str, dict]:
     for entry in sorted(_preset_dir().iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
             data = yaml.safe_load(entry.read_text())
-            if isinstance(data, dict) and data.get("kind", "growth") == "growth":
+            if isinstance(data, dict) and data.get("kind", "growth") == "growth":  # training recipes live here too
                 data = {k: v for k, v in data.items() if k != "kind"}
                 found[entry.name[: -len(".yaml")]] = data
     return found

@@ -1,0 +1,112 @@
+"""Training data: text files, directories, .jsonl, .parquet or a Hub dataset, tokenised and packed.
+
+Packed blocks of `seq_len` tokens (documents joined by EOS), shuffled once with the seed, a held-out
+eval split. The order is fixed by the seed alone, so a resumed run sees exactly the batches an
+uninterrupted one would (the loop skips the ones already used).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from hyperclone.errors import UserError
+
+JSON_SUFFIXES = {".jsonl", ".json"}
+PARQUET_SUFFIXES = {".parquet"}
+BINARY_SUFFIXES = {".pyc", ".so", ".png", ".jpg", ".gz", ".zip", ".bin", ".safetensors", ".pt", ".whl", ".o", ".a"}
+
+
+@dataclass
+class Tokenizer:
+    encode: Callable[[str], list[int]]
+    eos: int
+    description: str
+
+
+def load_tokenizer(model_dir: str | os.PathLike, vocab_size: int) -> Tokenizer:
+    """The checkpoint's tokenizer, or bytes as token ids when it has none (said in `description`)."""
+    directory = Path(model_dir)
+    if any((directory / name).exists() for name in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(directory))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load the tokenizer in {directory}: {str(exc).splitlines()[0]}") from None
+        eos = tok.eos_token_id if tok.eos_token_id is not None else 0
+        return Tokenizer(lambda text: tok(text, add_special_tokens=False)["input_ids"], eos, f"{type(tok).__name__} from {directory}")
+    if vocab_size >= 257:
+        return Tokenizer(lambda text: list(text.encode("utf-8")), 256, "no tokenizer in the model directory: UTF-8 bytes as token ids (EOS = 256)")
+    return Tokenizer(lambda text: [b % vocab_size for b in text.encode("utf-8")], 0,
+                     f"no tokenizer in the model directory: UTF-8 bytes modulo the vocabulary of {vocab_size}")
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                   and p.suffix not in BINARY_SUFFIXES)
+    if not files:
+        raise UserError(f"{path} holds no text, .jsonl or .parquet files")
+    return files
+
+
+def load_corpus(source: str, text_field: str = "text", streaming: bool = False):
+    """A `datasets` dataset with a text column, from a path or a Hub dataset name."""
+    from datasets import load_dataset
+
+    path = Path(source).expanduser()
+    try:
+        if path.exists():
+            files = _files(path)
+            if all(f.stat().st_size == 0 for f in files):
+                raise UserError(f"data {source} is empty: give text to train on")
+            kinds = {"json" if f.suffix in JSON_SUFFIXES else "parquet" if f.suffix in PARQUET_SUFFIXES else "text" for f in files}
+            if len(kinds) > 1:
+                raise UserError(f"{path} mixes {', '.join(sorted(kinds))} files: give one kind of data")
+            kind = kinds.pop()
+            options = {"sample_by": "document"} if kind == "text" and len(files) > 1 else {"sample_by": "paragraph"} if kind == "text" else {}
+            data = load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=streaming, **options)
+        else:
+            if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+                raise UserError(f"{source} is not a file or directory, and the Hub is offline: give a local path")
+            data = load_dataset(source, split="train", streaming=streaming)
+    except UserError:
+        raise
+    except Exception as exc:  # datasets raises many types for unreadable data
+        raise UserError(f"cannot read data {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    columns = data.column_names or []
+    if text_field not in columns:
+        raise UserError(f"data {source} has no {text_field!r} field (fields: {', '.join(columns) or 'none'}): pass --text-field")
+    return data.select_columns([text_field]).rename_column(text_field, "text") if text_field != "text" else data.select_columns(["text"])
+
+
+def pack(data, tokenizer: Tokenizer, seq_len: int):
+    """Token blocks of exactly `seq_len`, documents separated by EOS (a block may span documents)."""
+
+    def group(batch):
+        ids: list[int] = []
+        for text in batch["text"]:
+            if text:
+                ids.extend(tokenizer.encode(text))
+                ids.append(tokenizer.eos)
+        blocks = len(ids) // seq_len
+        return {"input_ids": [ids[i * seq_len : (i + 1) * seq_len] for i in range(blocks)]}
+
+    return data.map(group, batched=True, batch_size=256, remove_columns=["text"])
+
+
+def train_eval_split(blocks, eval_fraction: float, seed: int, streaming: bool, eval_blocks: int = 0):
+    """Shuffle once with the seed; hold out a fraction (or a count, when streaming) for evaluation."""
+    if streaming:
+        shuffled = blocks.shuffle(seed=seed, buffer_size=10_000)
+        held = eval_blocks or 16
+        return shuffled.skip(held), shuffled.take(held)
+    count = len(blocks)
+    if count < 2:
+        raise UserError(f"the data gives {count} block(s) of this --seq-len: give more text or a shorter --seq-len")
+    held = max(1, int(round(count * eval_fraction))) if eval_fraction > 0 else 0
+    shuffled = blocks.shuffle(seed=seed)
+    return shuffled.select(range(held, count)), shuffled.select(range(held))

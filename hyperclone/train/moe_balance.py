@@ -1,0 +1,81 @@
+"""MoE training: load balancing (auxiliary loss or DeepSeek's aux-loss-free bias), router z-loss,
+per-expert token counts.
+
+Forward hooks on each router (`…mlp.gate`, which returns logits, weights and chosen experts in
+every transformers MoE family) capture what one code path needs for all seven families.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from hyperclone.arch.moe import MOE_LAYOUTS
+from hyperclone.moe import moe_spec
+
+ROUTER_MODULE = re.compile(r"layers\.(\d+)\.mlp\.gate$")
+
+
+class MoeBalance:
+    def __init__(self, model: torch.nn.Module, mode: str, aux_coef: float, z_coef: float, bias_rate: float):
+        config = model.config.to_dict()
+        layout = MOE_LAYOUTS[config["model_type"]]
+        self.spec = moe_spec(config, layout, config["num_hidden_layers"])
+        self.sigmoid = layout.scoring == "sigmoid"
+        self.routers: dict[int, torch.nn.Module] = {}
+        for name, module in model.named_modules():
+            if (m := ROUTER_MODULE.search(name)) and not isinstance(module, torch.nn.Linear):
+                self.routers[int(m.group(1))] = module
+                module.register_forward_hook(self._hook(int(m.group(1))))
+        has_bias = all(hasattr(r, "e_score_correction_bias") for r in self.routers.values()) and bool(self.routers)
+        if mode == "auto":
+            mode = "aux_free" if has_bias else "aux"
+        if mode == "aux_free" and not has_bias:
+            raise ValueError("aux_free balancing needs routers with an e_score_correction_bias (glm4_moe, deepseek_v3)")
+        self.mode, self.aux_coef, self.z_coef, self.bias_rate = mode, aux_coef, z_coef, bias_rate
+        self.layers = sorted(self.routers)
+        self.step_counts = torch.zeros(len(self.layers), self.spec.experts)
+        self.total_counts = torch.zeros(len(self.layers), self.spec.experts)
+        self._losses: list[torch.Tensor] = []
+
+    def _hook(self, layer: int):
+        def hook(module, args, output):
+            logits, indices = output[0], output[-1]
+            row = self.layers.index(layer) if layer in self.layers else None
+            counts = torch.bincount(indices.reshape(-1), minlength=self.spec.experts).float().cpu()
+            if row is not None:
+                self.step_counts[row] += counts
+            if not module.training:
+                return
+            loss = logits.new_zeros(())
+            if self.z_coef:
+                loss = loss + self.z_coef * torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+            if self.mode == "aux" and self.aux_coef:
+                probs = torch.sigmoid(logits.float()) if self.sigmoid else torch.softmax(logits.float(), dim=-1)
+                probs = probs / probs.sum(-1, keepdim=True)
+                fraction = counts.to(logits.device) / counts.sum().clamp(min=1)
+                loss = loss + self.aux_coef * self.spec.experts * (fraction * probs.mean(0)).sum()
+            self._losses.append(loss)
+
+        return hook
+
+    def take_loss(self) -> torch.Tensor | None:
+        """The balancing and z losses of the forward passes since the last call."""
+        if not self._losses:
+            return None
+        loss = torch.stack(self._losses).sum()
+        self._losses.clear()
+        return loss
+
+    @torch.no_grad()
+    def end_step(self, reduce) -> list[list[float]]:
+        """After an optimizer step: all-reduce counts, nudge biases (aux-free), return this step's load."""
+        counts = reduce(self.step_counts.clone())
+        self.total_counts += counts
+        if self.mode == "aux_free":
+            for row, layer in enumerate(self.layers):
+                bias = self.routers[layer].e_score_correction_bias
+                load = counts[row].to(bias.device)
+                bias.add_(self.bias_rate * torch.sign(load.mean() - load).to(bias.dtype))
+        self.step_counts.zero_()
+        return counts.tolist()

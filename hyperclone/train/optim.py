@@ -1,0 +1,160 @@
+"""MuonClip: Muon for hidden matrices, AdamW for the rest, QK-Clip after each step (Kimi K2).
+
+Muon orthogonalises the momentum of every hidden 2D matrix with a quintic Newton–Schulz iteration;
+MoE experts stored as 3D tensors [E, out, in] are orthogonalised per expert in one batched pass
+(fused gate_up halves separately). The update's RMS is matched to AdamW's (0.2·sqrt(max(A, B))), so
+one learning rate serves both halves. `newton_schulz` is the function a fused kernel replaces.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, Iterable
+
+import torch
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+ROUTER = re.compile(r"(^|\.)(gate(\.wg)?|shared_expert_gate)\.weight$")
+FUSED_HALVES = re.compile(r"gate_up_proj$")
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Approximately orthogonalise the last two dims of `g` (batched over leading dims).
+
+    Same iteration and operation order as torch.optim.Muon (bfloat16 by default), so 2D results match it.
+    """
+    a, b, c = coefficients
+    x = g.to(dtype)
+    tall = g.size(-2) > g.size(-1)
+    if tall:
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        if x.dim() == 2:
+            gram = x @ x.T
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        else:
+            gram = x @ x.mT
+            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    if tall:
+        x = x.mT
+    return x.to(g.dtype)
+
+
+def rms_matched_lr(lr: float, shape: torch.Size) -> float:
+    """AdamW-matched update RMS for an [A, B] matrix: lr * 0.2 * sqrt(max(A, B))."""
+    return lr * 0.2 * math.sqrt(max(shape[-2], shape[-1]))
+
+
+class MuonClip(torch.optim.Optimizer):
+    """Muon + AdamW in one torch optimizer; groups say which with `use_muon`. QK-Clip runs after `step`
+    when a `QKClip` is attached (see hyperclone.train.qkclip); without it this is plain Muon + AdamW."""
+
+    def __init__(self, params: Iterable, lr: float = 2e-3, weight_decay: float = 0.1, momentum: float = 0.95,
+                 nesterov: bool = True, ns_steps: int = 5, ns_coefficients=NS_COEFFICIENTS, eps: float = 1e-7,
+                 betas: tuple[float, float] = (0.9, 0.95), adam_eps: float = 1e-8, qk_clip=None):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                        ns_coefficients=tuple(ns_coefficients), eps=eps, betas=tuple(betas), adam_eps=adam_eps,
+                        use_muon=True, halves=False)
+        super().__init__(params, defaults)
+        self.qk_clip = qk_clip
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if group["use_muon"]:
+                    self._muon(p, group)
+                else:
+                    self._adamw(p, group)
+        if self.qk_clip is not None:
+            self.qk_clip.apply()
+        return loss
+
+    def _muon(self, p: torch.Tensor, group: dict) -> None:
+        grad, state = p.grad, self.state[p]
+        buf = state.setdefault("momentum_buffer", torch.zeros_like(grad))
+        buf.lerp_(grad, 1 - group["momentum"])
+        update = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+        ns = dict(steps=group["ns_steps"], coefficients=group["ns_coefficients"], eps=group["eps"])
+        if group["halves"]:  # fused [gate; up]: two matrices, orthogonalised apart
+            gate, up = update.chunk(2, dim=-2)
+            update = torch.cat([newton_schulz(gate, **ns), newton_schulz(up, **ns)], dim=-2)
+            shape = gate.shape
+        else:
+            update = newton_schulz(update, **ns)
+            shape = p.shape
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.add_(update, alpha=-rms_matched_lr(group["lr"], shape))
+
+    def _adamw(self, p: torch.Tensor, group: dict) -> None:
+        grad, state = p.grad, self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        t = float(state["step"])
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["adam_eps"])
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
+
+
+def split_parameters(model: torch.nn.Module) -> tuple[list, list, list, list]:
+    """(muon matrices, muon fused gate_up stacks, adamw decayed, adamw not decayed) of a transformers model.
+
+    Muon: hidden 2D matrices and 3D expert stacks. AdamW: embeddings, lm_head, routers (decayed),
+    norms and biases (not decayed).
+    """
+    embeddings = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    muon, halves, decay, no_decay = [], [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() < 2:
+            no_decay.append((name, p))
+        elif id(p) in embeddings or ROUTER.search(name):
+            decay.append((name, p))
+        elif FUSED_HALVES.search(name):
+            halves.append((name, p))
+        else:
+            muon.append((name, p))
+    return muon, halves, decay, no_decay
+
+
+def is_expert(name: str) -> bool:
+    return ".experts." in name or name.endswith((".experts.gate_up_proj", ".experts.down_proj"))
+
+
+def build_optimizer(model: torch.nn.Module, kind: str, lr: float, weight_decay: float = 0.1,
+                    expert_lr_scale: float = 1.0, qk_clip=None) -> torch.optim.Optimizer:
+    """`muonclip`, `muon` (no QK-Clip) or `adamw`. Routed experts' groups get lr * expert_lr_scale."""
+    muon, halves, decay, no_decay = split_parameters(model)
+    groups: list[dict] = []
+
+    def add(params, **options):
+        for expert in (False, True):
+            chosen = [p for n, p in params if is_expert(n) == expert]
+            if chosen:
+                scale = expert_lr_scale if expert else 1.0
+                groups.append(dict(params=chosen, lr=lr * scale, lr_scale=scale, **options))
+
+    if kind == "adamw":
+        add(muon + halves + decay, weight_decay=weight_decay)
+        add(no_decay, weight_decay=0.0)
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    add(muon, use_muon=True)
+    add(halves, use_muon=True, halves=True)
+    add(decay, use_muon=False)
+    add(no_decay, use_muon=False, weight_decay=0.0)
+    return MuonClip(groups, lr=lr, weight_decay=weight_decay, qk_clip=qk_clip if kind == "muonclip" else None)

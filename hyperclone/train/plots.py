@@ -1,0 +1,47 @@
+"""PNG plots of a run: loss against tokens, and how many tokens each expert received."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(metrics: Path, out: Path) -> None:
+    lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train = [(m["tokens"], m["loss"]) for m in lines if "loss" in m and m["loss"] is not None]
+    evals = [(m["tokens"], m["eval_loss"]) for m in lines if "eval_loss" in m]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", linewidth=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_expert_load(counts: list[list[int]], layers: list[int], out: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.4 * len(counts) + 1.5)))
+    image = ax.imshow(counts, aspect="auto", cmap="viridis")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(len(layers)), [str(i) for i in layers])
+    fig.colorbar(image, ax=ax, label="tokens routed")
+    ax.set_title("expert load")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

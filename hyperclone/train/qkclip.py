@@ -1,0 +1,112 @@
+"""QK-Clip: keep every head's maximum pre-softmax attention logit at or below tau.
+
+The maximum is recorded during the forward pass by an attention function registered with
+transformers (it computes the logits' max, then runs transformers' own SDPA), so it costs nothing
+unless clipping is on. After the optimizer step, a head whose max S_h exceeds tau has its query
+and key rows scaled so that the product shrinks by gamma = tau / S_h (Kimi K2):
+  - grouped-query attention: a kv head shared by several query heads is scaled by sqrt(min gamma)
+    of its group, and each query head by min(1, gamma_h / that) — every head ends at or below tau;
+  - MLA: the head's q and k "nope" parts by sqrt(gamma), its q rope part by gamma, the shared
+    rotary key untouched.
+Heads behind q/k norms are bounded by the norms' weights and left alone.
+"""
+from __future__ import annotations
+
+import torch
+
+NAME = "hyperclone_qk_capture"
+_registered = False
+
+
+def _capture_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    with torch.no_grad():
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        keys = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+        scores = torch.matmul(query.float(), keys.float().transpose(-1, -2)) * scale
+        if attention_mask is None:  # causal, left implicit by the mask builder
+            q_len, k_len = scores.shape[-2:]
+            allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        elif attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask[..., : scores.shape[-1]], float("-inf"))
+        else:
+            scores = scores + attention_mask[..., : scores.shape[-1]].float()
+        per_head = scores.amax(dim=(0, 2, 3))
+        seen = getattr(module, "_hc_max_logit", None)
+        module._hc_max_logit = per_head if seen is None else torch.maximum(seen, per_head)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(NAME, _capture_attention)
+        AttentionMaskInterface.register(NAME, sdpa_mask)
+        _registered = True
+
+
+class QKClip:
+    """Records per-head max logits of `model` and clips W_q / W_k after each optimizer step."""
+
+    def __init__(self, model: torch.nn.Module, tau: float = 100.0):
+        _register()
+        model.set_attn_implementation(NAME)
+        self.tau = tau
+        self.modules, self.skipped = [], []
+        for name, module in model.named_modules():
+            if hasattr(module, "kv_b_proj") or (hasattr(module, "q_proj") and hasattr(module, "k_proj")):
+                normed = any(hasattr(module, n) for n in ("q_norm", "k_norm", "query_layernorm", "key_layernorm"))
+                (self.skipped if normed else self.modules).append(module)
+        self.last_max: float | None = None
+
+    def observed_max(self) -> float | None:
+        values = [m._hc_max_logit.max() for m in self.modules + self.skipped if getattr(m, "_hc_max_logit", None) is not None]
+        return float(torch.stack(values).max()) if values else None
+
+    def reset(self) -> None:
+        for module in self.modules + self.skipped:
+            module._hc_max_logit = None
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        self.last_max = self.observed_max()
+        for module in self.modules + self.skipped:
+            seen = getattr(module, "_hc_max_logit", None)
+            module._hc_max_logit = None
+            if seen is None or module in self.skipped:
+                continue
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
+            gamma = (self.tau / seen).clamp(max=1.0)
+            if bool((gamma < 1).any()):
+                if hasattr(module, "kv_b_proj"):
+                    self._clip_mla(module, gamma)
+                else:
+                    self._clip_gqa(module, gamma)
+
+    def _clip_gqa(self, module, gamma: torch.Tensor) -> None:
+        heads = gamma.numel()
+        kv_heads = module.k_proj.weight.shape[0] // module.head_dim
+        group = heads // kv_heads
+        k_scale = gamma.view(kv_heads, group).amin(1).sqrt()
+        q_scale = (gamma / k_scale.repeat_interleave(group)).clamp(max=1.0)
+        for linear, scale, count in ((module.q_proj, q_scale, heads), (module.k_proj, k_scale, kv_heads)):
+            linear.weight.view(count, -1, linear.weight.shape[-1]).mul_(scale.to(linear.weight.dtype)[:, None, None])
+            if linear.bias is not None:
+                linear.bias.view(count, -1).mul_(scale.to(linear.bias.dtype)[:, None])
+
+    def _clip_mla(self, module, gamma: torch.Tensor) -> None:
+        nope, rope = module.qk_nope_head_dim, module.qk_rope_head_dim
+        heads = gamma.numel()
+        root = gamma.sqrt()
+        q = (module.q_b_proj if getattr(module, "q_b_proj", None) is not None else module.q_proj).weight
+        q = q.view(heads, nope + rope, q.shape[-1])
+        q[:, :nope].mul_(root.to(q.dtype)[:, None, None])
+        q[:, nope:].mul_(gamma.to(q.dtype)[:, None, None])
+        kv = module.kv_b_proj.weight
+        kv.view(heads, -1, kv.shape[-1])[:, :nope].mul_(root.to(kv.dtype)[:, None, None])

@@ -1,0 +1,105 @@
+"""MuonClip: matches torch.optim.Muon, orthogonalises per expert, round-trips its state; QK-Clip
+brings every head's max logit to tau in one step; WSD schedule shapes."""
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hyperclone.testing import randomize_, tiny_config
+from hyperclone.train.optim import MuonClip, build_optimizer, newton_schulz
+from hyperclone.train.qkclip import QKClip
+from hyperclone.train.schedule import lr_factor
+
+
+def test_one_step_matches_torch_muon():
+    torch.manual_seed(0)
+    w0 = torch.randn(48, 32)
+    grads = [torch.randn(48, 32) for _ in range(3)]
+    ours, ref = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    opt_ours = MuonClip([dict(params=[ours], use_muon=True)], lr=0.02, weight_decay=0.1)
+    opt_ref = torch.optim.Muon([ref], lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for g in grads:  # three steps: momentum and Nesterov included
+        ours.grad, ref.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_ref.step()
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+
+
+def test_orthogonalised_update_has_singular_values_in_a_band():
+    torch.manual_seed(0)
+    g = torch.randn(64, 40) * torch.logspace(-2, 0, 40)  # condition number ~200
+    s_raw = torch.linalg.svdvals(g)
+    assert s_raw.max() / s_raw.min() > 100
+    s = torch.linalg.svdvals(newton_schulz(g).float())
+    assert s.min() > 0.6 and s.max() < 1.25, s  # the quintic's band (it trades exactness for speed)
+
+
+def test_experts_are_orthogonalised_one_by_one():
+    stack = torch.randn(4, 24, 16)
+    batched = newton_schulz(stack)
+    for e in range(4):
+        assert torch.allclose(batched[e].float(), newton_schulz(stack[e]).float(), atol=1e-2)
+
+
+def test_fused_gate_up_halves_and_parameter_split():
+    model = AutoModelForCausalLM.from_config(tiny_config("qwen3_moe"))
+    opt = build_optimizer(model, "muon", lr=1e-3)
+    halves = [g for g in opt.param_groups if g["halves"]]
+    assert halves and all(p.dim() == 3 for g in halves for p in g["params"])
+    adam = {id(p) for g in opt.param_groups if not g["use_muon"] for p in g["params"]}
+    assert id(model.model.embed_tokens.weight) in adam and id(model.model.layers[1].mlp.gate.weight) in adam
+    assert id(model.model.layers[0].self_attn.q_proj.weight) not in adam
+
+
+def test_state_dict_round_trips():
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"))
+    opt = build_optimizer(model, "muon", lr=1e-3)
+    ids = torch.randint(0, 128, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    again = build_optimizer(model, "muon", lr=1e-3)
+    again.load_state_dict(opt.state_dict())
+    a, b = opt.state_dict(), again.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for key in a["state"]:
+        for name, value in a["state"][key].items():
+            assert torch.equal(value, b["state"][key][name])
+
+
+@pytest.mark.parametrize("family,extra", [("llama", {}), ("deepseek_v3", {}), ("deepseek_v3", {"q_lora_rank": None})])
+def test_qk_clip_brings_every_head_to_tau(family, extra):
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **extra))
+    randomize_(model, 0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            (attn.q_b_proj if getattr(attn, "q_b_proj", None) is not None else attn.q_proj).weight.mul_(30)
+    tau = 5.0
+    clip = QKClip(model, tau=tau)
+    opt = build_optimizer(model, "muonclip", lr=0.0, qk_clip=clip)
+    ids = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    before = clip.observed_max()
+    opt.step()
+    with torch.no_grad():
+        model(input_ids=ids)
+    per_head = [m._hc_max_logit for m in clip.modules]
+    assert before > 10 * tau
+    assert all(float(h.max()) <= tau * (1 + 1e-5) for h in per_head)
+
+
+def test_wsd_shapes():
+    total, warmup = 100, 10
+    assert lr_factor(0, total, warmup) == pytest.approx(0.1)
+    assert lr_factor(50, total, warmup) == 1.0
+    for shape in ("linear", "cosine", "1-sqrt"):
+        values = [lr_factor(s, total, warmup, decay_shape=shape) for s in range(80, 100)]
+        assert values == sorted(values, reverse=True) and values[-1] == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(99, total, warmup, decay_shape="exp", min_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(89, total, warmup, decay_shape="linear") == pytest.approx(0.5)
+    assert lr_factor(89, total, warmup, decay_shape="1-sqrt") == pytest.approx(1 - math.sqrt(0.5))
+    # branching a decay from step 40 of a stable phase
+    assert lr_factor(39, total, warmup, decay_start=40) == 1.0
+    assert lr_factor(99, total, warmup, decay_start=40) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(69, total, warmup, decay_start=40) == pytest.approx(0.5)

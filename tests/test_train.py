@@ -1,0 +1,168 @@
+"""`hyperclone train`: real training steps on tiny models and real text (the Python standard library's
+json package), resume after SIGKILL, two processes, bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import hyperclone
+from hyperclone.errors import UserError
+
+DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")  # real text that ships with every Python
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+QUICK = dict(seq_len=64, batch_size=4, trackers="none", progress=False)
+
+
+def losses(run: Path) -> list[float]:
+    return [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
+
+
+def cli(*args, timeout=300):
+    exe = shutil.which("hyperclone")
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+@pytest.mark.parametrize("optimizer", ["muonclip", "muon", "adamw"])
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe", "glm4_moe"])
+def test_loss_falls_over_40_steps(family, optimizer, tiny, tmp_path):
+    model = tiny(family, vocab_size=300)
+    result = hyperclone.train(model=str(model), data=DATA, out=str(tmp_path / "run"), max_steps=40, optimizer=optimizer,
+                              lr=3e-3 if optimizer == "adamw" else 2e-3, **QUICK)
+    curve = losses(tmp_path / "run")
+    assert len(curve) == 40 and result["steps"] == 40
+    assert sum(curve[-5:]) / 5 < curve[0] - 0.5, curve
+    assert result["eval_loss"] is not None and result["eval_loss"] < curve[0]
+    trained = hyperclone.load_model(tmp_path / "run" / "final")
+    assert trained.config.model_type == family
+
+
+def test_run_outputs_and_moe_logging(tiny, tmp_path):
+    model = tiny("glm4_moe", vocab_size=300)
+    out = tmp_path / "run"
+    hyperclone.train(model=str(model), data=DATA, out=str(out), max_steps=12, eval_every=6, save_every=4, keep=2,
+                     **{**QUICK, "trackers": "tensorboard"})
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "max_attn_logit", "expert_load"} <= set(steps[0])
+    assert [r["step"] for r in records if "eval_loss" in r] == [6, 12]
+    assert steps[-1]["tokens"] == 12 * 4 * 64
+    assert len(steps[0]["expert_load"][0]) == 4  # tokens per expert, per MoE layer
+    for png in ("loss.png", "expert_load.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-12", "step-8"]
+    assert any((out / "hyperclone").rglob("events.out.tfevents*"))
+    # aux-loss-free balancing moved the routers' correction biases
+    trained = hyperclone.load_model(out / "final")
+    assert trained.model.layers[1].mlp.gate.e_score_correction_bias.abs().sum() > 0
+
+
+def test_expert_learning_rates_follow_the_hunyuan_rule(tiny):
+    from hyperclone.train.optim import build_optimizer
+
+    model = hyperclone.load_model(tiny("qwen3_moe"))
+    opt = build_optimizer(model, "muonclip", lr=1.0, expert_lr_scale=(2 / 4) ** 0.5)
+    scales = {g["lr_scale"] for g in opt.param_groups}
+    assert scales == {1.0, (2 / 4) ** 0.5}
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path):
+    model = tiny("llama", vocab_size=300)
+    args = ["train", "--model", str(model), "--data", DATA, "--max-steps", "30", "--seq-len", "64", "--batch-size", "4",
+            "--save-every", "10", "--trackers", "none"]
+    assert cli(*args, "-o", str(tmp_path / "full")).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([shutil.which("hyperclone"), *args, "-o", str(killed)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step-10" / "hyperclone_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert losses(killed)[-1] != losses(tmp_path / "full")[-1] or len(losses(killed)) < 30
+    resumed = cli(*args, "-o", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = losses(tmp_path / "full"), losses(killed)
+    assert len(b) == 30  # the steps redone after the checkpoint are not counted twice
+    assert abs(a[-1] - b[-1]) <= 1e-5, (a[-1], b[-1])
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path):
+    model = tiny("llama", vocab_size=300)
+    common = ["--model", str(model), "--data", DATA, "--max-steps", "8", "--seq-len", "64", "--trackers", "none"]
+    one = cli("train", *common, "--batch-size", "4", "-o", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hyperclone.train"]
+    two = subprocess.run([*launcher, *common, "--batch-size", "2", "-o", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == len(b) == 8
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+    tokens = [json.loads(line)["tokens"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert tokens[-1] == 8 * 4 * 64  # the global batch counts both processes
+
+
+def test_decay_branches_from_a_stable_checkpoint(tiny, tmp_path):
+    model = tiny("llama", vocab_size=300)
+    stable = tmp_path / "stable"
+    hyperclone.train(model=str(model), data=DATA, out=str(stable), max_steps=20, schedule="constant", warmup=0,
+                     save_every=10, **QUICK)
+    branch = tmp_path / "branch"
+    hyperclone.train(model=str(model), data=DATA, out=str(branch), max_steps=20, decay_from=str(stable / "checkpoints" / "step-10"),
+                     decay_shape="linear", **QUICK)
+    records = [r for r in map(json.loads, (branch / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert records[0]["step"] == 11 and len(records) == 10
+    lrs = [r["lr"] for r in records]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] < 1e-3 and lrs[-1] < 1e-4
+
+
+@pytest.fixture()
+def bad_inputs(tiny, tmp_path):
+    model = tiny("llama", vocab_size=300)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    garbage = tmp_path / "broken.parquet"
+    garbage.write_bytes(b"PAR1 not really parquet")
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    (encoder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
+    exploding = tmp_path / "explode.yaml"
+    exploding.write_text("kind: training\nlr: 1.0e+30\nmax_bad_steps: 3\ngrad_clip: 0\noptimizer: adamw\n")
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("keep me")
+    base = ["--max-steps", "20", "--seq-len", "64", "--batch-size", "4", "--trackers", "none"]
+    return {
+        "empty_data": (["--model", str(model), "--data", str(empty), *base], "is empty"),
+        "unreadable_data": (["--model", str(model), "--data", str(garbage), *base], "cannot read data"),
+        "seq_len_beyond_positions": (["--model", str(model), "--data", DATA, *base, "--seq-len", "4096"], "max_position_embeddings"),
+        "not_a_causal_lm": (["--model", str(encoder), "--data", DATA, *base], "not a causal language model"),
+        "no_config": (["--model", str(tmp_path), "--data", DATA, *base], "not a model directory"),
+        "existing_output": (["--model", str(model), "--data", DATA, *base, "-o", str(occupied)], "--resume"),
+        "non_finite_loss": (["--model", str(model), "--data", DATA, *base, "--recipe", str(exploding)], "not finite"),
+    }
+
+
+@pytest.mark.parametrize("case", ["empty_data", "unreadable_data", "seq_len_beyond_positions", "not_a_causal_lm",
+                                  "no_config", "existing_output", "non_finite_loss"])
+def test_bad_training_input_is_one_clear_line(case, bad_inputs, tmp_path):
+    args, expected = bad_inputs[case]
+    if "-o" not in args:
+        args = [*args, "-o", str(tmp_path / "out")]
+    result = cli("train", *args)
+    assert result.returncode == 2, (result.stdout, result.stderr[-2000:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    if case == "existing_output":
+        assert (tmp_path / "occupied" / "notes.txt").read_text() == "keep me"
