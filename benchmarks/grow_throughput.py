@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks_machine import machine
 
 GENERATE = r"""
 import sys, torch
@@ -60,14 +61,6 @@ def run_measuring_rss(cmd: list[str]) -> int:
     if proc.returncode:
         raise SystemExit(f"{cmd[1]} failed with exit code {proc.returncode}")
     return peak
-
-
-def machine() -> dict:
-    import torch
-
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "memory_gb": round(mem / 2**30, 1), "python": platform.python_version(), "torch": torch.__version__}
 
 
 def main() -> None:

@@ -126,6 +126,36 @@ def test_decay_branches_from_a_stable_checkpoint(tiny, tmp_path):
     assert lrs == sorted(lrs, reverse=True) and lrs[0] < 1e-3 and lrs[-1] < 1e-4
 
 
+def test_streaming_with_a_real_tokenizer_and_jsonl(tiny, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [p.read_text() for p in sorted(Path(DATA).glob("*.py"))]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts * 3))
+    model = shutil.copytree(tiny("llama", vocab_size=300), tmp_path / "model")
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<eos>"]))
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", unk_token="<unk>").save_pretrained(model)
+    out = tmp_path / "run"
+    result = cli("train", "--model", str(model), "--data", str(corpus), "--text-field", "body", "--streaming",
+                 "--max-steps", "12", "--seq-len", "64", "--batch-size", "4", "--save-every", "6", "--trackers", "none", "-o", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tokenizer: " in result.stderr and "no tokenizer" not in result.stderr
+    assert len(losses(out)) == 12 and (out / "final" / "tokenizer.json").exists()
+    resumed = cli("train", "--model", str(model), "--data", str(corpus), "--text-field", "body", "--streaming",
+                  "--max-steps", "14", "--seq-len", "64", "--batch-size", "4", "--trackers", "none", "-o", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len(losses(out)) == 14
+
+
+def test_hub_dataset_offline_is_a_clear_error(tiny, tmp_path):
+    result = cli("train", "--model", str(tiny("llama", vocab_size=300)), "--data", "someone/some-corpus", "--seq-len", "64",
+                 "-o", str(tmp_path / "o"))
+    assert result.returncode == 2 and "offline" in result.stderr
+
+
 @pytest.fixture()
 def bad_inputs(tiny, tmp_path):
     model = tiny("llama", vocab_size=300)

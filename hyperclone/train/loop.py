@@ -54,7 +54,13 @@ class _Batches:
         self.loader, self.accelerator, self.iterator, self.epoch = loader, accelerator, None, 0
 
     def skip(self, count: int) -> None:
-        length = len(self.loader)
+        try:
+            length = len(self.loader)
+        except TypeError:  # streaming: no length, so skip by reading
+            self.iterator = None
+            for _ in range(count):
+                self.next()
+            return
         self.epoch, offset = divmod(count, length)
         self.iterator = iter(self.accelerator.skip_first_batches(self.loader, offset) if offset else self.loader)
 
