@@ -172,14 +172,18 @@ def verify(
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
-        verdict = "[green]PASS[/]" if result["passed"] else "[red]FAIL[/]"
-        out.print(
-            f"{verdict} max |Δlogit| {result['max_abs_diff']:.3e} (tolerance {result['tolerance']:g}), "
-            f"argmax agreement {result['argmax_agreement']:.2%} on {result['tokens']} tokens; "
-            f"parameters {result['source_params']:,} → {result['grown_params']:,}",
-            soft_wrap=True,
-        )
+        _print_verdict(result)
     raise typer.Exit(0 if result["passed"] else 1)
+
+
+def _print_verdict(result: dict) -> None:
+    verdict = "[green]PASS[/]" if result["passed"] else "[red]FAIL[/]"
+    out.print(
+        f"{verdict} max |Δlogit| {result['max_abs_diff']:.3e} (tolerance {result['tolerance']:g}), "
+        f"argmax agreement {result['argmax_agreement']:.2%} on {result['tokens']} tokens; "
+        f"parameters {result['source_params']:,} → {result['grown_params']:,}",
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -238,12 +242,7 @@ def demo(
         err.print(f"made a tiny {family} model in {source}")
         grown = hyperclone.grow(source, to, base / f"tiny-{family}-{to}", force=True)
         result = hyperclone.verify(source, grown)
-        verdict = "[green]PASS[/]" if result["passed"] else "[red]FAIL[/]"
-        out.print(
-            f"{verdict} grew {result['source_params']:,} → {result['grown_params']:,} parameters; "
-            f"max |Δlogit| {result['max_abs_diff']:.2e}, argmax agreement {result['argmax_agreement']:.0%}",
-            soft_wrap=True,
-        )
+        _print_verdict(result)
     raise typer.Exit(0 if result["passed"] else 1)
 
 

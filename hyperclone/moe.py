@@ -318,10 +318,7 @@ class MoePlanner:
             patterns.append(re.escape(layout.shared) + r"(gate_proj|up_proj|down_proj)\.weight")
         return any(re.fullmatch(p, rel) for p in patterns)
 
-    def layer_is_moe_in_source(self, i: int) -> bool:
-        return self.spec_in is not None and self.spec_in.moe_layers[i]
-
-    def mlp_tensors(self, j: int, i: int, new: bool, dense_ffn: Ffn | None, init_std: float, dtype) -> list[tuple]:
+    def mlp_tensors(self, j: int, i: int, new: bool, dense_ffn: Ffn | None, init_std: float) -> list[tuple]:
         """(name, segments, dtype or None) of target layer j's MoE block, from source layer i."""
         prefix, layout, spec = self.fam.layer_prefix, self.layout, self.spec_out
         fresh = new and self.t.depth_init == "fresh"

@@ -232,7 +232,6 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
     if moe.active:
         dst = replace(dst, family=moe.arch)
 
-    globals_: dict[str, str] = {}
     per_layer: dict[int, dict[str, str]] = {i: {} for i in range(src.layers)}
     for name in ckpt.tensors:
         if name.endswith(fam.ignore_suffixes):
@@ -243,8 +242,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
                 continue  # experts, routers, shared experts: emitted by the MoE planner
         module, _, suffix = name.rpartition(".")
         if module in (fam.embed, fam.final_norm, fam.lm_head) and suffix in ("weight", "bias"):
-            globals_[name] = module
-            continue
+            continue  # emitted below
         if name.startswith(fam.layer_prefix) and (m := LAYER.match(name[len(fam.layer_prefix) :])):
             i, rel, suffix = int(m.group(1)), m.group(2), m.group(3)
             if fam.rule_for(rel) is None:
@@ -299,7 +297,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
         if becomes_moe:
             ffn = [per_layer[i].get(f"mlp.{p}_proj.weight") for p in ("gate", "up", "down")]
             dense_ffn = Ffn(*ffn, ckpt.tensors[ffn[0]].shape[0]) if all(ffn) else None
-            for name, segs, tensor_dtype in moe.mlp_tensors(j, i, new, dense_ffn, init_std, dtype):
+            for name, segs, tensor_dtype in moe.mlp_tensors(j, i, new, dense_ffn, init_std):
                 add(name, (0,) if name.endswith("correction_bias") else (0, 0), segs, tensor_dtype)
 
     lm_head = fam.lm_head + ".weight"

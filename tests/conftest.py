@@ -37,3 +37,12 @@ def assert_preserved(result: dict) -> None:
     assert result["max_abs_diff"] <= 1e-4, result
     assert result["argmax_agreement"] == 1.0, result
     assert result["passed"], result
+
+
+def one_adamw_step(model, seed: int = 3) -> None:
+    """One real AdamW step on random tokens (symmetry-breaking tests)."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ids = torch.randint(0, model.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(seed))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import hyperclone
 from hyperclone.errors import UserError
-from tests.conftest import assert_preserved
+from tests.conftest import assert_preserved, one_adamw_step
 
 MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "glm4_moe", "deepseek_v3", "hunyuan_v1_moe"]
 PATHS = {
@@ -127,21 +127,13 @@ def test_fused_expert_layout_is_read(tiny, tmp_path):
     assert_preserved(hyperclone.verify(src, out, seq_len=48))  # against the per-expert original
 
 
-def _one_step(model):
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    ids = torch.randint(0, model.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(5))
-    model(input_ids=ids, labels=ids).loss.backward()
-    opt.step()
-
-
 @pytest.mark.parametrize("noise", [0.0, 0.01])
 def test_cloned_experts_break_symmetry_only_with_noise(noise, tiny, tmp_path):
     src = tiny("mixtral")
     out = hyperclone.grow(src, dict(noise=noise, moe={"clone": 2}), tmp_path / "g", progress=False)
     assert_preserved(hyperclone.verify(src, out, seq_len=48))  # step 0: the same function
     model = hyperclone.load_model(out, dtype=torch.float32)
-    _one_step(model)
+    one_adamw_step(model)
     down = model.model.layers[0].mlp.experts.down_proj.detach()  # [E, d, I]: copies are experts 2e, 2e+1
     gap = (down[0::2] - down[1::2]).abs().max().item()
     # Without noise the copies get the same gradient up to float rounding (transformers' grouped
@@ -160,7 +152,7 @@ def test_upcycled_experts_diverge_through_the_random_router(tiny, tmp_path):
     model = hyperclone.load_model(out, dtype=torch.float32)
     experts = model.model.layers[0].mlp.experts
     assert torch.equal(experts.gate_up_proj[0], experts.gate_up_proj[1])  # exact copies at step 0
-    _one_step(model)
+    one_adamw_step(model)
     assert not torch.equal(experts.gate_up_proj[0], experts.gate_up_proj[1])
 
 

@@ -3,15 +3,7 @@ import pytest
 import torch
 
 import hyperclone
-from tests.conftest import assert_preserved
-
-
-def _one_step(model):
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    ids = torch.randint(0, model.config.vocab_size, (4, 24), generator=torch.Generator().manual_seed(3))
-    model(input_ids=ids, labels=ids).loss.backward()
-    opt.step()
+from tests.conftest import assert_preserved, one_adamw_step
 
 
 def _copy_gaps(model, width):
@@ -29,7 +21,7 @@ def test_copies_diverge_only_with_noise(noise, tiny, tmp_path):
     out = hyperclone.grow(src, dict(width=2, noise=noise), tmp_path / "g", progress=False)
     assert_preserved(hyperclone.verify(src, out))  # step 0: same function either way
     model = hyperclone.load_model(out, dtype=torch.float32)
-    _one_step(model)
+    one_adamw_step(model)
     q_gap, down_gap = _copy_gaps(model, 2)
     if noise:
         assert q_gap > 1e-4 and down_gap > 1e-4

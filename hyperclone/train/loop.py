@@ -21,6 +21,7 @@ from hyperclone.train.qkclip import QKClip
 from hyperclone.train.schedule import build_scheduler
 
 STATE_FILE = "hyperclone_state.json"  # written last: a checkpoint without it is incomplete
+EXPERT_LOAD_EVERY = 10  # steps between per-expert load records in metrics.jsonl (large MoEs make them long)
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -31,7 +32,7 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def _load_model(directory: str):
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     path = Path(directory)
@@ -147,7 +148,7 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, expert_scale, qk)
 
     start_from = existing[-1] if cfg.resume else (Path(cfg.decay_from) if cfg.decay_from else None)
-    state = {"step": 0, "tokens": 0, "skipped_steps": 0, "bad_in_a_row": 0}
+    state = {"step": 0, "tokens": 0, "batches": 0, "skipped_steps": 0, "bad_in_a_row": 0}
     if start_from is not None:
         if not (start_from / STATE_FILE).exists():
             raise UserError(f"{start_from} is not a complete hyperclone checkpoint")
@@ -174,7 +175,7 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
         accelerator.init_trackers("hyperclone", config={k: v for k, v in cfg.as_dict().items() if isinstance(v, (int, float, str, bool))})
 
     batches = _Batches(loader, accelerator)
-    batches.skip(state["step"] * cfg.grad_accum)
+    batches.skip(state.get("batches", state["step"] * cfg.grad_accum))  # skipped steps used data too
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * accelerator.num_processes
     log.start(cfg.max_steps, state["step"])
     last_eval = None
@@ -185,6 +186,7 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
         losses, finite = [], True
         for _ in range(cfg.grad_accum):
             batch = batches.next()
+            state["batches"] = state.get("batches", 0) + 1
             with accelerator.accumulate(model):
                 loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
                 extra = balance.take_loss() if balance else None
@@ -220,8 +222,8 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
             "tokens_per_s": tokens_per_step / (time.perf_counter() - started),
             "max_attn_logit": qk.last_max if qk is not None else None,
         }
-        if load is not None:
-            record["expert_load"] = load
+        if load is not None and (state["step"] % EXPERT_LOAD_EVERY == 0 or state["step"] == cfg.max_steps):
+            record["expert_load"] = load  # tokens per expert this step, per MoE layer
         log.metrics(record)
         accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state["step"])
         if cfg.eval_every and state["step"] % cfg.eval_every == 0:

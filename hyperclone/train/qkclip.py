@@ -58,7 +58,7 @@ class QKClip:
         model.set_attn_implementation(NAME)
         self.tau = tau
         self.modules, self.skipped = [], []
-        for name, module in model.named_modules():
+        for module in model.modules():
             if hasattr(module, "kv_b_proj") or (hasattr(module, "q_proj") and hasattr(module, "k_proj")):
                 normed = any(hasattr(module, n) for n in ("q_norm", "k_norm", "query_layernorm", "key_layernorm"))
                 (self.skipped if normed else self.modules).append(module)
