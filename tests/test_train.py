@@ -46,12 +46,12 @@ def test_run_outputs_and_moe_logging(tiny, tmp_path):
     model = tiny("glm4_moe", vocab_size=300)
     out = tmp_path / "run"
     hyperclone.train(model=str(model), data=DATA, out=str(out), max_steps=12, eval_every=6, save_every=4, keep=2,
-                     **{**QUICK, "trackers": "tensorboard"})
+                     eval_at_start=True, **{**QUICK, "trackers": "tensorboard"})
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "max_attn_logit"} <= set(steps[0])
     assert [r["step"] for r in steps if "expert_load" in r] == [10, 12]
-    assert [r["step"] for r in records if "eval_loss" in r] == [6, 12]
+    assert [r["step"] for r in records if "eval_loss" in r] == [0, 6, 12]
     assert steps[-1]["tokens"] == 12 * 4 * 64
     assert len(steps[-1]["expert_load"][0]) == 4  # tokens per expert, per MoE layer
     for png in ("loss.png", "expert_load.png"):

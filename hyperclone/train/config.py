@@ -38,6 +38,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     eval_fraction: float = 0.05
     eval_batches: int = 8
+    eval_at_start: bool = False  # an eval point at step 0: where a grown model starts
     text_field: str = "text"
     streaming: bool = False
     moe_balance: str = "auto"  # auto | aux | aux_free | none

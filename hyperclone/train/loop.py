@@ -177,6 +177,8 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
     batches = _Batches(loader, accelerator)
     batches.skip(state.get("batches", state["step"] * cfg.grad_accum))  # skipped steps used data too
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * accelerator.num_processes
+    if cfg.eval_at_start and state["step"] == 0:
+        log.metrics({"step": 0, "tokens": 0, "eval_loss": _evaluate(model, eval_loader, accelerator, cfg.eval_batches)})
     log.start(cfg.max_steps, state["step"])
     last_eval = None
     while state["step"] < cfg.max_steps:
