@@ -15,6 +15,7 @@ from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint, TensorInfo
 from hyperclone.ops import Segment
 
+SHARED_PARTS = ("gate_proj", "up_proj", "down_proj")  # a shared expert's modules, in every family
 MOE_KEYS = {"arch", "experts", "top_k", "shared_experts", "dense_layers", "split", "clone", "router_init"}
 
 
@@ -129,6 +130,7 @@ class Ffn:
 
 
 def _pow2(x: float) -> bool:
+    """Whether multiplying by x is exact in binary floating point (1 included)."""
     return x > 0 and math.frexp(x)[0] == 0.5
 
 
@@ -139,6 +141,7 @@ class MoePlanner:
         self.ckpt, self.fam, self.t = ckpt, src_family, target
         self.n, self.m_ffn = target.width, target.ffn
         self.src_layout = MOE_LAYOUTS.get(src_family.model_type)
+        self._claimed = self._claim_pattern(self.src_layout)
         self.spec_in = moe_spec(ckpt.config, self.src_layout, src_layers) if self.src_layout else None
         mt = parse_moe_target(target.moe) if target.moe is not None else None
         self.warnings: list[str] = []
@@ -150,8 +153,7 @@ class MoePlanner:
             self._plan_moe_source(mt, layer_map)
         else:
             self._plan_upcycle(mt, layer_map, src_layers)
-        scale_ok = _pow2(self.down_scale) or self.down_scale == 1.0
-        if half and not scale_ok:
+        if half and not _pow2(self.down_scale):
             self.warnings.append(
                 f"experts' down projections are scaled by {self.down_scale:g}, which half precision cannot apply "
                 "exactly; logits will differ slightly (use power-of-two split/clone factors or --dtype float32)"
@@ -309,14 +311,18 @@ class MoePlanner:
     # ----- tensors -------------------------------------------------------------------------
     def claims(self, rel: str) -> bool:
         """Whether a source tensor (named relative to its layer) is MoE machinery handled here."""
-        layout = self.src_layout
+        return self._claimed is not None and self._claimed.fullmatch(rel) is not None
+
+    @staticmethod
+    def _claim_pattern(layout: MoeLayout | None) -> re.Pattern | None:
+        """One compiled pattern for experts, routers and shared experts (asked once per source tensor)."""
         if layout is None:
-            return False
+            return None
         expert = re.escape(layout.expert).replace(r"\{e\}", r"\d+").replace(r"\{part\}", "(" + "|".join(layout.parts) + ")")
         patterns = [expert + r"\.weight"] + [re.escape(n) for n in (layout.router, layout.router_bias, layout.shared_gate) if n]
         if layout.shared:
-            patterns.append(re.escape(layout.shared) + r"(gate_proj|up_proj|down_proj)\.weight")
-        return any(re.fullmatch(p, rel) for p in patterns)
+            patterns.append(re.escape(layout.shared) + "(" + "|".join(SHARED_PARTS) + r")\.weight")
+        return re.compile("|".join(f"(?:{p})" for p in patterns))
 
     def mlp_tensors(self, j: int, i: int, new: bool, dense_ffn: Ffn | None, init_std: float) -> list[tuple]:
         """(name, segments, dtype or None) of target layer j's MoE block, from source layer i."""
@@ -338,7 +344,7 @@ class MoePlanner:
                 segs = [Segment("copy", 1, 1, name, start=e) for e in range(self.spec_in.experts) for _ in range(t)]
                 out.append((f"{prefix}{j}.{layout.router_bias}", segs, self.ckpt.tensors[name].dtype))
             if src.shared and self.spec_in.shared_inter:
-                shared = Ffn(*(f"{prefix}{i}.{src.shared}{p}.weight" for p in ("gate_proj", "up_proj", "down_proj")), self.spec_in.shared_inter)
+                shared = Ffn(*(f"{prefix}{i}.{src.shared}{p}.weight" for p in SHARED_PARTS), self.spec_in.shared_inter)
                 out += self._ffn(j, shared, ("shared",), 0, 1, 0, 1, 1.0, new, fresh, init_std)
             if src.shared_gate:
                 name = f"{prefix}{i}.{src.shared_gate}"
@@ -397,7 +403,7 @@ class MoePlanner:
         if where[0] == "expert":
             names = [layout.expert_name(prefix, j, where[1], p) for p in range(3)]
         else:
-            names = [f"{prefix}{j}.{layout.shared}{p}.weight" for p in ("gate_proj", "up_proj", "down_proj")]
+            names = [f"{prefix}{j}.{layout.shared}{p}.weight" for p in SHARED_PARTS]
         width = self.ckpt.tensors[ffn.gate].shape[1]
         rows = ffn.inner // slices
         lo, hi = s * rows, (s + 1) * rows

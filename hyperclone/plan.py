@@ -272,12 +272,12 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
 
     tensors: list[OutTensor] = []
 
-    def add(name: str, source_shape: tuple, segments: list[Segment], tensor_dtype: torch.dtype | None = None) -> None:
+    def add(name: str, vector: bool, segments: list[Segment], tensor_dtype: torch.dtype | None = None) -> None:
         rows = sum(s.rows for s in segments)
-        shape = (rows,) if len(source_shape) == 1 else (rows, segments[0].out_cols)
+        shape = (rows,) if vector else (rows, segments[0].out_cols)
         tensors.append(OutTensor(name, shape, segments, tensor_dtype))
 
-    add(embed, (vocab, hidden), [Segment("tile", vocab, hidden, embed, copies=n, scale=sigma)])
+    add(embed, False, [Segment("tile", vocab, hidden, embed, copies=n, scale=sigma)])
 
     for j, (i, new) in enumerate(layout):
         becomes_moe = moe.active and moe.spec_out.moe_layers[j]
@@ -291,14 +291,14 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
             out_name = f"{fam.layer_prefix}{j}.{rel}"
             is_bias = suffix == "bias"
             if role in NORMS:
-                add(out_name, shape, builder.norm(out_name, src_name, shape[0], role, is_bias, new))
+                add(out_name, len(shape) == 1, builder.norm(out_name, src_name, shape[0], role, is_bias, new))
             else:
-                add(out_name, shape, builder.linear(out_name, src_name, shape, role, is_bias, new))
+                add(out_name, len(shape) == 1, builder.linear(out_name, src_name, shape, role, is_bias, new))
         if becomes_moe:
             ffn = [per_layer[i].get(f"mlp.{p}_proj.weight") for p in ("gate", "up", "down")]
             dense_ffn = Ffn(*ffn, ckpt.tensors[ffn[0]].shape[0]) if all(ffn) else None
             for name, segs, tensor_dtype in moe.mlp_tensors(j, i, new, dense_ffn, init_std):
-                add(name, (0,) if name.endswith("correction_bias") else (0, 0), segs, tensor_dtype)
+                add(name, name.endswith(BUFFERS), segs, tensor_dtype)  # the router's correction bias is the one vector
 
     lm_head = fam.lm_head + ".weight"
     for suffix in ("weight", "bias"):
@@ -311,11 +311,11 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
             segs = [Segment("copy", length, 1, name, share=n, part=c, scale=1.0 / sigma, offset=offset) for c in range(n)]
         else:
             segs = [Segment("copy", length, 1, name, key=name) for _ in range(n)]
-        add(name, (length,), segs)
+        add(name, True, segs)
     if not dst.tied:
         if lm_head not in ckpt.tensors:
             raise UserError(f"{ckpt.path} has no {lm_head} but tie_word_embeddings is false: the checkpoint is incomplete")
-        add(lm_head, (vocab, hidden), [Segment("split", vocab, hidden, lm_head, copies=n, noise=target.noise, key=lm_head)])
+        add(lm_head, False, [Segment("split", vocab, hidden, lm_head, copies=n, noise=target.noise, key=lm_head)])
 
     cfg = config_for(config, src, dst, layer_map, NAME_BY_DTYPE[dtype])
     moe_summary, inactive = None, 0

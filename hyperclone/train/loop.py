@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from hyperclone.errors import UserError
+from hyperclone.progress import stderr
 from hyperclone.train.config import TrainConfig, make_config
 from hyperclone.train.data import load_corpus, load_tokenizer, pack, train_eval_split
 from hyperclone.train.optim import build_optimizer
@@ -175,7 +176,7 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
         accelerator.init_trackers("hyperclone", config={k: v for k, v in cfg.as_dict().items() if isinstance(v, (int, float, str, bool))})
 
     batches = _Batches(loader, accelerator)
-    batches.skip(state.get("batches", state["step"] * cfg.grad_accum))  # skipped steps used data too
+    batches.skip(state["batches"])  # micro-batches used so far, skipped steps included
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * accelerator.num_processes
     if cfg.eval_at_start and state["step"] == 0:
         log.metrics({"step": 0, "tokens": 0, "eval_loss": _evaluate(model, eval_loader, accelerator, cfg.eval_batches)})
@@ -188,7 +189,7 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
         losses, finite = [], True
         for _ in range(cfg.grad_accum):
             batch = batches.next()
-            state["batches"] = state.get("batches", 0) + 1
+            state["batches"] += 1
             with accelerator.accumulate(model):
                 loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
                 extra = balance.take_loss() if balance else None
@@ -309,8 +310,6 @@ class _Log:
 
     def say(self, text: str) -> None:
         if self.main:
-            from hyperclone.progress import stderr
-
             stderr.print(text, highlight=False, soft_wrap=True)
 
     def metrics(self, record: dict) -> None:
@@ -324,8 +323,6 @@ class _Log:
         if not self.progress:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from hyperclone.progress import stderr
 
         self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                             TimeRemainingColumn(), console=stderr)
