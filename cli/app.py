@@ -30,7 +30,7 @@ def user_errors(fn):
             err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]: nothing was written")
+            err.print("[bold red]interrupted[/]: the output was not written (an interrupted grow continues with --resume)")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -75,6 +75,8 @@ def _plan_table(summary: dict) -> Table:
     for key in ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "layers", "vocab", "tied"):
         table.add_row(key, str(s[key]), str(d[key]))
     table.add_row("parameters", "", f"{summary['total_params']:,}")
+    if summary["moe"]:
+        table.add_row("active parameters", "", f"{summary['active_params']:,}")
     table.add_row("bytes", "", f"{summary['bytes'] / 1e9:.3f} GB ({summary['dtype']})")
     return table
 
@@ -94,6 +96,8 @@ def grow(
     seed: Optional[int] = typer.Option(None, help="Seed of the symmetry-breaking noise."),
     dtype: Optional[str] = typer.Option(None, help="Output dtype: float32, bfloat16 or float16 (default: the source's)."),
     shard_size: str = typer.Option("5GB", "--shard-size", help="Largest shard, e.g. 5GB or 500MB."),
+    workers: int = typer.Option(1, "--workers", help="Shards written in parallel (threads)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted grow into the same -o, keeping its verified shards."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     allow_pickle: bool = PickleOpt,
@@ -106,16 +110,21 @@ def grow(
     summary = growth.summary()
     for warning in growth.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    if dry_run:
-        out.print(_plan_table(summary))
-        for op in summary["operators"]:
-            out.print(f"  • {op}", highlight=False, soft_wrap=True)
-        return
     if output is None:
         output = Path(f"{Path(src.rstrip('/')).stem}-{growth.target.name}")
+    if dry_run:
+        from hyperclone.grow import output_figures
+        from hyperclone.throughput import estimate
+
+        _print_plan(summary, output_figures(growth, shard_size))
+        rate = estimate(growth, output, workers)
+        out.print(f"  ETA {_duration(rate['eta_seconds'])} with {workers} worker{'s' if workers > 1 else ''} "
+                  f"(measured here: {rate['produce_bytes_per_s'] / 1e6:.0f} MB/s per worker, disk {rate['disk_bytes_per_s'] / 1e6:.0f} MB/s)",
+                  highlight=False, soft_wrap=True)
+        return
     from hyperclone.grow import write_plan
 
-    path = write_plan(growth, output, force=force, shard_size=shard_size, progress=True)
+    path = write_plan(growth, output, force=force, shard_size=shard_size, progress=True, workers=workers, resume=resume)
     err.print(f"[green]grown[/] {summary['total_params']:,} parameters → {path}")
 
 
@@ -125,6 +134,7 @@ def plan(
     src: str = typer.Argument(..., help="A .safetensors file, a model directory or hf://org/name[@rev]."),
     to: str = typer.Option(..., "--to", help="Preset name or target YAML file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    shard_size: str = typer.Option("5GB", "--shard-size", help="Largest shard, for the shard count."),
     width: Optional[int] = typer.Option(None),
     ffn: Optional[int] = typer.Option(None),
     layers: Optional[str] = typer.Option(None),
@@ -138,16 +148,40 @@ def plan(
     """Show what growing SRC to a target produces, reading headers only."""
     import hyperclone
 
+    from hyperclone.grow import output_figures
+
     growth = hyperclone.plan(src, to, **_plan_options(width, ffn, layers, noise, seed, dtype, config, set_, allow_pickle))
-    summary = growth.summary()
+    summary, figures = growth.summary(), output_figures(growth, shard_size)
     if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.write(json.dumps({**summary, **figures}) + "\n")
         return
     for warning in growth.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    _print_plan(summary, figures)
+
+
+def _print_plan(summary: dict, figures: dict) -> None:
     out.print(_plan_table(summary))
     for op in summary["operators"]:
         out.print(f"  • {op}", highlight=False, soft_wrap=True)
+    out.print(f"  {figures['shards']} shard{'s' if figures['shards'] > 1 else ''}, needs {figures['free_bytes_needed'] / 1e9:,.2f} GB free",
+              highlight=False)
+    goal = summary.get("goal")
+    if goal:
+        g = goal["goal"]
+        active = f", active {goal['active_error']:+.1%} of {g['active_params']:,}" if g["active_params"] else ""
+        out.print(f"  goal: total {goal['total_error']:+.1%} of {g['total_params']:,}{active}", highlight=False, soft_wrap=True)
+        out.print(f"  chosen: {goal['chosen']}", highlight=False, soft_wrap=True)
+        if goal["rejected"]:
+            out.print(f"  rejected: {goal['rejected']}", highlight=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @app.command()

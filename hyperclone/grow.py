@@ -1,6 +1,7 @@
 """The growth API that notebooks use directly and the CLI wraps."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -11,14 +12,18 @@ from typing import Any
 import torch
 
 from hyperclone.errors import UserError
-from hyperclone.io.output import atomic_directory, check_output, copy_side_files
+from hyperclone.goals import Goal, check_goal, solve_goal
+from hyperclone.io.output import TOKENIZER_FILES, check_output, copy_side_files, partial_directory, resumable_directory
 from hyperclone.io.reader import open_checkpoint
-from hyperclone.io.writer import TensorSlot, parse_size, write_shards
-from hyperclone.manifest import build_manifest, sha256_file, source_files
+from hyperclone.io.writer import Shard, TensorSlot, parse_size, plan_shards, write_shards
+from hyperclone.manifest import build_manifest, sha256_file, source_files, tool_version
 from hyperclone.ops import produce_rows
 from hyperclone.plan import GrowthPlan, OutTensor, build_plan
 from hyperclone.progress import byte_progress
 from hyperclone.targets import Target, load_target
+
+PROGRESS_FILE = ".hyperclone-progress.json"  # finished shards and their checksums, for --resume
+SMALL_FILES_ALLOWANCE = 1 << 20  # config.json, growth.json, the index: well under a megabyte
 
 
 def plan(
@@ -38,6 +43,11 @@ def plan(
     """Resolve what growing `source` to `target` produces, reading only tensor headers."""
     tgt = load_target(target, dict(width=width, ffn=ffn, layers=layers, noise=noise, seed=seed, dtype=dtype))
     ckpt = open_checkpoint(source, config_path=config, overrides=overrides, allow_pickle=allow_pickle)
+    if isinstance(tgt, Goal):
+        tgt, choice = solve_goal(ckpt, tgt)
+        growth = build_plan(ckpt, tgt)
+        growth.goal = check_goal(growth, choice)
+        return growth
     return build_plan(ckpt, tgt)
 
 
@@ -46,27 +56,97 @@ def tensor_chunks(growth: GrowthPlan, tensor: OutTensor):
     return produce_rows(tensor.segments, growth.source.rows, growth.dtype_of(tensor), growth.target.seed)
 
 
-def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size: str | int = "5GB", progress: bool = True) -> Path:
-    """Stream the grown checkpoint into `out` (atomically) with config, tokenizer and growth.json."""
-    out = Path(out)
+def output_shards(growth: GrowthPlan, shard_size: str | int = "5GB") -> list[Shard]:
+    """The files a grow writes, with their headers: known from the plan alone."""
     try:
         shard_bytes = parse_size(shard_size)
     except ValueError as exc:
         raise UserError(f"--shard-size: {exc}") from None
-    check_output(out.absolute(), force, needed_bytes=growth.nbytes)
+    return plan_shards([TensorSlot(t.name, t.shape, growth.dtype_of(t)) for t in growth.tensors], shard_bytes)
+
+
+def output_figures(growth: GrowthPlan, shard_size: str | int = "5GB") -> dict:
+    """bytes, shards and the free disk a grow needs (shards, index, config, manifest, tokenizer files)."""
+    shards = output_shards(growth, shard_size)
+    side = sum((growth.source.directory / n).stat().st_size for n in TOKENIZER_FILES if (growth.source.directory / n).is_file())
+    return {"bytes": growth.nbytes, "shards": len(shards),
+            "free_bytes_needed": sum(s.file_bytes for s in shards) + side + SMALL_FILES_ALLOWANCE}
+
+
+def _fingerprint(growth: GrowthPlan, shards: list[Shard]) -> str:
+    """What a resumed run must share with the interrupted one: the plan, the shard layout, the source files."""
+    summary = {k: v for k, v in growth.summary().items() if k not in ("goal",)}
+    files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source_files(growth)]
+    layout = [(s.file, hashlib.sha256(s.header).hexdigest()) for s in shards]
+    blob = json.dumps({"plan": summary, "files": files, "layout": layout, "version": tool_version()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _finished_shards(tmp: Path, fingerprint: str, shards: list[Shard], progress: bool) -> dict[str, dict]:
+    """Shards of an interrupted run that are complete and still match their recorded checksum."""
+    state_file = tmp / PROGRESS_FILE
+    if not state_file.exists():
+        return {}
+    state = json.loads(state_file.read_text())
+    if state.get("fingerprint") != fingerprint:
+        raise UserError(f"{tmp} holds an interrupted grow of a different plan (source, target or options changed): "
+                        "rerun with the same arguments, or with --force to start over")
+    sizes = {s.file: s.file_bytes for s in shards}
+    records = [r for r in state.get("shards", {}).values() if (tmp / r["file"]).exists() and sizes.get(r["file"]) == r["bytes"]]
+    finished = {}
+    with byte_progress("checking finished shards", sum(r["bytes"] for r in records), progress) as advance:
+        for record in records:
+            if sha256_file(tmp / record["file"], advance) == record["sha256"]:
+                finished[record["file"]] = record
+    return finished
+
+
+def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size: str | int = "5GB", progress: bool = True,
+               workers: int = 1, resume: bool = False) -> Path:
+    """Stream the grown checkpoint into `out` with config, tokenizer and growth.json.
+
+    Shards are written by `workers` threads, each shard atomically; `resume` continues an interrupted
+    run, keeping the shards whose checksums still match. Memory stays bounded by a few row chunks
+    per worker, whatever the model size.
+    """
+    out = Path(out)
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    shards = output_shards(growth, shard_size)
+    fingerprint = _fingerprint(growth, shards)
+    partial = partial_directory(out)
+    kept = sum(p.stat().st_size for p in partial.glob("*.safetensors")) if resume and partial.is_dir() else 0
+    figures = output_figures(growth, shard_size)
+    check_output(out.absolute(), force, needed_bytes=figures["free_bytes_needed"] - kept)
     by_name = {t.name: t for t in growth.tensors}
-    slots = [TensorSlot(t.name, t.shape, growth.dtype_of(t)) for t in growth.tensors]
-    with atomic_directory(out, force) as tmp:
+    with resumable_directory(out, force, resume) as tmp:
+        finished = _finished_shards(tmp, fingerprint, shards, progress) if resume else {}
+        state = {"fingerprint": fingerprint, "shards": dict(finished)}
+
+        def record(shard: dict) -> None:  # called under the writer's lock
+            state["shards"][shard["file"]] = shard
+            _write_json_atomic(tmp / PROGRESS_FILE, state)
+
+        _write_json_atomic(tmp / PROGRESS_FILE, state)
         files = source_files(growth)
         with byte_progress("hashing source", sum(f.stat().st_size for f in files), progress) as advance:
             hashes = {f: sha256_file(f, advance) for f in files}
-        with byte_progress("growing", growth.nbytes, progress) as advance:
-            shards = write_shards(tmp, slots, lambda slot: tensor_chunks(growth, by_name[slot.name]), shard_bytes, advance)
+        remaining = sum(s.file_bytes for s in shards if s.file not in finished)
+        with byte_progress("growing", remaining, progress) as advance:
+            written = write_shards(tmp, shards, lambda slot: tensor_chunks(growth, by_name[slot.name]), advance,
+                                   workers=workers, done=finished, on_shard=record)
         (tmp / "config.json").write_text(json.dumps(growth.config, indent=2, sort_keys=True) + "\n")
         copied = copy_side_files(growth.source.directory, tmp)
-        manifest = build_manifest(growth, hashes, shards, copied)
+        manifest = build_manifest(growth, hashes, written, copied)
         (tmp / "growth.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / PROGRESS_FILE).unlink()
     return out
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 def load_model(directory: str | os.PathLike, dtype: torch.dtype | None = None, reference: bool = False):
@@ -99,6 +179,8 @@ def grow(
     dry_run: bool = False,
     shard_size: str | int = "5GB",
     progress: bool = True,
+    workers: int = 1,
+    resume: bool = False,
     **plan_options: Any,
 ):
     """Grow `source` to `target`.
@@ -114,9 +196,9 @@ def grow(
     if dry_run:
         return growth
     if out is not None:
-        return write_plan(growth, Path(out), force=force, shard_size=shard_size, progress=progress)
+        return write_plan(growth, Path(out), force=force, shard_size=shard_size, progress=progress, workers=workers, resume=resume)
     with tempfile.TemporaryDirectory(prefix="hyperclone-") as tmp:
-        path = write_plan(growth, Path(tmp) / "grown", shard_size=shard_size, progress=progress)
+        path = write_plan(growth, Path(tmp) / "grown", shard_size=shard_size, progress=progress, workers=workers)
         model = load_model(path)
         # Detach the weights from the temporary files before they disappear.
         for p in model.parameters():

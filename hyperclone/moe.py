@@ -341,7 +341,7 @@ class MoePlanner:
             out.append(self._router_rows(j, i, t, fresh, init_std))
             if src.router_bias:
                 name = f"{prefix}{i}.{src.router_bias}"
-                segs = [Segment("copy", 1, 1, name, start=e) for e in range(self.spec_in.experts) for _ in range(t)]
+                segs = [Segment("copy", 1, 1, name, start=e, repeat=t) for e in range(self.spec_in.experts)]
                 out.append((f"{prefix}{j}.{layout.router_bias}", segs, self.ckpt.tensors[name].dtype))
             if src.shared and self.spec_in.shared_inter:
                 shared = Ffn(*(f"{prefix}{i}.{src.shared}{p}.weight" for p in SHARED_PARTS), self.spec_in.shared_inter)
@@ -392,7 +392,7 @@ class MoePlanner:
         if fresh:
             segs = [Segment("normal", self.spec_in.experts * t, cols * self.n, value=init_std, key=name)]
         else:  # each expert's router row, once per copy/slice; widened like any reader of the residual
-            segs = [Segment("split", 1, cols, name, start=e, copies=self.n) for e in range(self.spec_in.experts) for _ in range(t)]
+            segs = [Segment("split", 1, cols, name, start=e, copies=self.n, repeat=t) for e in range(self.spec_in.experts)]
         dtype = self.ckpt.tensors[name].dtype if src.router_fp32 else None
         return (f"{self.fam.layer_prefix}{j}.{dst.router}", segs, dtype)
 
@@ -411,19 +411,18 @@ class MoePlanner:
         out = []
         for name, source in zip(names[:2], (ffn.gate, ffn.up)):
             if fresh:
-                segs = [Segment("normal", rows, width * n, value=init_std, key=f"{name}#{r}") for r in range(tiles)]
+                segs = [Segment("normal", rows, width * n, value=init_std, key=name, repeat=tiles)]
             else:
-                segs = [Segment("split", rows, width, source, start=lo, copies=n, noise=self.t.noise, key=f"{name}#{r}") for r in range(tiles)]
+                segs = [Segment("split", rows, width, source, start=lo, copies=n, noise=self.t.noise, key=name, repeat=tiles)]
             out.append((name, segs, None))
         d = self.ckpt.tensors[ffn.down].shape[0]
         if new or down_scale == 0.0:
-            segs = [Segment("zeros", d, rows * tiles) for _ in range(n)]
+            segs = [Segment("zeros", d, rows * tiles, repeat=n)]
         else:
             segs = [
-                Segment("split", d, rows, ffn.down, cols=(lo, hi), copies=tiles, noise=self.t.noise, key=f"{names[2]}#{r}",
+                Segment("split", d, rows, ffn.down, cols=(lo, hi), copies=tiles, noise=self.t.noise, key=names[2],
                         share=clone, part=a, scale=down_scale * clone, share_noise=self.t.noise if clone > 1 else 0.0,
-                        share_key=f"{ffn.down}#{s}/{r}")
-                for r in range(n)
+                        share_key=f"{ffn.down}#{s}", repeat=n)
             ]
         out.append((names[2], segs, None))
         return out

@@ -51,6 +51,7 @@ class GrowthPlan:
     warnings: list[str] = field(default_factory=list)
     moe: dict | None = None  # experts, top_k, expert_inner, shared_inner, moe_layers of the target
     inactive_params: int = 0  # expert parameters a token does not use
+    goal: dict | None = None  # for goal targets: the goal, the choice and the rejected alternative
 
     @property
     def total_params(self) -> int:
@@ -80,7 +81,8 @@ class GrowthPlan:
             ops.append(f"ffn x{t.ffn}: intermediate {s.intermediate * t.width}->{d.intermediate}")
         if d.layers > s.layers:
             after = [self.layer_map[j] for j, new in enumerate(self.inserted) if new]
-            ops.append(f"depth {s.layers}->{d.layers}: {t.depth_init} layers with zeroed output projections after source layers {after}")
+            where = ", ".join(f"{i}" + (f" (x{after.count(i)})" if after.count(i) > 1 else "") for i in sorted(set(after)))
+            ops.append(f"depth {s.layers}->{d.layers}: {t.depth_init} layers with zeroed output projections after source layers {where}")
         if self.moe:
             ops.append(self.moe["operation"])
         if not ops:
@@ -102,6 +104,7 @@ class GrowthPlan:
             "bytes": self.nbytes,
             "layer_map": self.layer_map,
             "warnings": self.warnings,
+            "goal": self.goal,
             "config": self.config,
         }
 
@@ -173,28 +176,26 @@ class _Builder:
         zero = new and role in WRITES
         segs = []
         for k, (r0, r1) in enumerate(self.row_ranges(role, shape[0])):
-            rows = r1 - r0
-            for a in range(tiles):
-                key = f"{out_name}#{k}/{a}"
-                if is_bias:
-                    if zero or fresh:
-                        segs.append(Segment("zeros", rows, 1, key=key))
-                    else:
-                        segs.append(Segment("copy", rows, 1, src_name, r0, key=key))
-                elif zero:
-                    segs.append(Segment("zeros", rows, shape[1] * parts, key=key))
-                elif fresh:
-                    segs.append(Segment("normal", rows, shape[1] * parts, value=self.init_std, key=key))
+            rows, key = r1 - r0, f"{out_name}#{k}"
+            if is_bias:
+                if zero or fresh:
+                    segs.append(Segment("zeros", rows, 1, key=key, repeat=tiles))
                 else:
-                    segs.append(Segment("split", rows, shape[1], src_name, r0, copies=parts, noise=self.t.noise, key=key))
+                    segs.append(Segment("copy", rows, 1, src_name, r0, key=key, repeat=tiles))
+            elif zero:
+                segs.append(Segment("zeros", rows, shape[1] * parts, key=key, repeat=tiles))
+            elif fresh:
+                segs.append(Segment("normal", rows, shape[1] * parts, value=self.init_std, key=key, repeat=tiles))
+            else:
+                segs.append(Segment("split", rows, shape[1], src_name, r0, copies=parts, noise=self.t.noise, key=key, repeat=tiles))
         return segs
 
     def norm(self, out_name: str, src_name: str, length: int, role: Role, is_bias: bool, new: bool) -> list[Segment]:
         copies = 1 if role is Role.HEAD_NORM else self.t.width
         if new and self.t.depth_init == "fresh":
             value = 0.0 if is_bias else 1.0 - self.fam.norm_offset
-            return [Segment("fill", length, 1, value=value, key=out_name) for _ in range(copies)]
-        return [Segment("copy", length, 1, src_name, 0, key=out_name) for _ in range(copies)]
+            return [Segment("fill", length, 1, value=value, key=out_name, repeat=copies)]
+        return [Segment("copy", length, 1, src_name, 0, key=out_name, repeat=copies)]
 
 
 def _check_shape(name: str, shape: tuple, role: Role, src: ModelSpec) -> None:
@@ -273,7 +274,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
     tensors: list[OutTensor] = []
 
     def add(name: str, vector: bool, segments: list[Segment], tensor_dtype: torch.dtype | None = None) -> None:
-        rows = sum(s.rows for s in segments)
+        rows = sum(s.out_rows for s in segments)
         shape = (rows,) if vector else (rows, segments[0].out_cols)
         tensors.append(OutTensor(name, shape, segments, tensor_dtype))
 
@@ -310,7 +311,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
             offset = fam.norm_offset if suffix == "weight" else 0.0
             segs = [Segment("copy", length, 1, name, share=n, part=c, scale=1.0 / sigma, offset=offset) for c in range(n)]
         else:
-            segs = [Segment("copy", length, 1, name, key=name) for _ in range(n)]
+            segs = [Segment("copy", length, 1, name, key=name, repeat=n)]
         add(name, True, segs)
     if not dst.tied:
         if lm_head not in ckpt.tensors:

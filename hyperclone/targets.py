@@ -13,10 +13,7 @@ from hyperclone.errors import UserError
 
 DEFAULT_NOISE = 0.01
 KEYS = {"description", "width", "ffn", "layers", "noise", "seed", "depth_init", "insert_after", "dtype", "moe"}
-LATER = {
-    "total_params": "goal targets (total_params/active_params) are not supported by this version yet: give width/ffn/layers",
-    "active_params": "goal targets (total_params/active_params) are not supported by this version yet: give width/ffn/layers",
-}
+GOAL_MARKERS = ("total_params", "active_params")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -83,8 +80,6 @@ def target_from_dict(data: dict, name: str) -> Target:
     if not isinstance(data, dict):
         raise UserError(f"target {name} must be a YAML mapping of keys such as width, ffn, layers, noise")
     for key in data:
-        if key in LATER:
-            raise UserError(f"target {name}: {LATER[key]}")
         if key not in KEYS:
             raise UserError(f"target {name}: unknown key {key!r} (known: {', '.join(sorted(KEYS))})")
     out: dict = {"name": name}
@@ -146,8 +141,9 @@ def presets() -> dict[str, dict]:
     return found
 
 
-def load_target(spec: str | os.PathLike | dict | Target, overrides: dict | None = None) -> Target:
-    """A Target from a preset name, a YAML path, a dict or a Target; `overrides` win (None values ignored)."""
+def load_target(spec: str | os.PathLike | dict | Target, overrides: dict | None = None):
+    """A Target (or a Goal, for total_params/active_params targets) from a preset name, a YAML path,
+    a dict or a Target; `overrides` win (None values ignored)."""
     if isinstance(spec, Target):
         data, name = {k: v for k, v in spec.as_dict().items() if k != "name"}, spec.name
     elif isinstance(spec, dict):
@@ -172,4 +168,13 @@ def load_target(spec: str | os.PathLike | dict | Target, overrides: dict | None 
     if overrides:
         data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     data = {k: v for k, v in data.items() if v is not None}
+    if any(key in data for key in GOAL_MARKERS):
+        from hyperclone.goals import goal_from_dict
+
+        fixed = sorted(k for k in ("width", "ffn", "layers", "insert_after", "moe") if k in data)
+        if fixed:
+            raise UserError(f"goal {name} chooses width, ffn, layers and experts itself: drop {', '.join(fixed)} (or write a plain target)")
+        if "total_params" not in data:
+            raise UserError(f"goal {name} gives active_params but no total_params: a goal needs both sizes, or total_params alone")
+        return goal_from_dict(data, name)
     return target_from_dict(data, name)

@@ -36,27 +36,45 @@ def check_output(out: Path, force: bool, needed_bytes: int = 0) -> None:
         )
 
 
+def partial_directory(out: Path) -> Path:
+    """Where a resumable grow of `out` keeps its work: a fixed hidden sibling, found again by --resume."""
+    out = out.absolute()
+    return out.parent / f".{out.name}.partial"
+
+
 @contextmanager
-def atomic_directory(out: Path, force: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of `out`; rename it into place only when the block succeeds."""
+def resumable_directory(out: Path, force: bool, resume: bool) -> Iterator[Path]:
+    """Yield the hidden sibling `out` is built in; rename it into place only when the block succeeds.
+
+    The sibling has a fixed name and outlives an interruption (Ctrl-C, a kill, a full disk): its
+    finished shards are complete files (each renamed into place after fsync), so `--resume` keeps
+    them. Bad input (a UserError) leaves nothing behind, and `out` itself is never half-written.
+    """
     out = out.absolute()
     check_output(out, force)
+    partial = partial_directory(out)
+    if partial.exists() and not resume:
+        if not force:
+            raise UserError(f"an interrupted grow left {partial}: pass --resume to continue it, or --force to start over")
+        shutil.rmtree(partial)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        partial.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror or exc}; choose another -o") from None
     try:
-        yield tmp
+        yield partial
+    except UserError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
-            raise UserError(f"the disk filled up while writing {out}; nothing was left behind, free some space") from None
+            raise UserError(f"the disk filled up while writing {out}; finished shards are kept in {partial}: "
+                            "free some space and rerun with --resume") from None
         raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _replace(partial, out)
+
+
+def _replace(tmp: Path, out: Path) -> None:
     if out.exists():
         trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         out.rename(trash)

@@ -11,6 +11,8 @@ import json
 import math
 import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -73,41 +75,98 @@ def _header(slots: list[TensorSlot]) -> bytes:
     return raw + b" " * (-len(raw) % 8)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """One output file: its name, its tensors in order, and its header (known before any byte is made)."""
+
+    file: str
+    slots: tuple[TensorSlot, ...]
+    header: bytes
+
+    @property
+    def file_bytes(self) -> int:
+        return 8 + len(self.header) + sum(s.nbytes for s in self.slots)
+
+
+def plan_shards(slots: list[TensorSlot], shard_bytes: int) -> list[Shard]:
+    groups = assign_shards(slots, shard_bytes)
+    return [Shard(name, tuple(group), _header(group)) for name, group in zip(shard_names(len(groups)), groups)]
+
+
+def write_shard(
+    directory: Path, shard: Shard, produce: Callable[[TensorSlot], Iterator[torch.Tensor]], on_bytes: Callable[[int], None]
+) -> dict:
+    """Write one shard as `<file>.partial`, fsync it, rename it into place; return {file, bytes, sha256}.
+
+    A shard file under its final name is therefore always complete: an interrupted run leaves at
+    most `.partial` files, which a resumed run overwrites.
+    """
+    digest = hashlib.sha256()
+    partial = directory / (shard.file + ".partial")
+    with open(partial, "wb") as fh:
+        for block in (len(shard.header).to_bytes(8, "little"), shard.header):
+            fh.write(block)
+            digest.update(block)
+        for slot in shard.slots:
+            count = 0
+            for chunk in produce(slot):
+                data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
+                fh.write(data)
+                digest.update(data)
+                count += data.nbytes
+                on_bytes(data.nbytes)
+            if count != slot.nbytes:
+                raise RuntimeError(f"internal error: {slot.name} produced {count} bytes, expected {slot.nbytes}")
+        fh.flush()
+        os.fsync(fh.fileno())  # on disk before the name says it is complete
+    os.replace(partial, directory / shard.file)
+    return {"file": shard.file, "bytes": shard.file_bytes, "sha256": digest.hexdigest()}
+
+
 def write_shards(
     directory: Path,
-    slots: list[TensorSlot],
+    shards: list[Shard],
     produce: Callable[[TensorSlot], Iterator[torch.Tensor]],
-    shard_bytes: int,
     on_bytes: Callable[[int], None] = lambda n: None,
+    *,
+    workers: int = 1,
+    done: dict[str, dict] | None = None,
+    on_shard: Callable[[dict], None] = lambda record: None,
 ) -> list[dict]:
-    """Write every slot's bytes into HF-format shards in `directory`; return [{file, bytes, sha256}]."""
-    groups = assign_shards(slots, shard_bytes)
-    names = shard_names(len(groups))
-    written = []
-    for file_name, group in zip(names, groups):
-        digest = hashlib.sha256()
-        header = _header(group)
-        with open(directory / file_name, "wb") as fh:
-            for block in (len(header).to_bytes(8, "little"), header):
-                fh.write(block)
-                digest.update(block)
-            for slot in group:
-                count = 0
-                for chunk in produce(slot):
-                    data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-                    fh.write(data)
-                    digest.update(data)
-                    count += data.nbytes
-                    on_bytes(data.nbytes)
-                if count != slot.nbytes:
-                    raise RuntimeError(f"internal error: {slot.name} produced {count} bytes, expected {slot.nbytes}")
-            fh.flush()
-            os.fsync(fh.fileno())  # on disk before the directory is renamed into place
-        written.append({"file": file_name, "bytes": (directory / file_name).stat().st_size, "sha256": digest.hexdigest()})
-    if len(groups) > 1:
+    """Write every shard not already in `done` (file -> record), `workers` at a time; return all records in order.
+
+    Workers are threads: the operators spend their time in torch kernels, which release the GIL.
+    """
+    done = dict(done or {})
+    lock = threading.Lock()
+
+    def locked_bytes(count: int) -> None:
+        with lock:
+            on_bytes(count)
+
+    def one(shard: Shard) -> dict:
+        record = write_shard(directory, shard, produce, locked_bytes)
+        with lock:
+            on_shard(record)
+        return record
+
+    todo = [s for s in shards if s.file not in done]
+    if workers <= 1:
+        fresh = [one(s) for s in todo]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hyperclone-shard") as pool:
+            futures = [pool.submit(one, s) for s in todo]
+            try:
+                fresh = [f.result() for f in futures]
+            except BaseException:
+                for f in futures:  # stop queued shards; running ones finish (each is atomic)
+                    f.cancel()
+                raise
+    done.update({r["file"]: r for r in fresh})
+    if len(shards) > 1:
         index = {
-            "metadata": {"total_size": sum(s.nbytes for s in slots)},
-            "weight_map": {slot.name: name for name, group in zip(names, groups) for slot in group},
+            "metadata": {"total_size": sum(slot.nbytes for s in shards for slot in s.slots)},
+            "weight_map": {slot.name: s.file for s in shards for slot in s.slots},
         }
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    return written
+    return [done[s.file] for s in shards]

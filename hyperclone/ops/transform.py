@@ -36,6 +36,8 @@ class Segment:
          sum exactly to it, with zero-sum `noise`.
     Ops without a source: zeros / fill (constant `value`) / normal (N(0, value^2)), `in_cols` wide.
     Output columns = in_cols * copies for tile/split, in_cols otherwise.
+    `repeat` stacks the segment that many times (output rows = rows * repeat); repetition r draws its
+    noise under the keys `key/r` and `share_key/r`, so a width-n tile costs one segment, not n.
     """
 
     op: str
@@ -54,6 +56,11 @@ class Segment:
     share_noise: float = 0.0
     share_key: str = ""
     value: float = 0.0
+    repeat: int = 1
+
+    @property
+    def out_rows(self) -> int:
+        return self.rows * self.repeat
 
     @property
     def out_cols(self) -> int:
@@ -70,12 +77,12 @@ def chunk_rows(seg: Segment) -> int:
     return max(1, CHUNK_ELEMENTS // width)
 
 
-def _transform(seg: Segment, x: torch.Tensor, dtype: torch.dtype, seed: int, row: int) -> torch.Tensor:
+def _transform(seg: Segment, x: torch.Tensor, dtype: torch.dtype, seed: int, row: int, rep: int) -> torch.Tensor:
     if seg.cols is not None:
         x = x[:, seg.cols[0] : seg.cols[1]]
     x = x.to(dtype)
     if seg.share > 1 or seg.scale != 1.0 or seg.offset != 0.0:
-        gen = _generator(seed, seg.share_key, row) if seg.share_noise > 0 else None
+        gen = _generator(seed, f"{seg.share_key}/{rep}", row) if seg.share_noise > 0 else None
         parts = split_exact(x, seg.share, dtype, noise=seg.share_noise, generator=gen, scale=seg.scale, offset=seg.offset)
         x = parts[seg.part]
     if seg.op == "copy":
@@ -83,7 +90,7 @@ def _transform(seg: Segment, x: torch.Tensor, dtype: torch.dtype, seed: int, row
     if seg.op == "tile":
         return x.repeat(1, seg.copies)
     if seg.op == "split":
-        gen = _generator(seed, seg.key, row) if seg.noise > 0 else None
+        gen = _generator(seed, f"{seg.key}/{rep}", row) if seg.noise > 0 else None
         return torch.cat(split_exact(x, seg.copies, dtype, noise=seg.noise, generator=gen), dim=-1)
     raise ValueError(f"unknown segment op {seg.op}")
 
@@ -93,16 +100,22 @@ def produce_rows(
 ) -> Iterator[torch.Tensor]:
     """Yield the output tensor as consecutive 2D row chunks in `dtype`."""
     for seg in segments:
-        step = chunk_rows(seg)
-        for r0 in range(0, seg.rows, step):
-            r1 = min(seg.rows, r0 + step)
-            shape = (r1 - r0, seg.out_cols)
-            if seg.op in ("zeros", "fill"):
-                yield torch.full(shape, seg.value, dtype=dtype)
-            elif seg.op == "normal":
-                gen = _generator(seed, seg.key, r0)
-                yield (torch.randn(shape, dtype=torch.float32, generator=gen) * seg.value).to(dtype)
-            else:
-                x = read_rows(seg.source, seg.start + r0, seg.start + r1)
-                x = x.reshape(r1 - r0, -1)
-                yield _transform(seg, x, dtype, seed, r0)
+        for rep in range(seg.repeat):
+            yield from _segment_rows(seg, rep, read_rows, dtype, seed)
+
+
+def _segment_rows(seg: Segment, rep: int, read_rows: RowReader, dtype: torch.dtype, seed: int) -> Iterator[torch.Tensor]:
+    """One repetition of one segment, in row chunks."""
+    step = chunk_rows(seg)
+    for r0 in range(0, seg.rows, step):
+        r1 = min(seg.rows, r0 + step)
+        shape = (r1 - r0, seg.out_cols)
+        if seg.op in ("zeros", "fill"):
+            yield torch.full(shape, seg.value, dtype=dtype)
+        elif seg.op == "normal":
+            gen = _generator(seed, f"{seg.key}/{rep}", r0)
+            yield (torch.randn(shape, dtype=torch.float32, generator=gen) * seg.value).to(dtype)
+        else:
+            x = read_rows(seg.source, seg.start + r0, seg.start + r1)
+            x = x.reshape(r1 - r0, -1)
+            yield _transform(seg, x, dtype, seed, r0, rep)
