@@ -82,15 +82,20 @@ def _fingerprint(growth: GrowthPlan, shards: list[Shard]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _finished_shards(tmp: Path, fingerprint: str, shards: list[Shard], progress: bool) -> dict[str, dict]:
-    """Shards of an interrupted run that are complete and still match their recorded checksum."""
-    state_file = tmp / PROGRESS_FILE
-    if not state_file.exists():
+def _resume_state(partial: Path, fingerprint: str) -> dict:
+    """The interrupted run's record of finished shards; refused if that run grew something else."""
+    try:
+        state = json.loads((partial / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
         return {}
-    state = json.loads(state_file.read_text())
     if state.get("fingerprint") != fingerprint:
-        raise UserError(f"{tmp} holds an interrupted grow of a different plan (source, target or options changed): "
+        raise UserError(f"{partial} holds an interrupted grow of a different plan (source, target or options changed): "
                         "rerun with the same arguments, or with --force to start over")
+    return state
+
+
+def _finished_shards(tmp: Path, state: dict, shards: list[Shard], progress: bool) -> dict[str, dict]:
+    """Shards of an interrupted run that are complete and still match their recorded checksum."""
     sizes = {s.file: s.file_bytes for s in shards}
     records = [r for r in state.get("shards", {}).values() if (tmp / r["file"]).exists() and sizes.get(r["file"]) == r["bytes"]]
     finished = {}
@@ -115,12 +120,13 @@ def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size
     shards = output_shards(growth, shard_size)
     fingerprint = _fingerprint(growth, shards)
     partial = partial_directory(out)
-    kept = sum(p.stat().st_size for p in partial.glob("*.safetensors")) if resume and partial.is_dir() else 0
+    previous = _resume_state(partial, fingerprint) if resume else {}
+    kept = sum(r["bytes"] for r in previous.get("shards", {}).values())
     figures = output_figures(growth, shard_size)
     check_output(out.absolute(), force, needed_bytes=figures["free_bytes_needed"] - kept)
     by_name = {t.name: t for t in growth.tensors}
     with resumable_directory(out, force, resume) as tmp:
-        finished = _finished_shards(tmp, fingerprint, shards, progress) if resume else {}
+        finished = _finished_shards(tmp, previous, shards, progress)
         state = {"fingerprint": fingerprint, "shards": dict(finished)}
 
         def record(shard: dict) -> None:  # called under the writer's lock

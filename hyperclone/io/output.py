@@ -48,7 +48,7 @@ def resumable_directory(out: Path, force: bool, resume: bool) -> Iterator[Path]:
 
     The sibling has a fixed name and outlives an interruption (Ctrl-C, a kill, a full disk): its
     finished shards are complete files (each renamed into place after fsync), so `--resume` keeps
-    them. Bad input (a UserError) leaves nothing behind, and `out` itself is never half-written.
+    them. Bad input (a UserError) leaves nothing new behind, and `out` itself is never half-written.
     """
     out = out.absolute()
     check_output(out, force)
@@ -57,6 +57,7 @@ def resumable_directory(out: Path, force: bool, resume: bool) -> Iterator[Path]:
         if not force:
             raise UserError(f"an interrupted grow left {partial}: pass --resume to continue it, or --force to start over")
         shutil.rmtree(partial)
+    created = not partial.exists()
     try:
         partial.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -64,7 +65,8 @@ def resumable_directory(out: Path, force: bool, resume: bool) -> Iterator[Path]:
     try:
         yield partial
     except UserError:
-        shutil.rmtree(partial, ignore_errors=True)
+        if created:  # never throw away the finished shards of an earlier, interrupted run
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
