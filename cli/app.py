@@ -194,6 +194,8 @@ def verify(
     batch: int = typer.Option(2, "--batch", help="Sequences."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random tokens."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest allowed |logit difference|."),
+    stream: Optional[bool] = typer.Option(None, "--stream/--no-stream",
+                                          help="One decoder layer in memory at a time (default: when the model would not fit)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     allow_pickle: bool = PickleOpt,
@@ -202,7 +204,7 @@ def verify(
     import hyperclone
 
     result = hyperclone.verify(src, grown, batch=batch, seq_len=seq_len, seed=seed, tolerance=tolerance,
-                               config=config, overrides=_overrides(set_), allow_pickle=allow_pickle)
+                               config=config, overrides=_overrides(set_), allow_pickle=allow_pickle, stream=stream)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
@@ -218,6 +220,11 @@ def _print_verdict(result: dict) -> None:
         f"parameters {result['source_params']:,} → {result['grown_params']:,}",
         soft_wrap=True,
     )
+    if result.get("streamed"):
+        worst = max(result["residual_max_abs_diff"], default=0.0)
+        out.print(f"  layer-streamed: residual streams agree to {worst:.3e} after every source layer"
+                  + (f"; experts loaded as picked in layers {result['picked_expert_layers']}" if result["picked_expert_layers"] else ""),
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

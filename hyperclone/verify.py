@@ -60,6 +60,18 @@ def _logits(directory: Path, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
     return logits, params
 
 
+def _float32_bytes(path: str | os.PathLike) -> int:
+    import math
+
+    return sum(4 * math.prod(t.shape) for t in open_checkpoint(path).tensors.values())
+
+
+def _available_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def verify(
     source: str | os.PathLike,
     grown: str | os.PathLike,
@@ -71,8 +83,20 @@ def verify(
     config: str | os.PathLike | None = None,
     overrides: dict | None = None,
     allow_pickle: bool = False,
+    stream: bool | None = None,
 ) -> dict:
-    """Compare float32 logits of both models on seeded random tokens; `passed` is the verdict."""
+    """Compare float32 logits of both models on seeded random tokens; `passed` is the verdict.
+
+    `stream` loads one decoder layer at a time (hyperclone.verify_stream); None picks it when the
+    grown model in float32 would take more than half of the available memory.
+    """
+    if stream is None:
+        stream = _float32_bytes(grown) > _available_memory() // 2
+    if stream:
+        from hyperclone.verify_stream import verify_streamed
+
+        return verify_streamed(source, grown, batch=batch, seq_len=seq_len, seed=seed, tolerance=tolerance,
+                               config=config, overrides=overrides, allow_pickle=allow_pickle)
     start = time.perf_counter()
     with as_model_directory(grown) as grown_dir:
         grown_cfg = json.loads((grown_dir / "config.json").read_text())
@@ -100,5 +124,6 @@ def verify(
         "seed": seed,
         "source_params": source_params,
         "grown_params": grown_params,
+        "streamed": False,
         "seconds": round(time.perf_counter() - start, 3),
     }

@@ -70,6 +70,8 @@ class Family:
     ignore_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
     # Field in config.json giving the inner FFN size.
     ffn_field: str = "intermediate_size"
+    # (in memory, on disk) name prefixes where transformers renames on load (the lm_head of gpt_neox)
+    renames: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def rule_for(self, module: str) -> Rule | None:
@@ -138,6 +140,7 @@ FAMILIES: dict[str, Family] = {
             embed="gpt_neox.embed_in",
             final_norm="gpt_neox.final_layer_norm",
             lm_head="embed_out",
+            renames=(("lm_head.", "embed_out."),),
             kv_heads_field=None,
             ignore_suffixes=("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias"),
         ),

@@ -32,6 +32,7 @@ class MoeLayout:
     groups: bool = False  # n_group / topk_group routing
 
     experts_aliases: tuple[str, ...] = ()  # other names of experts_field seen in config.json files
+    renames: tuple[tuple[str, str], ...] = ()  # (in memory, on disk) module prefixes where transformers renames on load
 
     def experts_keys(self) -> tuple[str, ...]:
         return (self.experts_field, *self.experts_aliases)
@@ -50,6 +51,7 @@ MOE_LAYOUTS: dict[str, MoeLayout] = {
     "mixtral": MoeLayout(
         "block_sparse_moe.experts.{e}.{part}", parts=("w1", "w3", "w2"), router="block_sparse_moe.gate.weight",
         norm_field=None, experts_field="num_local_experts", inter_field="intermediate_size",
+        renames=(("mlp.", "block_sparse_moe."),),
     ),
     "olmoe": MoeLayout("mlp.experts.{e}.{part}", inter_field="intermediate_size"),
     "glm4_moe": MoeLayout(

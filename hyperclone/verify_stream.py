@@ -1,0 +1,286 @@
+"""Verification of models larger than memory: transformers' own model, one decoder layer in memory at a time.
+
+The model is built by transformers on the meta device, so its forward pass (embedding scale, masks,
+rotary tables, every decoder layer, final norm, soft-capping) is transformers' code, untouched.
+Only the weights are streamed: a hook loads a decoder layer from the safetensors files just before
+it runs and frees it just after. For MoE layers too large for the memory budget, the experts
+module is swapped for one holding only the experts the router picked for the sample tokens.
+The residual stream after every source layer is compared with the grown model's (n stacked copies).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from hyperclone.arch import family_for
+from hyperclone.arch.moe import MOE_LAYOUTS, MoeLayout
+from hyperclone.errors import UserError
+from hyperclone.io.reader import Checkpoint, open_checkpoint
+from hyperclone.moe import expand_fused_experts
+from hyperclone.verify import TOLERANCE
+
+EXPERTS = "mlp.experts"  # where transformers 5 keeps a MoE layer's fused experts
+
+
+def _available_bytes() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+class StreamedModel:
+    """A transformers causal LM whose decoder layers live on disk until they run."""
+
+    def __init__(self, ckpt: Checkpoint, memory_budget: int | None = None, experts: str = "auto"):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.ckpt = ckpt
+        config = dict(ckpt.config)
+        self.fam = family_for(config["model_type"])
+        self.layout: MoeLayout | None = MOE_LAYOUTS.get(self.fam.model_type)
+        if self.layout:
+            expand_fused_experts(ckpt, self.layout, self.fam.layer_prefix)
+        options = dict(attn_implementation="eager")
+        if self.layout:
+            options["experts_implementation"] = "eager"
+        self.config = AutoConfig.for_model(config.pop("model_type"), **config)
+        self.config.use_cache = False
+        with torch.device("meta"):
+            self.model = AutoModelForCausalLM.from_config(self.config, **options)
+        self.model.eval()
+        self._materialise_outside_layers(options)
+        self.budget = memory_budget if memory_budget is not None else _available_bytes() // 4
+        self.experts_mode = experts
+        self.picked_layers: list[int] = []
+        self.layers = self._layer_list()
+        for j, layer in enumerate(self.layers):
+            layer.register_forward_pre_hook(self._loader(j))
+            layer.register_forward_hook(self._unloader(j))
+
+    # ----- outside the decoder layers: small, built on CPU by transformers ----------------------
+    def _layer_list(self) -> torch.nn.ModuleList:
+        prefix = self.fam.layer_prefix.rstrip(".")
+        return self.model.get_submodule(prefix)
+
+    def _materialise_outside_layers(self, options: dict) -> None:
+        """Embeddings, final norm, rotary tables and lm_head: from a 0-layer twin built on CPU, weights from disk."""
+        from transformers import AutoModelForCausalLM
+
+        twin_config = self.config.__class__.from_dict({**self.config.to_dict(), "num_hidden_layers": 0, "layer_types": []})
+        twin = AutoModelForCausalLM.from_config(twin_config, **options)
+        layers = self.fam.layer_prefix.rstrip(".")
+        for name, module in list(twin.named_modules()):
+            if not name or name == layers or name.startswith(layers + ".") or list(module.children()):
+                continue
+            parent, _, leaf = name.rpartition(".")
+            setattr(self.model.get_submodule(parent) if parent else self.model, leaf, module)
+        if self.config.tie_word_embeddings:
+            self.model.tie_weights()
+        state = self.model.state_dict()
+        with torch.no_grad():
+            for name, tensor in state.items():
+                if name.startswith(layers + ".") or tensor.is_meta:
+                    continue
+                if (disk := self._disk_name(name)) is not None:
+                    tensor.copy_(self._read(disk))
+                elif not (self.config.tie_word_embeddings and name == f"{self.fam.lm_head}.weight"):
+                    if any(name == b for b, _ in self.model.named_buffers()):
+                        continue  # computed buffers (rotary tables) come from the CPU twin
+                    raise UserError(f"{self.ckpt.path} has no {name}: the checkpoint is incomplete")
+        leftover = [n for n, p in self.model.named_parameters() if p.is_meta and not n.startswith(layers + ".")]
+        if leftover:
+            raise UserError(f"internal error: {leftover[0]} was not materialised")
+
+    def _read(self, name: str) -> torch.Tensor:
+        info = self.ckpt.tensors[name]
+        return self.ckpt.rows(name, 0, info.shape[0]).reshape(info.shape).to(torch.float32)
+
+    # ----- decoder layers: loaded just before they run -----------------------------------------
+    def _disk_name(self, name: str, layer: int | None = None) -> str | None:
+        """The on-disk name of an in-memory parameter (whole-model name, or relative to `layer`)."""
+        prefix = "" if layer is None else f"{self.fam.layer_prefix}{layer}."
+        renames = self.fam.renames if layer is None else (self.layout.renames if self.layout else ())
+        for memory, disk in (("", ""), *renames):
+            if name.startswith(memory) and (found := prefix + disk + name[len(memory):]) in self.ckpt.tensors:
+                return found
+        return None
+
+    def _expert_tensor(self, j: int, rel: str, experts: list[int]) -> torch.Tensor:
+        """A fused [E, 2I, d] gate_up or [E, d, I] down parameter, assembled from per-expert tensors."""
+        parts = (0, 1) if rel.endswith("gate_up_proj") else (2,)
+        rows = []
+        for e in experts:
+            names = [self.layout.expert_name(self.fam.layer_prefix, j, e, p) for p in parts]
+            if any(n not in self.ckpt.tensors for n in names):
+                raise UserError(f"{self.ckpt.path} misses {names[0]}: the checkpoint is incomplete")
+            rows.append(torch.cat([self._read(n) for n in names], dim=0))
+        return torch.stack(rows)
+
+    def _layer_bytes(self, j: int) -> int:
+        prefix = f"{self.fam.layer_prefix}{j}."
+        return sum(4 * math.prod(info.shape) for name, info in self.ckpt.tensors.items() if name.startswith(prefix))
+
+    def _load(self, module: torch.nn.Module, j: int, skip: str = "", experts: list[int] | None = None) -> None:
+        """Give every parameter and persistent buffer of `module` (part of layer j) its float32 value from disk."""
+        with torch.no_grad():
+            for rel, tensor in module.state_dict(keep_vars=True).items():
+                full = skip + rel
+                if experts is not None or (full.startswith(f"{EXPERTS}.") and self._disk_name(full, j) is None):
+                    value = self._expert_tensor(j, full, experts if experts is not None else list(range(tensor.shape[0])))
+                else:
+                    disk = self._disk_name(full, j)
+                    if disk is None:
+                        raise UserError(f"{self.ckpt.path} has no tensor for {self.fam.layer_prefix}{j}.{full}")
+                    value = self._read(disk)
+                if tuple(value.shape) != tuple(tensor.shape):
+                    raise UserError(f"{self.fam.layer_prefix}{j}.{full} has shape {list(value.shape)} on disk, "
+                                    f"transformers expects {list(tensor.shape)}: config.json does not match the weights")
+                owner, _, leaf = rel.rpartition(".")
+                holder = module.get_submodule(owner) if owner else module
+                if leaf in holder._parameters:
+                    holder._parameters[leaf] = torch.nn.Parameter(value.to(tensor.dtype), requires_grad=False)
+                else:
+                    holder._buffers[leaf] = value.to(tensor.dtype)
+        left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+        if left:
+            raise UserError(f"internal error: {self.fam.layer_prefix}{j}.{skip}{left[0]} has no value on disk")
+
+    def _loader(self, j: int):
+        def hook(layer, args):
+            picked = self.layout is not None and self._has_experts(layer) and (
+                self.experts_mode == "picked" or (self.experts_mode == "auto" and self._layer_bytes(j) > self.budget))
+            if picked:
+                self.picked_layers.append(j)
+                experts = layer.get_submodule(EXPERTS)
+                parent = layer.get_submodule(EXPERTS.rpartition(".")[0])
+                setattr(parent, "experts", PickedExperts(experts, lambda ids: self._picked(experts, j, ids)))
+            self._load(layer, j)
+        return hook
+
+    def _unloader(self, j: int):
+        def hook(layer, args, output):
+            if self._has_experts(layer) and isinstance(layer.get_submodule(EXPERTS), PickedExperts):
+                parent = layer.get_submodule(EXPERTS.rpartition(".")[0])
+                setattr(parent, "experts", layer.get_submodule(EXPERTS).original[0])
+            layer.to_empty(device="meta")  # frees the layer's memory
+        return hook
+
+    @staticmethod
+    def _has_experts(layer) -> bool:
+        try:
+            layer.get_submodule(EXPERTS)
+            return True
+        except AttributeError:
+            return False
+
+    def _picked(self, meta_experts: torch.nn.Module, j: int, ids: list[int]) -> torch.nn.Module:
+        config = self.config.__class__.from_dict(self.config.to_dict())
+        for key in self.layout.experts_keys():
+            setattr(config, key, len(ids))
+        config._experts_implementation = "eager"
+        with torch.device("meta"):
+            compact = type(meta_experts)(config)
+        self._load(compact, j, skip=f"{EXPERTS}.", experts=ids)
+        return compact
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Float32 logits, and the residual stream after every decoder layer."""
+        residuals: list[torch.Tensor] = []
+        handles = [layer.register_forward_hook(lambda m, a, out: residuals.append((out[0] if isinstance(out, tuple) else out).detach().clone()))
+                   for layer in self.layers]
+        try:
+            with torch.no_grad():
+                logits = self.model(input_ids=tokens).logits.float()
+        except RuntimeError as exc:
+            raise UserError(f"transformers failed to run {self.ckpt.path}: {str(exc).splitlines()[0]}") from None
+        finally:
+            for h in handles:
+                h.remove()
+        return logits, residuals
+
+
+class PickedExperts(torch.nn.Module):
+    """Stands in for a MoE layer's experts: loads only the experts the router chose, then runs them."""
+
+    def __init__(self, original: torch.nn.Module, load):
+        super().__init__()
+        self.original = [original]  # a list, so the meta module stays out of this module's tree
+        self.load = load
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        ids = sorted(int(i) for i in top_k_index.unique())
+        remap = torch.full((int(top_k_index.max()) + 1,), -1, dtype=top_k_index.dtype)
+        remap[torch.tensor(ids)] = torch.arange(len(ids), dtype=top_k_index.dtype)
+        return self.load(ids)(hidden_states, remap[top_k_index], top_k_weights)
+
+
+def _layer_map(grown: Checkpoint, source_layers: int, grown_layers: int) -> list[int]:
+    manifest = grown.directory / "growth.json"
+    if manifest.exists():
+        return json.loads(manifest.read_text())["layer_map"]
+    if grown_layers == source_layers:
+        return list(range(source_layers))
+    raise UserError(f"{grown.path} has {grown_layers} layers and no growth.json saying which source layer each copies; "
+                    "keep growth.json beside the weights")
+
+
+def verify_streamed(
+    source: str | os.PathLike,
+    grown: str | os.PathLike,
+    *,
+    batch: int = 2,
+    seq_len: int = 32,
+    seed: int = 0,
+    tolerance: float = TOLERANCE,
+    memory_budget: int | None = None,
+    experts: str = "auto",
+    config: str | os.PathLike | None = None,
+    overrides: dict | None = None,
+    allow_pickle: bool = False,
+) -> dict:
+    """verify(), one layer at a time: the same verdict and figures, plus residual differences per source layer."""
+    start = time.perf_counter()
+    big = open_checkpoint(grown)
+    small = open_checkpoint(source, config_path=config, overrides=overrides, allow_pickle=allow_pickle)
+    limit = big.config.get("max_position_embeddings")
+    if limit and seq_len > limit:
+        raise UserError(f"--seq-len {seq_len} is beyond the model's max_position_embeddings {limit}")
+    vocab = min(big.config["vocab_size"], small.config["vocab_size"])
+    tokens = torch.randint(0, big.config["vocab_size"], (batch, seq_len), generator=torch.Generator().manual_seed(seed))
+    if int(tokens.max()) >= vocab:
+        raise UserError(f"{source} has a vocabulary of {small.config['vocab_size']}, smaller than the grown model's")
+    grown_model = StreamedModel(big, memory_budget, experts)
+    grown_logits, grown_res = grown_model.forward(tokens)
+    grown_params = sum(p.numel() for p in grown_model.model.parameters())
+    source_model = StreamedModel(small, memory_budget, experts)
+    source_logits, source_res = source_model.forward(tokens)
+    source_params = sum(p.numel() for p in source_model.model.parameters())
+    if source_logits.shape != grown_logits.shape:
+        raise UserError(f"the models' logits differ in shape {list(source_logits.shape)} vs {list(grown_logits.shape)}")
+    layer_map = _layer_map(big, len(source_res), len(grown_res))
+    last = {i: j for j, i in enumerate(layer_map)}  # the grown layer after which source layer i's output stands
+    width = big.config["hidden_size"] // small.config["hidden_size"]
+    residual = [float((grown_res[last[i]] - source_res[i].repeat(1, 1, width)).abs().max()) for i in range(len(source_res))]
+    diff = (source_logits - grown_logits).abs()
+    same = source_logits.argmax(-1) == grown_logits.argmax(-1)
+    max_diff = float(diff.max())
+    return {
+        "passed": bool(max_diff <= tolerance and bool(same.all())),
+        "max_abs_diff": max_diff,
+        "mean_abs_diff": float(diff.mean()),
+        "argmax_agreement": float(same.float().mean()),
+        "tolerance": tolerance,
+        "tokens": batch * seq_len,
+        "seed": seed,
+        "source_params": source_params,
+        "grown_params": grown_params,
+        "residual_max_abs_diff": residual,
+        "picked_expert_layers": grown_model.picked_layers,
+        "streamed": True,
+        "seconds": round(time.perf_counter() - start, 3),
+    }

@@ -1,0 +1,53 @@
+"""The layer-streamed verifier gives the in-memory verifier's figures, for dense and MoE families."""
+import json
+
+import pytest
+
+import hyperclone
+from hyperclone.verify_stream import verify_streamed
+from tests.conftest import assert_preserved
+from tests.test_cli import run
+
+CASES = [("llama", "2x"), ("gemma2", "deep-2x"), ("gpt_neox", "2x"), ("qwen3", "3x"), ("phi3", "2x"),
+         ("qwen3_moe", "clone-2x"), ("mixtral", "clone-2x"), ("deepseek_v3", "2x"), ("glm4_moe", "clone-2x"),
+         ("qwen2_moe", "2x"), ("hunyuan_v1_moe", "clone-2x"), ("llama", "moe-64x8-shared")]
+
+
+@pytest.mark.parametrize("family,target", CASES)
+def test_streamed_verify_agrees_with_in_memory_verify(family, target, tiny, tmp_path):
+    src = tiny(family)
+    grown = hyperclone.grow(src, target, tmp_path / "grown", progress=False)
+    whole = hyperclone.verify(src, grown, stream=False)
+    streamed = verify_streamed(src, grown)
+    picked = verify_streamed(src, grown, experts="picked")
+    assert_preserved(streamed)
+    assert streamed["streamed"] and not whole["streamed"]
+    for result in (streamed, picked):
+        assert abs(result["max_abs_diff"] - whole["max_abs_diff"]) <= 1e-6
+        assert result["argmax_agreement"] == whole["argmax_agreement"]
+        assert result["grown_params"] == whole["grown_params"] and result["source_params"] == whole["source_params"]
+        assert len(result["residual_max_abs_diff"]) == 2 and max(result["residual_max_abs_diff"]) <= 1e-4
+    assert bool(picked["picked_expert_layers"]) == (family in ("qwen3_moe", "mixtral", "deepseek_v3", "glm4_moe", "qwen2_moe",
+                                                              "hunyuan_v1_moe") or target.startswith("moe"))
+
+
+def test_streamed_verify_fails_like_the_in_memory_one(tiny, tmp_path):
+    src, other = tiny("qwen3_moe"), tiny("qwen3_moe", seed=1)
+    grown = hyperclone.grow(other, "clone-2x", tmp_path / "g", progress=False)
+    whole = hyperclone.verify(src, grown, stream=False)
+    streamed = verify_streamed(src, grown, experts="picked")
+    assert not whole["passed"] and not streamed["passed"]
+    assert abs(streamed["max_abs_diff"] - whole["max_abs_diff"]) <= 1e-5
+    assert max(streamed["residual_max_abs_diff"]) > 1e-2  # the residual comparison sees the difference too
+
+
+def test_cli_verify_stream(tiny, tmp_path):
+    src = tiny("llama")
+    grown = tmp_path / "g"
+    assert run("grow", str(src), "--to", "deep-2x", "-o", str(grown)).returncode == 0
+    result = run("verify", str(src), str(grown), "--stream", "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["streamed"] and figures["passed"] and len(figures["residual_max_abs_diff"]) == 2
+    text = run("verify", str(src), str(grown), "--stream")
+    assert text.returncode == 0 and "layer-streamed" in text.stdout
