@@ -46,11 +46,11 @@ def plain_copy(src_files: list[Path], dst: Path) -> int:
     return total
 
 
-def run_measuring_rss(cmd: list[str]) -> int:
+def run_measuring_rss(cmd: list[str], **popen) -> int:
     """Run cmd; return its peak resident set size, sampled every 20 ms (the child alone)."""
     import psutil
 
-    proc = psutil.Popen(cmd)
+    proc = psutil.Popen(cmd, **popen)
     peak = 0
     while proc.poll() is None:
         try:

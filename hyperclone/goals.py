@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from hyperclone.arch import Role
-from hyperclone.arch.families import NORMS
+from hyperclone.arch.families import NORMS, role_tiling
 from hyperclone.arch.moe import MOE_LAYOUTS, UPCYCLE_REFUSALS, UPCYCLE_TARGETS, MoeLayout
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint
@@ -28,6 +28,7 @@ GOAL_KEYS = {"description", "total_params", "active_params", "shape", "constrain
 SHAPE_KEYS = {"hidden", "layers", "experts", "top_k", "shared_experts", "dense_layers"}
 CONSTRAINT_KEYS = {"arch", "experts", "top_k", "shared_experts", "dense_layers", "max_width", "max_ffn"}
 DEFAULT_MAX_WIDTH = 512
+FFN_WEIGHT = 0.2  # an FFN x2 (a distorted FFN:hidden ratio) costs about as much as a 14% miss of the budget
 SHAPE_WEIGHT = 2.0  # a 1% step away from the preferred shape costs as much as a 2% miss of the budget
 DEFAULT_MAX_FFN = 64
 FFN_ROLES = (Role.READ_FFN, Role.WRITE_FFN, Role.GATE_UP_FUSED)
@@ -111,15 +112,6 @@ def goal_from_dict(data: dict, name: str) -> Goal:
 
 
 # ----- closed-form parameter counts ---------------------------------------------------------------
-def role_tiling(role: Role, n: int, m: int) -> tuple[int, int]:
-    """(row tiles, column parts) of a 2D tensor with `role` under width n and FFN m (DESIGN.md 2)."""
-    return {
-        Role.READ_ATTN: (n, n), Role.QKV_FUSED: (n, n), Role.WRITE_ATTN: (n, n),
-        Role.READ_FFN: (n * m, n), Role.GATE_UP_FUSED: (n * m, n), Role.WRITE_FFN: (n, n * m),
-        Role.LATENT_READ: (1, n), Role.HEAD_FROM_LATENT: (n, 1),
-    }[role]
-
-
 def _grown_size(shape: tuple, role: Role, n: int, m: int) -> int:
     if role in NORMS:
         return shape[0] * (1 if role is Role.HEAD_NORM else n)
@@ -287,7 +279,7 @@ class Solver:
 
     def _skeletons(self) -> list[Candidate]:
         """Every discrete choice (arch, experts, top-k, split, clone, shared, dense), width and ffn open."""
-        g, cons, shape = self.goal, self.goal.constraints, self.goal.shape
+        _g, cons, shape = self.goal, self.goal.constraints, self.goal.shape
         layers = max(shape.get("layers", self.src.layers), self.src.layers)
         if not self._moe_wanted():
             return [Candidate(1, 1, layers)]
@@ -379,7 +371,7 @@ class Solver:
         err_t = c.total / g.total - 1
         err_a = c.active / g.active - 1 if g.active else 0.0
         c.within = abs(err_t) <= TOTAL_TOLERANCE and abs(err_a) <= ACTIVE_TOLERANCE
-        parts = {"total": abs(err_t), "active": abs(err_a), "ffn": 0.05 * math.log(c.ffn)}
+        parts = {"total": abs(err_t), "active": abs(err_a), "ffn": FFN_WEIGHT * math.log(c.ffn)}
         for key, value in (("hidden", self.src.hidden * c.width), ("layers", c.layers), ("experts", c.experts), ("top_k", c.top_k)):
             if shape.get(key) and value:
                 parts[key] = SHAPE_WEIGHT * abs(math.log(value / shape[key]))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from hyperclone.arch import Family, Role
-from hyperclone.arch.families import NORMS, WRITES
+from hyperclone.arch.families import NORMS, WRITES, role_tiling
 from hyperclone.arch.moe import MOE_LAYOUTS
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint
@@ -144,18 +144,6 @@ class _Builder:
 
     def __init__(self, fam: Family, src: ModelSpec, target: Target, init_std: float):
         self.fam, self.src, self.t, self.init_std = fam, src, target, init_std
-        n, m = target.width, target.ffn
-        attn_tiles = (n, n)
-        self.tiling = {  # role -> (row tiles, column parts)
-            Role.READ_ATTN: attn_tiles,
-            Role.QKV_FUSED: attn_tiles,
-            Role.READ_FFN: (n * m, n),
-            Role.GATE_UP_FUSED: (n * m, n),
-            Role.WRITE_ATTN: (n, n),
-            Role.WRITE_FFN: (n, n * m),
-            Role.LATENT_READ: (1, n),  # the latent rank stays; only the residual it reads grows
-            Role.HEAD_FROM_LATENT: (n, 1),  # more heads from the same latent
-        }
 
     def row_ranges(self, role: Role, rows: int) -> list[tuple[int, int]]:
         s = self.src
@@ -171,7 +159,7 @@ class _Builder:
         return list(zip(bounds[:-1], bounds[1:]))
 
     def linear(self, out_name: str, src_name: str, shape: tuple, role: Role, is_bias: bool, new: bool) -> list[Segment]:
-        tiles, parts = self.tiling[role]
+        tiles, parts = role_tiling(role, self.t.width, self.t.ffn)
         fresh = new and self.t.depth_init == "fresh"
         zero = new and role in WRITES
         segs = []

@@ -9,11 +9,11 @@ The residual stream after every source layer is compared with the grown model's 
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,6 +25,21 @@ from hyperclone.moe import expand_fused_experts
 from hyperclone.verify import TOLERANCE
 
 EXPERTS = "mlp.experts"  # where transformers 5 keeps a MoE layer's fused experts
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise, and RSS would climb layer after layer)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def _available_bytes() -> int:
@@ -45,7 +60,7 @@ class StreamedModel:
         self.layout: MoeLayout | None = MOE_LAYOUTS.get(self.fam.model_type)
         if self.layout:
             expand_fused_experts(ckpt, self.layout, self.fam.layer_prefix)
-        options = dict(attn_implementation="eager")
+        options = dict(attn_implementation="eager", dtype=torch.float32)  # verify always computes in float32
         if self.layout:
             options["experts_implementation"] = "eager"
         self.config = AutoConfig.for_model(config.pop("model_type"), **config)
@@ -158,7 +173,7 @@ class StreamedModel:
                 self.picked_layers.append(j)
                 experts = layer.get_submodule(EXPERTS)
                 parent = layer.get_submodule(EXPERTS.rpartition(".")[0])
-                setattr(parent, "experts", PickedExperts(experts, lambda ids: self._picked(experts, j, ids)))
+                parent.experts = PickedExperts(experts, lambda ids: self._picked(experts, j, ids))
             self._load(layer, j)
         return hook
 
@@ -166,8 +181,9 @@ class StreamedModel:
         def hook(layer, args, output):
             if self._has_experts(layer) and isinstance(layer.get_submodule(EXPERTS), PickedExperts):
                 parent = layer.get_submodule(EXPERTS.rpartition(".")[0])
-                setattr(parent, "experts", layer.get_submodule(EXPERTS).original[0])
+                parent.experts = layer.get_submodule(EXPERTS).original[0]
             layer.to_empty(device="meta")  # frees the layer's memory
+            _release_freed_memory()
         return hook
 
     @staticmethod

@@ -93,3 +93,44 @@ def test_a_nearly_full_disk_is_refused_before_writing(tiny, small_tmpfs):
     result = run("grow", str(src), "--to", "4x", "--width", "8", "-o", str(small_tmpfs / "grown"))
     assert result.returncode == 2 and "not enough disk" in result.stderr
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]
+
+
+def test_a_2b_parameter_grow_keeps_memory_flat_and_verifies_streamed(tmp_path):
+    """The issue's bar: a >= 2B-parameter output on a 2-core CI machine, peak RSS < 2 GB, streamed verify."""
+    import psutil
+
+    from hyperclone.testing import save_tiny_model
+
+    src = save_tiny_model("llama", tmp_path / "src", dtype=torch.bfloat16, **{**MEDIUM, "num_hidden_layers": 8, "vocab_size": 8192})
+    goal = tmp_path / "goal.yaml"
+    goal.write_text("total_params: 2.1B\nshape: {layers: 32}\n")
+    plan = json.loads(run("plan", str(src), "--to", str(goal), "--json").stdout)
+    assert plan["total_params"] >= 2_000_000_000
+    if psutil.disk_usage(str(tmp_path)).free < 1.5 * plan["free_bytes_needed"]:
+        pytest.skip("this machine's disk cannot hold a 4 GB output")
+    out = tmp_path / "grown"
+    peaks = {}
+    for name, cmd in [("grow", ["grow", str(src), "--to", str(goal), "-o", str(out), "--workers", "2"]),
+                      ("verify", ["verify", str(src), str(out), "--stream", "--json", "--seq-len", "8", "--batch", "1"])]:
+        proc = psutil.Popen(["hyperclone", *cmd], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                peak = max(peak, proc.memory_info().rss)
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.05)
+        stdout = proc.stdout.read()
+        assert proc.returncode == 0, (name, stdout)
+        peaks[name] = peak
+    verdict = json.loads(stdout)
+    assert verdict["passed"] and verdict["streamed"] and verdict["grown_params"] == plan["total_params"]
+    assert peaks["grow"] < 2 * 2**30 and peaks["verify"] < 2 * 2**30, peaks
+
+
+def test_dry_run_prints_figures_and_an_eta_and_writes_nothing(tiny, tmp_path):
+    src = tiny("qwen3", dtype=torch.bfloat16)
+    result = run("grow", str(src), "--to", "moe-30b-a3b", "-o", str(tmp_path / "big"), "--dry-run", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "ETA" in result.stdout and "shards" in result.stdout and "chosen:" in result.stdout and "rejected:" in result.stdout
+    assert list(tmp_path.iterdir()) == []

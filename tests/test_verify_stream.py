@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 import hyperclone
 from hyperclone.verify_stream import verify_streamed
@@ -29,6 +30,15 @@ def test_streamed_verify_agrees_with_in_memory_verify(family, target, tiny, tmp_
         assert len(result["residual_max_abs_diff"]) == 2 and max(result["residual_max_abs_diff"]) <= 1e-4
     assert bool(picked["picked_expert_layers"]) == (family in ("qwen3_moe", "mixtral", "deepseek_v3", "glm4_moe", "qwen2_moe",
                                                               "hunyuan_v1_moe") or target.startswith("moe"))
+
+
+@pytest.mark.parametrize("family,target", [("llama", "3x"), ("qwen3_moe", "clone-2x")])
+def test_streamed_verify_computes_in_float32_for_bf16_checkpoints(family, target, tiny, tmp_path):
+    src = tiny(family, dtype=torch.bfloat16)
+    grown = hyperclone.grow(src, target, tmp_path / "grown", progress=False)
+    whole, streamed = hyperclone.verify(src, grown, stream=False), verify_streamed(src, grown, experts="picked")
+    assert_preserved(streamed)
+    assert abs(streamed["max_abs_diff"] - whole["max_abs_diff"]) <= 1e-6
 
 
 def test_streamed_verify_fails_like_the_in_memory_one(tiny, tmp_path):

@@ -28,6 +28,19 @@ class Role(Enum):
 
 
 WRITES = (Role.WRITE_ATTN, Role.WRITE_FFN)
+
+
+def role_tiling(role: Role, n: int, m: int) -> tuple[int, int]:
+    """(row tiles, column parts) of a 2D tensor with `role` under width n and FFN m (DESIGN.md 2).
+
+    The planner builds segments from it and the goal solver counts parameters with it.
+    """
+    return {
+        Role.READ_ATTN: (n, n), Role.QKV_FUSED: (n, n), Role.WRITE_ATTN: (n, n),
+        Role.READ_FFN: (n * m, n), Role.GATE_UP_FUSED: (n * m, n), Role.WRITE_FFN: (n, n * m),
+        Role.LATENT_READ: (1, n),  # the latent rank stays; only the residual it reads grows
+        Role.HEAD_FROM_LATENT: (n, 1),  # more heads from the same latent
+    }[role]
 NORMS = (Role.RES_NORM, Role.PROJ_NORM, Role.HEAD_NORM)
 
 
