@@ -65,9 +65,9 @@ def output_shards(growth: GrowthPlan, shard_size: str | int = "5GB") -> list[Sha
     return plan_shards([TensorSlot(t.name, t.shape, growth.dtype_of(t)) for t in growth.tensors], shard_bytes)
 
 
-def output_figures(growth: GrowthPlan, shard_size: str | int = "5GB") -> dict:
+def output_figures(growth: GrowthPlan, shard_size: str | int = "5GB", shards: list[Shard] | None = None) -> dict:
     """bytes, shards and the free disk a grow needs (shards, index, config, manifest, tokenizer files)."""
-    shards = output_shards(growth, shard_size)
+    shards = shards if shards is not None else output_shards(growth, shard_size)
     side = sum((growth.source.directory / n).stat().st_size for n in TOKENIZER_FILES if (growth.source.directory / n).is_file())
     return {"bytes": growth.nbytes, "shards": len(shards),
             "free_bytes_needed": sum(s.file_bytes for s in shards) + side + SMALL_FILES_ALLOWANCE}
@@ -122,7 +122,7 @@ def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size
     partial = partial_directory(out)
     previous = _resume_state(partial, fingerprint) if resume else {}
     kept = sum(r["bytes"] for r in previous.get("shards", {}).values())
-    figures = output_figures(growth, shard_size)
+    figures = output_figures(growth, shards=shards)
     check_output(out.absolute(), force, needed_bytes=figures["free_bytes_needed"] - kept)
     by_name = {t.name: t for t in growth.tensors}
     with resumable_directory(out, force, resume) as tmp:
