@@ -47,17 +47,10 @@ def plain_copy(src_files: list[Path], dst: Path) -> int:
 
 
 def run_measuring_rss(cmd: list[str], **popen) -> int:
-    """Run cmd; return its peak resident set size, sampled every 20 ms (the child alone)."""
-    import psutil
+    """Run cmd; return its peak resident set size (the child alone); a failure ends the benchmark."""
+    from hyperclone.testing import run_measuring_rss as measure
 
-    proc = psutil.Popen(cmd, **popen)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.02)
+    proc, peak = measure(cmd, **popen)
     if proc.returncode:
         raise SystemExit(f"{cmd[1]} failed with exit code {proc.returncode}")
     return peak

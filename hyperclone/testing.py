@@ -6,6 +6,7 @@ from uniform: a growth bug then shows up as a real difference, not as noise arou
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -70,3 +71,18 @@ def save_tiny_model(family: str, path: str | os.PathLike, *, dtype: torch.dtype 
     path = Path(path)
     model.save_pretrained(path)
     return path
+
+
+def run_measuring_rss(cmd: list[str], **popen):
+    """Run cmd to the end; return (the finished process, its peak resident set size sampled every 20 ms)."""
+    import psutil
+
+    proc = psutil.Popen(cmd, **popen)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
+    return proc, peak

@@ -109,6 +109,12 @@ def verify(
         grown_logits, grown_params = _logits(grown_dir, tokens)
     with as_model_directory(source, config_path=config, overrides=overrides, allow_pickle=allow_pickle) as source_dir:
         source_logits, source_params = _logits(source_dir, tokens)
+    return verdict(source_logits, grown_logits, tolerance, seed=seed, source_params=source_params,
+                   grown_params=grown_params, streamed=False, seconds=round(time.perf_counter() - start, 3))
+
+
+def verdict(source_logits: torch.Tensor, grown_logits: torch.Tensor, tolerance: float, **figures) -> dict:
+    """The contract's verdict (max |difference| within tolerance, same argmax) and its figures."""
     if source_logits.shape != grown_logits.shape:
         raise UserError(f"the models' logits differ in shape {list(source_logits.shape)} vs {list(grown_logits.shape)}")
     diff = (source_logits - grown_logits).abs()
@@ -120,10 +126,6 @@ def verify(
         "mean_abs_diff": float(diff.mean()),
         "argmax_agreement": float(same.float().mean()),
         "tolerance": tolerance,
-        "tokens": batch * seq_len,
-        "seed": seed,
-        "source_params": source_params,
-        "grown_params": grown_params,
-        "streamed": False,
-        "seconds": round(time.perf_counter() - start, 3),
+        "tokens": source_logits.shape[0] * source_logits.shape[1],
+        **figures,
     }

@@ -22,7 +22,7 @@ from hyperclone.arch.moe import MOE_LAYOUTS, MoeLayout
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint, open_checkpoint
 from hyperclone.moe import expand_fused_experts
-from hyperclone.verify import TOLERANCE
+from hyperclone.verify import TOLERANCE, verdict
 
 EXPERTS = "mlp.experts"  # where transformers 5 keeps a MoE layer's fused experts
 
@@ -282,21 +282,6 @@ def verify_streamed(
     last = {i: j for j, i in enumerate(layer_map)}  # the grown layer after which source layer i's output stands
     width = big.config["hidden_size"] // small.config["hidden_size"]
     residual = [float((grown_res[last[i]] - source_res[i].repeat(1, 1, width)).abs().max()) for i in range(len(source_res))]
-    diff = (source_logits - grown_logits).abs()
-    same = source_logits.argmax(-1) == grown_logits.argmax(-1)
-    max_diff = float(diff.max())
-    return {
-        "passed": bool(max_diff <= tolerance and bool(same.all())),
-        "max_abs_diff": max_diff,
-        "mean_abs_diff": float(diff.mean()),
-        "argmax_agreement": float(same.float().mean()),
-        "tolerance": tolerance,
-        "tokens": batch * seq_len,
-        "seed": seed,
-        "source_params": source_params,
-        "grown_params": grown_params,
-        "residual_max_abs_diff": residual,
-        "picked_expert_layers": grown_model.picked_layers,
-        "streamed": True,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
+    return verdict(source_logits, grown_logits, tolerance, seed=seed, source_params=source_params, grown_params=grown_params,
+                   residual_max_abs_diff=residual, picked_expert_layers=grown_model.picked_layers, streamed=True,
+                   seconds=round(time.perf_counter() - start, 3))

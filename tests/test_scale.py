@@ -99,7 +99,7 @@ def test_a_2b_parameter_grow_keeps_memory_flat_and_verifies_streamed(tmp_path):
     """The issue's bar: a >= 2B-parameter output on a 2-core CI machine, peak RSS < 2 GB, streamed verify."""
     import psutil
 
-    from hyperclone.testing import save_tiny_model
+    from hyperclone.testing import run_measuring_rss, save_tiny_model
 
     src = save_tiny_model("llama", tmp_path / "src", dtype=torch.bfloat16, **{**MEDIUM, "num_hidden_layers": 8, "vocab_size": 8192})
     goal = tmp_path / "goal.yaml"
@@ -112,14 +112,7 @@ def test_a_2b_parameter_grow_keeps_memory_flat_and_verifies_streamed(tmp_path):
     peaks = {}
     for name, cmd in [("grow", ["grow", str(src), "--to", str(goal), "-o", str(out), "--workers", "2"]),
                       ("verify", ["verify", str(src), str(out), "--stream", "--json", "--seq-len", "8", "--batch", "1"])]:
-        proc = psutil.Popen(["hyperclone", *cmd], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        peak = 0
-        while proc.poll() is None:
-            try:
-                peak = max(peak, proc.memory_info().rss)
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.05)
+        proc, peak = run_measuring_rss(["hyperclone", *cmd], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         stdout = proc.stdout.read()
         assert proc.returncode == 0, (name, stdout)
         peaks[name] = peak
