@@ -279,7 +279,7 @@ class Solver:
 
     def _skeletons(self) -> list[Candidate]:
         """Every discrete choice (arch, experts, top-k, split, clone, shared, dense), width and ffn open."""
-        _g, cons, shape = self.goal, self.goal.constraints, self.goal.shape
+        cons, shape = self.goal.constraints, self.goal.shape
         layers = max(shape.get("layers", self.src.layers), self.src.layers)
         if not self._moe_wanted():
             return [Candidate(1, 1, layers)]
@@ -345,11 +345,11 @@ class Solver:
             windows.append(range(lo, hi + 1))
         return windows + [range(1, cap + 1)]
 
-    def candidates(self, widths: range) -> list[Candidate]:
+    def candidates(self, skeletons: list[Candidate], widths: range) -> list[Candidate]:
         g = self.goal
         max_ffn = g.constraints.get("max_ffn", DEFAULT_MAX_FFN)
         out = []
-        for skeleton in self.skeletons:
+        for skeleton in skeletons:
             for n in widths:
                 base = replace(skeleton, width=n, ffn=1)
                 t1, a1 = self.count(base)
@@ -388,9 +388,9 @@ class Solver:
     # -- choosing ---------------------------------------------------------------------------
     def solve(self) -> tuple[Target, dict]:
         g = self.goal
-        self.skeletons = self._skeletons()
+        skeletons = self._skeletons()
         for widths in self._width_windows():
-            found = sorted(self.candidates(widths), key=lambda c: c.score)
+            found = sorted(self.candidates(skeletons, widths), key=lambda c: c.score)
             if found and found[0].within:
                 break
         if not found or not found[0].within:

@@ -65,9 +65,12 @@ class GrowthPlan:
     def dtype_of(self, tensor: OutTensor) -> torch.dtype:
         return tensor.dtype or self.dtype
 
+    def bytes_of(self, tensor: OutTensor) -> int:
+        return math.prod(tensor.shape) * self.dtype_of(tensor).itemsize
+
     @property
     def nbytes(self) -> int:
-        return sum(math.prod(t.shape) * self.dtype_of(t).itemsize for t in self.tensors)
+        return sum(self.bytes_of(t) for t in self.tensors)
 
     def operators(self) -> list[str]:
         s, d, t = self.src, self.dst, self.target

@@ -18,9 +18,8 @@ def _produce_rate(growth: GrowthPlan, seconds: float) -> float:
     """Bytes per second of one worker producing tensors picked evenly by bytes (so the mix of ops is the plan's)."""
     from hyperclone.grow import tensor_chunks
 
-    sizes = [t.shape[0] * (t.shape[1] if len(t.shape) > 1 else 1) * growth.dtype_of(t).itemsize for t in growth.tensors]
-    edges = list(accumulate(sizes))
-    picks = {min(bisect.bisect_left(edges, edges[-1] * (k + 0.5) / SAMPLES), len(sizes) - 1) for k in range(SAMPLES)}
+    edges = list(accumulate(growth.bytes_of(t) for t in growth.tensors))
+    picks = {min(bisect.bisect_left(edges, edges[-1] * (k + 0.5) / SAMPLES), len(edges) - 1) for k in range(SAMPLES)}
     produced, start = 0, time.perf_counter()
     for index in sorted(picks):
         deadline = time.perf_counter() + seconds / len(picks)

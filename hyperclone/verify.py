@@ -66,7 +66,7 @@ def _float32_bytes(path: str | os.PathLike) -> int:
     return sum(4 * math.prod(t.shape) for t in open_checkpoint(path).tensors.values())
 
 
-def _available_memory() -> int:
+def available_memory() -> int:
     import psutil
 
     return psutil.virtual_memory().available
@@ -91,7 +91,7 @@ def verify(
     grown model in float32 would take more than half of the available memory.
     """
     if stream is None:
-        stream = _float32_bytes(grown) > _available_memory() // 2
+        stream = _float32_bytes(grown) > available_memory() // 2
     if stream:
         from hyperclone.verify_stream import verify_streamed
 
