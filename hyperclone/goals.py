@@ -278,7 +278,13 @@ class Solver:
         return g.active is not None and g.active < 0.9 * g.total
 
     def _skeletons(self) -> list[Candidate]:
-        """Every discrete choice (arch, experts, top-k, split, clone, shared, dense), width and ffn open."""
+        """Every discrete choice (arch, experts, top-k, split, clone, shared, dense) the constraints allow."""
+        fixed = {"experts": "experts", "top_k": "top_k", "shared_experts": "shared", "dense_layers": "dense"}
+        cons = self.goal.constraints
+        return [c for c in self._choices() if all(getattr(c, attr) == cons[key] for key, attr in fixed.items() if key in cons)]
+
+    def _choices(self) -> list[Candidate]:
+        """Every discrete choice the source's moves allow, width and ffn left open."""
         cons, shape = self.goal.constraints, self.goal.shape
         layers = max(shape.get("layers", self.src.layers), self.src.layers)
         if not self._moe_wanted():
@@ -312,15 +318,13 @@ class Solver:
                 continue
             layout = MOE_LAYOUTS[arch]
             shared_options = {0, 1} if layout.shared is not None else {0}
-            if layout.shared_kind == "multiple" and shape.get("shared_experts"):
-                shared_options.add(shape["shared_experts"])
+            if layout.shared_kind == "multiple":  # several shared experts are one wider one
+                shared_options |= {v for v in (shape.get("shared_experts"), cons.get("shared_experts")) if v}
             if layout.shared_required:
                 shared_options.discard(0)
-            if "shared_experts" in cons:
-                shared_options &= {cons["shared_experts"]}
             dense_options = {0, min(shape.get("dense_layers", 0), self.src.layers - 1)} if layout.dense_rule else {0}
-            if "dense_layers" in cons:
-                dense_options &= {cons["dense_layers"]} if cons["dense_layers"] < self.src.layers else set()
+            if "dense_layers" in cons and cons["dense_layers"] < self.src.layers and layout.dense_rule:
+                dense_options.add(cons["dense_layers"])
             for s in filter(self.factor_ok, [1] if layout.shared_kind == "same" else _divisors(inner)):
                 experts = [cons["experts"]] if "experts" in cons else _near_multiples(want_e, s, [8, 16, 32, 64, 128, 256])
                 top_ks = [cons["top_k"]] if "top_k" in cons else _near_multiples(want_k, s, [1, 2, 4, 8])

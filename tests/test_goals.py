@@ -76,6 +76,10 @@ def test_constraints_are_hard(tiny, tmp_path):
             "constraints": {"arch": "mixtral", "max_width": 150}}
     growth = hyperclone.plan(src, goal)
     assert growth.config["model_type"] == "mixtral" and growth.target.width <= 150
+    moe = tiny("qwen3_moe", dtype=torch.bfloat16)  # 4 experts top-2: experts can only be 4 x clone x split
+    assert hyperclone.plan(moe, {"total_params": "2M", "constraints": {"experts": 8}}).moe["experts"] == 8
+    with pytest.raises(hyperclone.UserError, match="not reachable"):
+        hyperclone.plan(moe, {"total_params": "2M", "constraints": {"experts": 6}})
     bad = tmp_path / "bad.yaml"
     for text, message in [("total_params: 12Q\n", "parameter count"), ("total_params: 1B\nwidth: 2\n", "drop width"),
                           ("total_params: 1B\nconstraints: {arch: llama}\n", "not a MoE family"),
