@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -17,23 +18,55 @@ out = Console()
 err = Console(stderr=True)
 
 
-def user_errors(fn):
-    """Bad input ends in one line on stderr and exit code 2, never a traceback."""
+DEBUG_VARIABLE = "HYPERCLONE_DEBUG"  # set to 1 (or pass --debug) for the traceback of an unexpected error
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from hyperclone.errors import UserError
 
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]: the output was not written (an interrupted grow continues with --resume)")
-            raise typer.Exit(130) from None
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
-    return wrapper
+
+def command(interrupted: str = "interrupted"):
+    """Wrap a command: bad input is one line and exit 2; an unexpected error is one line asking for a
+    report and exit 1 (the traceback only with --debug); Ctrl-C says what it left behind."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            import warnings
+
+            import click
+
+            from hyperclone.errors import UserError
+
+            warnings.showwarning = _show_warning
+            try:
+                return fn(*args, **kwargs)
+            except UserError as exc:
+                err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                err.print(f"[bold red]interrupted[/]: {interrupted}", highlight=False, soft_wrap=True)
+                raise typer.Exit(130) from None
+            except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+                raise  # the command's own exit code, or click's usage errors
+            except Exception as exc:
+                if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+                    raise
+                text = " ".join(str(exc).split())[:300]
+                err.print(f"[bold red]error:[/] internal error ({type(exc).__name__}: {text}); this is a bug in hyperclone, "
+                          f"please report it with the command you ran (rerun with --debug or {DEBUG_VARIABLE}=1 for the traceback)",
+                          highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+
+        return wrapper
+
+    return decorate
+
+
+@app.callback()
+def _global_options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an unexpected error.")) -> None:
+    if debug:
+        os.environ[DEBUG_VARIABLE] = "1"
 
 
 def _overrides(pairs: list[str] | None) -> dict | None:
@@ -67,6 +100,8 @@ def _plan_options(width, ffn, layers, noise, seed, dtype, config, set_, allow_pi
 
 
 def _plan_table(summary: dict) -> Table:
+    from hyperclone.io.writer import format_size
+
     s, d = summary["source_spec"], summary["target_spec"]
     table = Table(title=f"{summary['family']} → target {summary['target']['name']}")
     table.add_column("")
@@ -77,12 +112,12 @@ def _plan_table(summary: dict) -> Table:
     table.add_row("parameters", "", f"{summary['total_params']:,}")
     if summary["moe"]:
         table.add_row("active parameters", "", f"{summary['active_params']:,}")
-    table.add_row("bytes", "", f"{summary['bytes'] / 1e9:.3f} GB ({summary['dtype']})")
+    table.add_row("bytes", "", f"{format_size(summary['bytes'])} ({summary['dtype']})")
     return table
 
 
 @app.command()
-@user_errors
+@command("the output was not written; continue an interrupted grow with the same command and --resume")
 def grow(
     src: str = typer.Argument(..., help="A .safetensors file, a model directory or hf://org/name[@rev]."),
     to: str = typer.Option(..., "--to", help="Preset name (see `hyperclone presets`) or a target YAML file."),
@@ -129,7 +164,7 @@ def grow(
 
 
 @app.command()
-@user_errors
+@command()
 def plan(
     src: str = typer.Argument(..., help="A .safetensors file, a model directory or hf://org/name[@rev]."),
     to: str = typer.Option(..., "--to", help="Preset name or target YAML file."),
@@ -161,10 +196,12 @@ def plan(
 
 
 def _print_plan(summary: dict, figures: dict) -> None:
+    from hyperclone.io.writer import format_size
+
     out.print(_plan_table(summary))
     for op in summary["operators"]:
         out.print(f"  • {op}", highlight=False, soft_wrap=True)
-    out.print(f"  {figures['shards']} shard{'s' if figures['shards'] > 1 else ''}, needs {figures['free_bytes_needed'] / 1e9:,.2f} GB free",
+    out.print(f"  {figures['shards']} shard{'s' if figures['shards'] > 1 else ''}, needs {format_size(figures['free_bytes_needed'])} free",
               highlight=False)
     goal = summary.get("goal")
     if goal:
@@ -185,7 +222,7 @@ def _duration(seconds: float) -> str:
 
 
 @app.command()
-@user_errors
+@command()
 def verify(
     src: str = typer.Argument(..., help="The source checkpoint."),
     grown: str = typer.Argument(..., help="The grown checkpoint."),
@@ -195,7 +232,9 @@ def verify(
     seed: int = typer.Option(0, "--seed", help="Seed of the random tokens."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest allowed |logit difference|."),
     stream: Optional[bool] = typer.Option(None, "--stream/--no-stream",
-                                          help="One decoder layer in memory at a time (default: when the model would not fit)."),
+                                          help="One decoder layer in memory at a time (default: above 1 GB of float32 weights)."),
+    checksums: bool = typer.Option(True, "--checksums/--no-checksums",
+                                   help="Check GROWN's shards against the sha256 in its growth.json first."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     allow_pickle: bool = PickleOpt,
@@ -204,7 +243,8 @@ def verify(
     import hyperclone
 
     result = hyperclone.verify(src, grown, batch=batch, seq_len=seq_len, seed=seed, tolerance=tolerance,
-                               config=config, overrides=_overrides(set_), allow_pickle=allow_pickle, stream=stream)
+                               config=config, overrides=_overrides(set_), allow_pickle=allow_pickle, stream=stream,
+                               checksums=checksums, progress=not as_json)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
@@ -214,10 +254,15 @@ def verify(
 
 def _print_verdict(result: dict) -> None:
     verdict = "[green]PASS[/]" if result["passed"] else "[red]FAIL[/]"
+    if result.get("damaged_shards"):
+        out.print(f"{verdict} the grown files changed after growth: {'; '.join(result['damaged_shards'])}", highlight=False, soft_wrap=True)
+        return
     out.print(
         f"{verdict} max |Δlogit| {result['max_abs_diff']:.3e} (tolerance {result['tolerance']:g}), "
         f"argmax agreement {result['argmax_agreement']:.2%} on {result['tokens']} tokens; "
-        f"parameters {result['source_params']:,} → {result['grown_params']:,}",
+        f"embeddings of all {result['embedding_rows']:,} token ids within {result['embedding_max_abs_diff']:.3e}; "
+        f"parameters {result['source_params']:,} → {result['grown_params']:,}"
+        + (f"; {result['shards_checked']} shard checksum{'s' if result['shards_checked'] > 1 else ''} match" if result["shards_checked"] else ""),
         soft_wrap=True,
     )
     if result.get("streamed"):
@@ -228,7 +273,7 @@ def _print_verdict(result: dict) -> None:
 
 
 @app.command()
-@user_errors
+@command()
 def inspect(
     ckpt: str = typer.Argument(..., help="A .safetensors file, a model directory or hf://org/name[@rev]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -251,7 +296,7 @@ def inspect(
 
 
 @app.command()
-@user_errors
+@command()
 def presets() -> None:
     """List the growth presets shipped in recipes/."""
     import hyperclone
@@ -267,7 +312,7 @@ def presets() -> None:
 
 
 @app.command()
-@user_errors
+@command()
 def demo(
     family: str = typer.Option("llama", help="Family of the tiny example model."),
     to: str = typer.Option("2x", "--to", help="Preset or target YAML."),
@@ -288,7 +333,8 @@ def demo(
 
 
 @app.command()
-@user_errors
+@command("training stopped; continue from its last checkpoint with the same command and --resume "
+         "(checkpoints are written every --save-every steps)")
 def train(
     model: str = typer.Option(..., "--model", help="A grown (or any saved) transformers checkpoint directory."),
     data: str = typer.Option(..., "--data", help="Text file, directory, .jsonl, .parquet, or a Hub dataset name."),

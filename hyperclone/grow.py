@@ -13,7 +13,8 @@ import torch
 
 from hyperclone.errors import UserError
 from hyperclone.goals import Goal, check_goal, solve_goal
-from hyperclone.io.output import TOKENIZER_FILES, check_output, copy_side_files, partial_directory, resumable_directory
+from hyperclone.io.guard import LOCK_INFO, MANIFEST, DirectoryLock
+from hyperclone.io.output import PROGRESS_FILE, TOKENIZER_FILES, copy_side_files, partial_directory, resumable_directory
 from hyperclone.io.reader import open_checkpoint
 from hyperclone.io.writer import Shard, TensorSlot, parse_size, plan_shards, write_shards
 from hyperclone.manifest import build_manifest, sha256_file, source_files, tool_version
@@ -22,7 +23,6 @@ from hyperclone.plan import GrowthPlan, OutTensor, build_plan
 from hyperclone.progress import byte_progress
 from hyperclone.targets import Target, load_target
 
-PROGRESS_FILE = ".hyperclone-progress.json"  # finished shards and their checksums, for --resume
 SMALL_FILES_ALLOWANCE = 1 << 20  # config.json, growth.json, the index: well under a megabyte
 
 
@@ -120,12 +120,13 @@ def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size
     shards = output_shards(growth, shard_size)
     fingerprint = _fingerprint(growth, shards)
     partial = partial_directory(out)
+    DirectoryLock(partial, str(out.absolute())).refuse_if_held()  # before reading what another run is writing
     previous = _resume_state(partial, fingerprint) if resume else {}
     kept = sum(r["bytes"] for r in previous.get("shards", {}).values())
-    figures = output_figures(growth, shards=shards)
-    check_output(out.absolute(), force, needed_bytes=figures["free_bytes_needed"] - kept)
+    needed = output_figures(growth, shards=shards)["free_bytes_needed"] - kept
+    inputs = source_files(growth) + [growth.source.path]
     by_name = {t.name: t for t in growth.tensors}
-    with resumable_directory(out, force, resume) as tmp:
+    with resumable_directory(out, force, resume, inputs, needed) as tmp:
         finished = _finished_shards(tmp, previous, shards, progress)
         state = {"fingerprint": fingerprint, "shards": dict(finished)}
 
@@ -143,9 +144,11 @@ def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size
                                    workers=workers, done=finished, on_shard=record)
         (tmp / "config.json").write_text(json.dumps(growth.config, indent=2, sort_keys=True) + "\n")
         copied = copy_side_files(growth.source.directory, tmp)
-        manifest = build_manifest(growth, hashes, written, copied)
-        (tmp / "growth.json").write_text(json.dumps(manifest, indent=2) + "\n")
         (tmp / PROGRESS_FILE).unlink()
+        # Every file of the output is named, so a later --force knows what hyperclone wrote.
+        files = sorted({p.name for p in tmp.iterdir() if p.name != LOCK_INFO} | {MANIFEST})
+        manifest = build_manifest(growth, hashes, written, copied, files)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
 

@@ -6,6 +6,7 @@ import os
 from collections import Counter
 
 from hyperclone.arch.moe import MOE_LAYOUTS
+from hyperclone.consistency import check_config_matches_weights
 from hyperclone.io.reader import open_checkpoint
 from hyperclone.moe import moe_spec
 from hyperclone.plan import NAME_BY_DTYPE
@@ -15,6 +16,7 @@ from hyperclone.spec import spec_from_config
 def inspect_checkpoint(source: str | os.PathLike, **open_options) -> dict:
     ckpt = open_checkpoint(source, **open_options)
     spec = spec_from_config(ckpt.config)
+    check_config_matches_weights(ckpt, "checkpoint")
     fam = spec.adapter
     counted = {n: t for n, t in ckpt.tensors.items() if not n.endswith(fam.ignore_suffixes)}
     if spec.tied:

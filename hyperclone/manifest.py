@@ -29,13 +29,12 @@ def sha256_file(path: Path, on_bytes: Callable[[int], None] = lambda n: None) ->
 def source_files(plan: GrowthPlan) -> list[Path]:
     ckpt = plan.source
     files = list(ckpt.weight_files())
-    config = ckpt.directory / "config.json"
-    if config.exists():
-        files.append(config)
+    if ckpt.config_file is not None:
+        files.append(ckpt.config_file)
     return files
 
 
-def build_manifest(plan: GrowthPlan, source_hashes: dict[Path, str], shards: list[dict], copied: list[str]) -> dict:
+def build_manifest(plan: GrowthPlan, source_hashes: dict[Path, str], shards: list[dict], copied: list[str], files: list[str]) -> dict:
     summary = plan.summary()
     summary.pop("config")
     summary.pop("source")
@@ -51,4 +50,5 @@ def build_manifest(plan: GrowthPlan, source_hashes: dict[Path, str], shards: lis
         "noise": plan.target.noise,
         "shards": shards,
         "copied_files": copied,
+        "files": files,
     }

@@ -15,6 +15,9 @@ from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint, TensorInfo
 from hyperclone.ops import Segment
 
+# Said wherever a target meant for dense models meets a MoE source.
+MOE_SOURCE_HINT = "to grow the experts of a MoE model use --to clone-2x (moe: {clone: N}) or moe: {split: N}"
+
 SHARED_PARTS = ("gate_proj", "up_proj", "down_proj")  # a shared expert's modules, in every family
 MOE_KEYS = {"arch", "experts", "top_k", "shared_experts", "dense_layers", "split", "clone", "router_init"}
 
@@ -137,6 +140,11 @@ def _pow2(x: float) -> bool:
 class MoePlanner:
     """Decides the MoE shape of the target and emits the MLP tensors of MoE-involved layers."""
 
+    @property
+    def grows(self) -> bool:
+        """Whether the experts change: an upcycle, or clone/split factors above 1."""
+        return self.active and (self.src_layout is None or self.clone * self.split > 1)
+
     def __init__(self, ckpt: Checkpoint, src_family, target, src_layers: int, layer_map: list[int], half: bool):
         self.ckpt, self.fam, self.t = ckpt, src_family, target
         self.n, self.m_ffn = target.width, target.ffn
@@ -163,9 +171,11 @@ class MoePlanner:
     def _plan_moe_source(self, mt: MoeTarget, layer_map: list[int]) -> None:
         spec, layout = self.spec_in, self.src_layout
         if mt.arch not in (None, self.fam.model_type):
-            raise UserError(f"a {self.fam.model_type} source stays {self.fam.model_type}: converting between MoE families is not supported")
+            raise UserError(f"a {self.fam.model_type} source stays {self.fam.model_type}: converting between MoE families "
+                            f"is not supported; {MOE_SOURCE_HINT}")
         if mt.dense_layers is not None or mt.shared_experts is not None:
-            raise UserError("moe.dense_layers and moe.shared_experts apply when upcycling a dense model; a MoE source keeps its own")
+            raise UserError("moe.dense_layers and moe.shared_experts apply when upcycling a dense model; a MoE source keeps "
+                            f"its own: {MOE_SOURCE_HINT}")
         clone, split = mt.clone, mt.split
         if mt.experts is not None:
             if mt.experts % (spec.experts * split):
@@ -173,7 +183,9 @@ class MoePlanner:
             clone = mt.experts // (spec.experts * split)
         t = clone * split
         if mt.top_k is not None and mt.top_k != spec.top_k * t:
-            raise UserError(f"moe.top_k must be {spec.top_k * t}: each chosen expert's {t} copies/slices are chosen together")
+            raise UserError(f"moe.top_k must be {spec.top_k * t} for this {spec.experts}-expert top-{spec.top_k} source: each "
+                            f"chosen expert's {t} copies/slices are chosen together (presets such as moe-8x upcycle dense "
+                            f"models; {MOE_SOURCE_HINT})")
         if spec.inter % split:
             raise UserError(f"moe.split {split} does not divide the expert inner size {spec.inter}: choose a divisor")
         if split > 1 and layout.shared_kind == "same":

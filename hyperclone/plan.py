@@ -15,6 +15,7 @@ import torch
 from hyperclone.arch import Family, Role
 from hyperclone.arch.families import NORMS, WRITES, role_tiling
 from hyperclone.arch.moe import MOE_LAYOUTS
+from hyperclone.consistency import check_config_matches_weights
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint
 from hyperclone.moe import Ffn, MoePlanner, expand_fused_experts
@@ -200,6 +201,7 @@ def _check_shape(name: str, shape: tuple, role: Role, src: ModelSpec) -> None:
 def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
     config = ckpt.config
     src = spec_from_config(config)
+    check_config_matches_weights(ckpt)
     fam = src.adapter
     n = target.width
     target_layers = target.layer_count(src.layers)
@@ -221,6 +223,9 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
         expand_fused_experts(ckpt, MOE_LAYOUTS[fam.model_type], fam.layer_prefix)
     moe = MoePlanner(ckpt, fam, target, src.layers, layer_map, half=dtype != torch.float32)
     warnings += moe.warnings
+    if dst == src and not moe.grows:
+        raise UserError(f"target {target.name} grows nothing (width 1, ffn 1, {src.layers} layers, no new experts): "
+                        "give width, ffn, layers or moe")
     if moe.active:
         dst = replace(dst, family=moe.arch)
 

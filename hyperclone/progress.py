@@ -13,7 +13,7 @@ stderr = Console(stderr=True)
 @contextmanager
 def byte_progress(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """Yield a callback that advances a bytes bar (rate and ETA shown); a no-op when disabled."""
-    if not enabled:
+    if not enabled or total <= 0:  # nothing to show for no bytes (e.g. no finished shards to check)
         yield lambda n: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())

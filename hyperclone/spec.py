@@ -28,11 +28,18 @@ class ModelSpec:
         return asdict(self)
 
 
+def positive_int(value, key: str, where: str) -> int:
+    """A size field must be a whole number >= 1: anything else would break the shapes (or divide by zero)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{where}: {key} must be a whole number >= 1, got {value!r}")
+    return value
+
+
 def _need(config: dict, key: str, where: str) -> int:
     value = config.get(key)
     if value is None:
         raise UserError(f"{where} has no {key!r}: add it to config.json or pass --set {key}=VALUE")
-    return value
+    return positive_int(value, key, where)
 
 
 def spec_from_config(config: dict, where: str = "config.json") -> ModelSpec:
@@ -41,8 +48,8 @@ def spec_from_config(config: dict, where: str = "config.json") -> ModelSpec:
     hidden = _need(config, "hidden_size", where)
     heads = _need(config, "num_attention_heads", where)
     kv = config.get(fam.kv_heads_field) if fam.kv_heads_field else None
-    kv = heads if kv is None else kv
-    head_dim = config.get("head_dim") or hidden // heads
+    kv = heads if kv is None else positive_int(kv, fam.kv_heads_field, where)
+    head_dim = positive_int(config.get("head_dim") or hidden // heads, "head_dim", where)
     if heads % kv:
         raise UserError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
     # transformers' own default: gpt_neox and phi3 are untied unless said, the others read the config.

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from hyperclone.errors import UserError
+from hyperclone.yamlio import parse_yaml, read_yaml
 
 DEFAULT_NOISE = 0.01
 KEYS = {"description", "width", "ffn", "layers", "noise", "seed", "depth_init", "insert_after", "dtype", "moe"}
@@ -134,11 +134,32 @@ def presets() -> dict[str, dict]:
     found = {}
     for entry in sorted(_preset_dir().iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            data = yaml.safe_load(entry.read_text())
+            data = parse_yaml(entry.read_text(), f"preset {entry.name}")
             if isinstance(data, dict) and data.get("kind", "growth") == "growth":  # training recipes live here too
                 data = {k: v for k, v in data.items() if k != "kind"}
                 found[entry.name[: -len(".yaml")]] = data
     return found
+
+
+def _named_target(text: str) -> tuple[object, str]:
+    """A preset or a YAML file. A preset name wins unless the text is plainly a path (it has a '/' or
+    ends in .yaml/.yml), so a file that happens to be called `2x` cannot hijack the preset."""
+    path = Path(text).expanduser()
+    explicit = "/" in text or os.sep in text or path.suffix in (".yaml", ".yml")
+    table = presets()
+    if text in table and not explicit:
+        if path.exists():
+            warnings.warn(f"--to {text}: using the preset {text}, not the {'directory' if path.is_dir() else 'file'} "
+                          f"./{text} (write ./{text} to use that)", UserWarning, stacklevel=3)
+        return table[text], text
+    if not path.exists():
+        if explicit:
+            raise UserError(f"target file {text} does not exist")
+        raise UserError(f"unknown target {text!r}: give a YAML file or one of the presets {', '.join(table)}")
+    data = read_yaml(path, f"target file {text}")
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "kind"}
+    return (data if data is not None else {}), path.stem
 
 
 def load_target(spec: str | os.PathLike | dict | Target, overrides: dict | None = None):
@@ -149,22 +170,10 @@ def load_target(spec: str | os.PathLike | dict | Target, overrides: dict | None 
     elif isinstance(spec, dict):
         data, name = dict(spec), "custom"
     else:
-        text = str(spec)
-        path = Path(text).expanduser()
-        if path.suffix in (".yaml", ".yml") or path.exists():
-            if not path.exists():
-                raise UserError(f"target file {text} does not exist")
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise UserError(f"target file {text} is not valid YAML: {str(exc).splitlines()[0]}") from None
-            data = {k: v for k, v in data.items() if k != "kind"} if isinstance(data, dict) else data
-            name = path.stem
-        else:
-            table = presets()
-            if text not in table:
-                raise UserError(f"unknown target {text!r}: give a YAML file or one of the presets {', '.join(table)}")
-            data, name = table[text], text
+        data, name = _named_target(str(spec))
+    if not isinstance(data, dict):
+        raise UserError(f"target {name} must be a YAML mapping of keys such as width, ffn, layers, noise; "
+                        f"it is a {type(data).__name__}")
     if overrides:
         data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     data = {k: v for k, v in data.items() if v is not None}

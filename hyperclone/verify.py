@@ -1,7 +1,7 @@
 """Prove function preservation with transformers' own model classes, never our own forward pass."""
 from __future__ import annotations
 
-import json
+import math
 import os
 import tempfile
 import time
@@ -11,18 +11,24 @@ from typing import Iterator
 
 import torch
 
+from hyperclone.consistency import check_config_matches_weights
 from hyperclone.errors import UserError
-from hyperclone.io.reader import open_checkpoint
+from hyperclone.io.reader import Checkpoint, open_checkpoint, read_config
+from hyperclone.io.resolve import resolve_source
+from hyperclone.memory import available_memory
+from hyperclone.verdict import TOLERANCE, check_options, damaged_shards, embedding_max_abs_diff, verdict
+from hyperclone.verify_stream import streamed_logits
 
-TOLERANCE = 1e-4
+# Largest grown model (float32 bytes) verified whole in memory by default; above it, one decoder
+# layer at a time, so a default verify stays within a few GB at any size.
+IN_MEMORY_LIMIT = 1 << 30
 
 
 @contextmanager
-def as_model_directory(source: str | os.PathLike, **open_options) -> Iterator[Path]:
-    """A directory transformers can load: the source itself, or links to a bare file plus its config."""
-    ckpt = open_checkpoint(source, **open_options)
+def as_model_directory(ckpt: Checkpoint) -> Iterator[Path]:
+    """A directory transformers can load: the checkpoint's own, or links to its files plus its config."""
     path = ckpt.path
-    if path.is_dir() and (path / "config.json").exists() and not open_options.get("overrides"):
+    if path.is_dir() and ckpt.config_file == path / "config.json" and read_config(ckpt.config_file) == ckpt.config:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="hyperclone-verify-") as tmp:
@@ -47,9 +53,6 @@ def _logits(directory: Path, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
 
     model = load_model(directory, dtype=torch.float32, reference=True)
     model.eval()
-    vocab = model.config.vocab_size
-    if int(tokens.max()) >= vocab:
-        raise UserError(f"{directory} has a vocabulary of {vocab}, smaller than the other model's")
     try:
         with torch.no_grad():
             logits = model(input_ids=tokens).logits.float()
@@ -60,16 +63,19 @@ def _logits(directory: Path, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
     return logits, params
 
 
-def _float32_bytes(path: str | os.PathLike) -> int:
-    import math
+def _tokens(small: Checkpoint, big: Checkpoint, batch: int, seq_len: int, seed: int) -> torch.Tensor:
+    """Seeded random token ids that both models accept."""
+    limit = big.config.get("max_position_embeddings")
+    if limit and seq_len > limit:
+        raise UserError(f"--seq-len {seq_len} is beyond the model's max_position_embeddings {limit}")
+    if small.config["vocab_size"] < big.config["vocab_size"]:
+        raise UserError(f"the source has a vocabulary of {small.config['vocab_size']}, smaller than the grown model's "
+                        f"{big.config['vocab_size']}")
+    return torch.randint(0, big.config["vocab_size"], (batch, seq_len), generator=torch.Generator().manual_seed(seed))
 
-    return sum(4 * math.prod(t.shape) for t in open_checkpoint(path).tensors.values())
 
-
-def available_memory() -> int:
-    import psutil
-
-    return psutil.virtual_memory().available
+def _float32_bytes(ckpt: Checkpoint) -> int:
+    return sum(4 * math.prod(t.shape) for t in ckpt.tensors.values())
 
 
 def verify(
@@ -84,48 +90,42 @@ def verify(
     overrides: dict | None = None,
     allow_pickle: bool = False,
     stream: bool | None = None,
+    checksums: bool = True,
+    progress: bool = False,
+    experts: str = "auto",
+    memory_budget: int | None = None,
 ) -> dict:
-    """Compare float32 logits of both models on seeded random tokens; `passed` is the verdict.
+    """Does `grown` compute what `source` computes? `passed` is the verdict, the rest its figures.
 
-    `stream` loads one decoder layer at a time (hyperclone.verify_stream); None picks it when the
-    grown model in float32 would take more than half of the available memory.
+    In order: the grown shards against the sha256 growth.json records (`checksums`), both configs
+    against their weights, every token id's embedding row, then float32 logits of both models on
+    seeded random tokens through transformers' own classes. `stream` runs one decoder layer at a
+    time (None: when the grown model in float32 exceeds IN_MEMORY_LIMIT or a quarter of free memory);
+    `experts` and `memory_budget` steer how it loads MoE experts (see hyperclone.verify_stream).
     """
-    if stream is None:
-        stream = _float32_bytes(grown) > available_memory() // 2
-    if stream:
-        from hyperclone.verify_stream import verify_streamed
-
-        return verify_streamed(source, grown, batch=batch, seq_len=seq_len, seed=seed, tolerance=tolerance,
-                               config=config, overrides=overrides, allow_pickle=allow_pickle)
+    check_options(batch, seq_len, tolerance)
     start = time.perf_counter()
-    with as_model_directory(grown) as grown_dir:
-        grown_cfg = json.loads((grown_dir / "config.json").read_text())
-        vocab = grown_cfg.get("vocab_size")
-        limit = grown_cfg.get("max_position_embeddings")
-        if limit and seq_len > limit:
-            raise UserError(f"--seq-len {seq_len} is beyond the model's max_position_embeddings {limit}")
-        gen = torch.Generator().manual_seed(seed)
-        tokens = torch.randint(0, vocab, (batch, seq_len), generator=gen)
-        grown_logits, grown_params = _logits(grown_dir, tokens)
-    with as_model_directory(source, config_path=config, overrides=overrides, allow_pickle=allow_pickle) as source_dir:
-        source_logits, source_params = _logits(source_dir, tokens)
-    return verdict(source_logits, grown_logits, tolerance, seed=seed, source_params=source_params,
-                   grown_params=grown_params, streamed=False, seconds=round(time.perf_counter() - start, 3))
-
-
-def verdict(source_logits: torch.Tensor, grown_logits: torch.Tensor, tolerance: float, **figures) -> dict:
-    """The contract's verdict (max |difference| within tolerance, same argmax) and its figures."""
-    if source_logits.shape != grown_logits.shape:
-        raise UserError(f"the models' logits differ in shape {list(source_logits.shape)} vs {list(grown_logits.shape)}")
-    diff = (source_logits - grown_logits).abs()
-    same = source_logits.argmax(-1) == grown_logits.argmax(-1)
-    max_diff = float(diff.max())
-    return {
-        "passed": bool(max_diff <= tolerance and bool(same.all())),
-        "max_abs_diff": max_diff,
-        "mean_abs_diff": float(diff.mean()),
-        "argmax_agreement": float(same.float().mean()),
-        "tolerance": tolerance,
-        "tokens": source_logits.shape[0] * source_logits.shape[1],
-        **figures,
-    }
+    grown_path = resolve_source(grown, "grown model")
+    checked = 0
+    if checksums:
+        damaged, checked = damaged_shards(grown_path if grown_path.is_dir() else grown_path.parent, progress)
+        if damaged:
+            return {"passed": False, "damaged_shards": damaged, "shards_checked": checked, "tolerance": tolerance,
+                    "seconds": round(time.perf_counter() - start, 3)}
+    big = open_checkpoint(grown_path, role="grown model")
+    small = open_checkpoint(source, config_path=config, overrides=overrides, allow_pickle=allow_pickle)
+    for ckpt, what in ((small, "the source"), (big, "the grown model")):
+        check_config_matches_weights(ckpt, what)
+    tokens = _tokens(small, big, batch, seq_len, seed)
+    if stream is None:
+        stream = _float32_bytes(big) > min(IN_MEMORY_LIMIT, available_memory() // 4)
+    if stream:
+        source_logits, grown_logits, figures = streamed_logits(small, big, tokens, memory_budget, experts)
+    else:
+        with as_model_directory(big) as grown_dir:
+            grown_logits, grown_params = _logits(grown_dir, tokens)
+        with as_model_directory(small) as source_dir:
+            source_logits, source_params = _logits(source_dir, tokens)
+        figures = dict(source_params=source_params, grown_params=grown_params)
+    return verdict(source_logits, grown_logits, tolerance, embedding_max_abs_diff(small, big), seed=seed,
+                   shards_checked=checked, streamed=stream, **figures, seconds=round(time.perf_counter() - start, 3))

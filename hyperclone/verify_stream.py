@@ -9,37 +9,19 @@ The residual stream after every source layer is compared with the grown model's 
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import math
-import os
-import time
 
 import torch
 
 from hyperclone.arch import family_for
 from hyperclone.arch.moe import MOE_LAYOUTS, MoeLayout
 from hyperclone.errors import UserError
-from hyperclone.io.reader import Checkpoint, open_checkpoint
+from hyperclone.io.reader import Checkpoint
+from hyperclone.memory import available_memory, release_freed_memory
 from hyperclone.moe import expand_fused_experts
-from hyperclone.verify import TOLERANCE, available_memory, verdict
 
 EXPERTS = "mlp.experts"  # where transformers 5 keeps a MoE layer's fused experts
-
-
-def _release_freed_memory() -> None:
-    """Hand freed heap back to the OS (glibc keeps it otherwise, and RSS would climb layer after layer)."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        except OSError:
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC = None
 
 
 class StreamedModel:
@@ -113,12 +95,9 @@ class StreamedModel:
     # ----- decoder layers: loaded just before they run -----------------------------------------
     def _disk_name(self, name: str, layer: int | None = None) -> str | None:
         """The on-disk name of an in-memory parameter (whole-model name, or relative to `layer`)."""
-        prefix = "" if layer is None else f"{self.fam.layer_prefix}{layer}."
-        renames = self.fam.renames if layer is None else (self.layout.renames if self.layout else ())
-        for memory, disk in (("", ""), *renames):
-            if name.startswith(memory) and (found := prefix + disk + name[len(memory):]) in self.ckpt.tensors:
-                return found
-        return None
+        whole = name if layer is None else f"{self.fam.layer_prefix}{layer}.{name}"
+        renames = self.layout.renames if self.layout and layer is not None else ()
+        return next((d for d in self.fam.disk_names(whole, renames) if d in self.ckpt.tensors), None)
 
     def _expert_tensor(self, j: int, rel: str, experts: list[int]) -> torch.Tensor:
         """A fused [E, 2I, d] gate_up or [E, d, I] down parameter, assembled from per-expert tensors."""
@@ -184,7 +163,7 @@ class StreamedModel:
                 parent = layer.get_submodule(EXPERTS.rpartition(".")[0])
                 parent.experts = layer.get_submodule(EXPERTS).original[0]
             layer.to_empty(device="meta")  # frees the layer's memory
-            _release_freed_memory()
+            release_freed_memory()
         return hook
 
     @staticmethod
@@ -246,31 +225,10 @@ def _layer_map(grown: Checkpoint, source_layers: int, grown_layers: int) -> list
                     "keep growth.json beside the weights")
 
 
-def verify_streamed(
-    source: str | os.PathLike,
-    grown: str | os.PathLike,
-    *,
-    batch: int = 2,
-    seq_len: int = 32,
-    seed: int = 0,
-    tolerance: float = TOLERANCE,
-    memory_budget: int | None = None,
-    experts: str = "auto",
-    config: str | os.PathLike | None = None,
-    overrides: dict | None = None,
-    allow_pickle: bool = False,
-) -> dict:
-    """verify(), one layer at a time: the same verdict and figures, plus residual differences per source layer."""
-    start = time.perf_counter()
-    big = open_checkpoint(grown)
-    small = open_checkpoint(source, config_path=config, overrides=overrides, allow_pickle=allow_pickle)
-    limit = big.config.get("max_position_embeddings")
-    if limit and seq_len > limit:
-        raise UserError(f"--seq-len {seq_len} is beyond the model's max_position_embeddings {limit}")
-    vocab = min(big.config["vocab_size"], small.config["vocab_size"])
-    tokens = torch.randint(0, big.config["vocab_size"], (batch, seq_len), generator=torch.Generator().manual_seed(seed))
-    if int(tokens.max()) >= vocab:
-        raise UserError(f"{source} has a vocabulary of {small.config['vocab_size']}, smaller than the grown model's")
+def streamed_logits(small: Checkpoint, big: Checkpoint, tokens: torch.Tensor, memory_budget: int | None = None,
+                    experts: str = "auto") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Both models' float32 logits, one layer in memory at a time, and the figures of the streamed check:
+    the residual difference after every source layer and the layers whose experts were loaded as picked."""
     grown_model = StreamedModel(big, memory_budget, experts)
     grown_logits, grown_res = grown_model.forward(tokens)
     grown_params = sum(p.numel() for p in grown_model.model.parameters())
@@ -281,6 +239,5 @@ def verify_streamed(
     last = {i: j for j, i in enumerate(layer_map)}  # the grown layer after which source layer i's output stands
     width = big.config["hidden_size"] // small.config["hidden_size"]
     residual = [float((grown_res[last[i]] - source_res[i].repeat(1, 1, width)).abs().max()) for i in range(len(source_res))]
-    return verdict(source_logits, grown_logits, tolerance, seed=seed, source_params=source_params, grown_params=grown_params,
-                   residual_max_abs_diff=residual, picked_expert_layers=grown_model.picked_layers, streamed=True,
-                   seconds=round(time.perf_counter() - start, 3))
+    return source_logits, grown_logits, dict(source_params=source_params, grown_params=grown_params,
+                                             residual_max_abs_diff=residual, picked_expert_layers=grown_model.picked_layers)

@@ -54,15 +54,19 @@ def test_verify_fails_with_exit_1_on_a_different_function(tiny, tmp_path):
     assert not json.loads(result.stdout)["passed"]
 
 
-def test_existing_output_needs_force(tiny, tmp_path):
+def test_existing_output_needs_force_and_force_replaces_only_hyperclone_outputs(tiny, tmp_path):
     src, out = tiny("qwen2"), tmp_path / "g"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     result = run("grow", str(src), "--to", "2x", "-o", str(out))
     assert result.returncode == 2 and "--force" in result.stderr
+    forced = run("grow", str(src), "--to", "2x", "-o", str(out), "--force")
+    assert forced.returncode == 2 and "keep.txt" in forced.stderr  # --force never deletes what hyperclone did not write
     assert (out / "keep.txt").read_text() == "mine"
-    assert run("grow", str(src), "--to", "2x", "-o", str(out), "--force").returncode == 0
-    assert not (out / "keep.txt").exists() and (out / "growth.json").exists()
+    (out / "keep.txt").unlink()
+    assert run("grow", str(src), "--to", "2x", "-o", str(out), "--force").returncode == 0  # an empty directory holds nothing to lose
+    assert run("grow", str(src), "--to", "3x", "-o", str(out), "--force").returncode == 0  # a grown output is replaced
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 96
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

@@ -127,18 +127,21 @@ def test_fused_expert_layout_is_read(tiny, tmp_path):
     assert_preserved(hyperclone.verify(src, out, seq_len=48))  # against the per-expert original
 
 
-@pytest.mark.parametrize("noise", [0.0, 0.01])
-def test_cloned_experts_break_symmetry_only_with_noise(noise, tiny, tmp_path):
+def test_cloned_experts_break_symmetry_only_with_noise(tiny, tmp_path):
     src = tiny("mixtral")
-    out = hyperclone.grow(src, dict(noise=noise, moe={"clone": 2}), tmp_path / "g", progress=False)
-    assert_preserved(hyperclone.verify(src, out, seq_len=48))  # step 0: the same function
-    model = hyperclone.load_model(out, dtype=torch.float32)
-    one_adamw_step(model)
-    down = model.model.layers[0].mlp.experts.down_proj.detach()  # [E, d, I]: copies are experts 2e, 2e+1
-    gap = (down[0::2] - down[1::2]).abs().max().item()
-    # Without noise the copies get the same gradient up to float rounding (transformers' grouped
-    # expert kernels order tokens per expert), far below what noise gives them.
-    assert (gap > 1e-4) if noise else (gap < 1e-6)
+    gaps = {}
+    for noise in (0.0, 0.01):
+        out = hyperclone.grow(src, dict(noise=noise, moe={"clone": 2}), tmp_path / f"g{noise}", progress=False)
+        assert_preserved(hyperclone.verify(src, out, seq_len=48))  # step 0: the same function
+        model = hyperclone.load_model(out, dtype=torch.float32)
+        one_adamw_step(model)
+        down = model.model.layers[0].mlp.experts.down_proj.detach()  # [E, d, I]: copies are experts 2e, 2e+1
+        gaps[noise] = (down[0::2] - down[1::2]).abs().max().item()
+    # Without noise the copies get the same gradient up to float rounding, which depends on the CPU
+    # (transformers' grouped expert kernels order tokens per expert); so the exact copies' gap is
+    # judged against what noise gives them, not against an absolute figure.
+    assert gaps[0.01] > 1e-4, gaps
+    assert gaps[0.0] < 0.01 * gaps[0.01], gaps
 
 
 def test_upcycled_experts_diverge_through_the_random_router(tiny, tmp_path):

@@ -23,7 +23,8 @@ def test_one_step_matches_torch_muon():
         ours.grad, ref.grad = g.clone(), g.clone()
         opt_ours.step()
         opt_ref.step()
-    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+    # relative to the update three steps made (the same iteration: equal up to rounding)
+    assert (ours - ref).abs().max() <= 1e-5 * (ref - w0).abs().max()
 
 
 def test_orthogonalised_update_has_singular_values_in_a_band():
@@ -39,7 +40,10 @@ def test_experts_are_orthogonalised_one_by_one():
     stack = torch.randn(4, 24, 16)
     batched = newton_schulz(stack)
     for e in range(4):
-        assert torch.allclose(batched[e].float(), newton_schulz(stack[e]).float(), atol=1e-2)
+        single = newton_schulz(stack[e]).float()
+        # bf16 iterations: a stacked matmul may round differently from a single one, so within a
+        # few bf16 steps of the result's own scale
+        assert torch.allclose(batched[e].float(), single, rtol=0, atol=2e-2 * float(single.abs().max()))
 
 
 def test_fused_gate_up_halves_and_parameter_split():

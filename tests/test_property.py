@@ -32,6 +32,8 @@ def configs(draw):
         width = draw(st.sampled_from([1, 4]))
     target = dict(width=width, ffn=draw(st.integers(1, 3)), noise=draw(st.sampled_from([0.0, 0.02])), seed=draw(st.integers(0, 99)))
     target["layers"] = extra["num_hidden_layers"] + draw(st.integers(0, 2))
+    if width == target["ffn"] == 1 and target["layers"] == extra["num_hidden_layers"]:
+        target["layers"] += 1  # a target that grows nothing is refused; grow at least by one layer
     dtype = draw(st.sampled_from([torch.float32, torch.bfloat16]))
     return family, extra, target, dtype, draw(st.integers(0, 1000))
 

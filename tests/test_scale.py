@@ -73,16 +73,21 @@ def test_an_output_larger_than_the_disk_is_refused_before_writing(tiny, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A real 16 MB filesystem (tmpfs), or a skip where this machine may not mount one."""
+def mounted_tmpfs(tmp_path, options: str):
+    """A real small filesystem (tmpfs) with `options`, unmounted afterwards; a skip where this machine may not mount one."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root); the larger-than-disk test covers the check")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 16 MB filesystem."""
+    yield from mounted_tmpfs(tmp_path, "size=16m")
 
 
 def test_a_nearly_full_disk_is_refused_before_writing(tiny, small_tmpfs):

@@ -91,7 +91,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     a, b = losses(tmp_path / "full"), losses(killed)
     assert len(b) == 30  # the steps redone after the checkpoint are not counted twice
-    assert abs(a[-1] - b[-1]) <= 1e-5, (a[-1], b[-1])
+    assert abs(a[-1] - b[-1]) <= 1e-6 * abs(a[-1]), (a[-1], b[-1])  # same machine, same kernels: equal up to rounding
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path):
@@ -106,7 +106,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path):
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(a) == len(b) == 8
-    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+    # two processes sum gradients in another order than one: equal up to rounding, relative to the loss
+    assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-4, (a, b)
     tokens = [json.loads(line)["tokens"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert tokens[-1] == 8 * 4 * 64  # the global batch counts both processes
 

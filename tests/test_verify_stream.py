@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import hyperclone
-from hyperclone.verify_stream import verify_streamed
+from hyperclone.verdict import TOLERANCE
 from tests.conftest import assert_preserved
 from tests.test_cli import run
 
@@ -19,12 +19,12 @@ def test_streamed_verify_agrees_with_in_memory_verify(family, target, tiny, tmp_
     src = tiny(family)
     grown = hyperclone.grow(src, target, tmp_path / "grown", progress=False)
     whole = hyperclone.verify(src, grown, stream=False)
-    streamed = verify_streamed(src, grown)
-    picked = verify_streamed(src, grown, experts="picked")
+    streamed = hyperclone.verify(src, grown, stream=True)
+    picked = hyperclone.verify(src, grown, stream=True, experts="picked")
     assert_preserved(streamed)
     assert streamed["streamed"] and not whole["streamed"]
     for result in (streamed, picked):
-        assert abs(result["max_abs_diff"] - whole["max_abs_diff"]) <= 1e-6
+        assert abs(result["max_abs_diff"] - whole["max_abs_diff"]) <= 0.05 * TOLERANCE  # the same figure, up to rounding
         assert result["argmax_agreement"] == whole["argmax_agreement"]
         assert result["grown_params"] == whole["grown_params"] and result["source_params"] == whole["source_params"]
         assert len(result["residual_max_abs_diff"]) == 2 and max(result["residual_max_abs_diff"]) <= 1e-4
@@ -36,18 +36,19 @@ def test_streamed_verify_agrees_with_in_memory_verify(family, target, tiny, tmp_
 def test_streamed_verify_computes_in_float32_for_bf16_checkpoints(family, target, tiny, tmp_path):
     src = tiny(family, dtype=torch.bfloat16)
     grown = hyperclone.grow(src, target, tmp_path / "grown", progress=False)
-    whole, streamed = hyperclone.verify(src, grown, stream=False), verify_streamed(src, grown, experts="picked")
+    whole, streamed = hyperclone.verify(src, grown, stream=False), hyperclone.verify(src, grown, stream=True, experts="picked")
     assert_preserved(streamed)
-    assert abs(streamed["max_abs_diff"] - whole["max_abs_diff"]) <= 1e-6
+    assert abs(streamed["max_abs_diff"] - whole["max_abs_diff"]) <= 0.05 * TOLERANCE
 
 
 def test_streamed_verify_fails_like_the_in_memory_one(tiny, tmp_path):
     src, other = tiny("qwen3_moe"), tiny("qwen3_moe", seed=1)
     grown = hyperclone.grow(other, "clone-2x", tmp_path / "g", progress=False)
     whole = hyperclone.verify(src, grown, stream=False)
-    streamed = verify_streamed(src, grown, experts="picked")
+    streamed = hyperclone.verify(src, grown, stream=True, experts="picked")
     assert not whole["passed"] and not streamed["passed"]
-    assert abs(streamed["max_abs_diff"] - whole["max_abs_diff"]) <= 1e-5
+    # the same transformers code on the same tokens: equal up to rounding, relative to the (large) difference itself
+    assert abs(streamed["max_abs_diff"] - whole["max_abs_diff"]) <= 1e-5 * max(1.0, whole["max_abs_diff"])
     assert max(streamed["residual_max_abs_diff"]) > 1e-2  # the residual comparison sees the difference too
 
 

@@ -87,6 +87,15 @@ class Family:
     renames: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
 
+    def disk_names(self, name: str, layer_renames: tuple[tuple[str, str], ...] = ()) -> list[str]:
+        """Where transformers' in-memory parameter `name` may be stored on disk: as is, or renamed
+        (the family's whole-model renames, and `layer_renames` inside a decoder layer)."""
+        names = [name] + [disk + name[len(memory):] for memory, disk in self.renames if name.startswith(memory)]
+        if name.startswith(self.layer_prefix):
+            index, _, rel = name[len(self.layer_prefix):].partition(".")
+            names += [f"{self.layer_prefix}{index}.{disk}{rel[len(memory):]}" for memory, disk in layer_renames if rel.startswith(memory)]
+        return names
+
     def rule_for(self, module: str) -> Rule | None:
         for rule in self.rules:
             if rule.module == module:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hyperclone.arch import FAMILIES
 from hyperclone.errors import UserError
+from hyperclone.spec import positive_int
 
 LAYER = re.compile(r"\.layers\.(\d+)\.")
 
@@ -40,9 +41,11 @@ def _from_metadata(metadata: dict) -> dict:
     found: dict = {}
     if "config" in metadata:
         try:
-            found.update(json.loads(metadata["config"]))
+            stored = json.loads(metadata["config"])
         except ValueError:
-            pass
+            stored = None
+        if isinstance(stored, dict):
+            found.update(stored)
     for key, value in metadata.items():
         if key in ("format", "config"):
             continue
@@ -87,14 +90,14 @@ def infer_config(shapes: dict[str, tuple], metadata: dict, overrides: dict, path
             "put the model's config.json next to it, pass --config FILE, or pass --set num_attention_heads=N "
             "(and num_key_value_heads=N for grouped-query attention)"
         )
-    heads = config["num_attention_heads"]
+    heads = positive_int(config["num_attention_heads"], "num_attention_heads", str(path))
     if fam.kv_heads_field and "num_key_value_heads" not in config:
         q = shapes.get(prefix + "self_attn.q_proj.weight")
         k = shapes.get(prefix + "self_attn.k_proj.weight")
         if q and k:
             config["num_key_value_heads"] = heads * k[0] // q[0]
         elif prefix + "self_attn.qkv_proj.weight" in shapes:
-            head_dim = config.get("head_dim") or hidden // heads
+            head_dim = positive_int(config.get("head_dim") or hidden // heads, "head_dim", str(path))
             config["num_key_value_heads"] = (shapes[prefix + "self_attn.qkv_proj.weight"][0] // head_dim - heads) // 2
     defaulted = ["rope_parameters", "norm eps", "activation", "max_position_embeddings"]
     return config, defaulted

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
     config: dict
     config_inferred: list[str] = field(default_factory=list)
+    config_file: Path | None = None  # the config.json read, None when inferred from the tensors
     _handles: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -48,7 +50,7 @@ class Checkpoint:
     def _handle(self, file: Path):
         if file not in self._handles:
             if file.suffix in PICKLE_SUFFIXES:
-                self._handles[file] = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+                self._handles[file] = _load_pickle(file)
             else:
                 self._handles[file] = os.open(file, os.O_RDONLY)
         return self._handles[file]
@@ -98,16 +100,22 @@ def _safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
             if n <= 0 or 8 + n > size:
                 raise ValueError("header length runs past the end of the file")
             header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError(f"its header is a JSON {type(header).__name__}, not an object")
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError("its __metadata__ is not an object of strings")
     except (ValueError, UnicodeDecodeError, OSError) as exc:
         raise UserError(f"{file} is not a valid safetensors file ({exc}): re-download or re-export it") from None
-    meta = header.pop("__metadata__", None) or {}
     infos: dict[str, TensorInfo] = {}
     end = 0
     for name, entry in header.items():
         try:
             dtype = DTYPES[entry["dtype"]]
-            begin, stop = entry["data_offsets"]
+            begin, stop = (int(o) for o in entry["data_offsets"])
             shape = tuple(int(s) for s in entry["shape"])
+            if begin < 0 or stop < begin or any(d < 0 for d in shape):
+                raise ValueError("negative offsets or sizes")
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{file} has a malformed entry for tensor {name}: re-export the checkpoint") from None
         if stop - begin != math.prod(shape) * dtype.itemsize:
@@ -121,6 +129,14 @@ def _safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
     return infos, meta
 
 
+def _load_pickle(file: Path) -> dict:
+    """torch.load with weights_only=True; memory-mapped unless the file predates torch's zip format."""
+    state = torch.load(file, map_location="cpu", mmap=zipfile.is_zipfile(file), weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"it holds a {type(state).__name__}, not a state dict")
+    return state
+
+
 def _pickle_tensors(file: Path, allow_pickle: bool) -> dict[str, TensorInfo]:
     if not allow_pickle:
         raise UserError(
@@ -128,7 +144,7 @@ def _pickle_tensors(file: Path, allow_pickle: bool) -> dict[str, TensorInfo]:
             "(then it loads with weights_only=True)"
         )
     try:
-        state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+        state = _load_pickle(file)
     except Exception as exc:  # torch raises many types for bad pickles
         raise UserError(f"cannot load {file} safely ({str(exc).splitlines()[0]}); convert it to safetensors") from None
     return {k: TensorInfo(k, tuple(v.shape), v.dtype, file) for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -140,9 +156,16 @@ def _weight_files(directory: Path, allow_pickle: bool) -> list[Path]:
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError):
-                raise UserError(f"{index} is not a valid shard index: it needs a 'weight_map'") from None
-            files = sorted({directory / f for f in weight_map.values()})
+                names = set(weight_map.values())
+                if not all(isinstance(f, str) for f in names):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+                raise UserError(f"{index} is not a valid shard index: it needs a 'weight_map' object of tensor -> file names") from None
+            outside = sorted(f for f in names if Path(f).is_absolute() or ".." in Path(f).parts)
+            if outside:
+                raise UserError(f"{index} points at {outside[0]}, outside {directory}: a shard index may only name files "
+                                "of its own model directory")
+            files = sorted({directory / f for f in names})
             missing = [f.name for f in files if not f.exists()]
             if missing:
                 raise UserError(f"{directory} misses shard {missing[0]} named in {index_name}: download it again")
@@ -163,9 +186,13 @@ def open_checkpoint(
     config_path: str | os.PathLike | None = None,
     overrides: dict | None = None,
     allow_pickle: bool = False,
+    role: str = "source",
 ) -> Checkpoint:
-    """Open a .safetensors file (config.json beside it), a model directory, or an hf:// source."""
-    path = resolve_source(source)
+    """Open a .safetensors file (config.json beside it), a model directory, or an hf:// source.
+
+    `role` names the checkpoint in messages ("source", "grown model").
+    """
+    path = resolve_source(source, role)
     if path.is_dir():
         files = _weight_files(path, allow_pickle)
         directory = path
@@ -187,15 +214,32 @@ def open_checkpoint(
 
     cfg_file = Path(config_path) if config_path else directory / "config.json"
     inferred: list[str] = []
-    if cfg_file.exists():
-        try:
-            config = json.loads(cfg_file.read_text())
-        except ValueError as exc:
-            raise UserError(f"{cfg_file} is not valid JSON ({exc}): fix or replace it") from None
+    if cfg_file.is_file():
+        config = read_config(cfg_file)
+        _refuse_rewrites(config, overrides or {}, cfg_file)
+        config.update(overrides or {})
     elif config_path:
         raise UserError(f"config file {cfg_file} does not exist")
     else:
         config, inferred = infer_config({k: v.shape for k, v in tensors.items()}, metadata, overrides or {}, path)
-    if overrides:
-        config.update(overrides)
-    return Checkpoint(path=path, files=files, tensors=tensors, config=config, config_inferred=inferred)
+    return Checkpoint(path=path, files=files, tensors=tensors, config=config, config_inferred=inferred,
+                      config_file=cfg_file if cfg_file.is_file() else None)
+
+
+def read_config(cfg_file: Path) -> dict:
+    """config.json as a dict, or one line saying why it is not one."""
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{cfg_file} is not valid JSON ({exc}): fix or replace it") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{cfg_file} holds a JSON {type(config).__name__}, not an object of config fields: fix or replace it")
+    return config
+
+
+def _refuse_rewrites(config: dict, overrides: dict, cfg_file: Path) -> None:
+    """--set fills in what a config lacks; changing what it says would silently change the function."""
+    for key, value in overrides.items():
+        if key in config and config[key] != value:
+            raise UserError(f"--set {key}={json.dumps(value)}: {cfg_file} already says {key}={json.dumps(config[key])}; "
+                            "--set only fills in fields a config lacks (edit the config, or pass --config FILE)")

@@ -9,14 +9,14 @@ from hyperclone.errors import UserError
 HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 
 
-def resolve_source(source: str | os.PathLike) -> Path:
+def resolve_source(source: str | os.PathLike, role: str = "source") -> Path:
     """Return a local path for `source`, downloading hf:// repositories into the Hub cache."""
     text = str(source)
     if text.startswith("hf://"):
         return _resolve_hub(text[len("hf://") :])
     path = Path(text).expanduser()
     if not path.exists():
-        raise UserError(f"source {text} does not exist: give a .safetensors file, a model directory or hf://org/name")
+        raise UserError(f"{role} {text} does not exist: give a .safetensors file, a model directory or hf://org/name")
     return path
 
 

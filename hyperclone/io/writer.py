@@ -39,12 +39,26 @@ class TensorSlot:
 def parse_size(text: str | int) -> int:
     """'5GB', '500MB', '2GiB' or a byte count."""
     if isinstance(text, int):
+        if text < 1:
+            raise ValueError(f"{text} is not a usable size: it must be at least one byte")
         return text
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Z]*)", text.strip().upper().replace(" ", ""))
     if not match or match.group(2) not in units:
         raise ValueError(f"not a size: {text!r} (write e.g. 5GB or 500MB)")
-    return int(float(match.group(1)) * units[match.group(2)])
+    size = int(float(match.group(1)) * units[match.group(2)])
+    if size < 1:
+        raise ValueError(f"{text!r} is not a usable size: it must be at least one byte (write e.g. 5GB or 500MB)")
+    return size
+
+
+def format_size(count: float) -> str:
+    """Bytes in the largest decimal unit that keeps the figure above 1 (1.23 GB, 456 kB, 12 B)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(count) >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count:.0f} B"
+
 
 def assign_shards(slots: list[TensorSlot], shard_bytes: int) -> list[list[TensorSlot]]:
     """Greedy, in order; a tensor larger than a shard gets one of its own."""
@@ -107,6 +121,7 @@ def write_shard(
         for block in (len(shard.header).to_bytes(8, "little"), shard.header):
             fh.write(block)
             digest.update(block)
+            on_bytes(len(block))
         for slot in shard.slots:
             count = 0
             for chunk in produce(slot):

@@ -1,13 +1,14 @@
 """Training settings: defaults, a recipe YAML from recipes/ or a path, then flags on top."""
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import yaml
-
 from hyperclone.errors import UserError
+from hyperclone.yamlio import parse_yaml, read_yaml
 
 
 @dataclass
@@ -54,6 +55,9 @@ class TrainConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def warmup_steps(self) -> int:
+        return int(self.warmup * self.max_steps) if self.warmup < 1 else int(self.warmup)
+
 
 CHOICES = {
     "optimizer": ("muonclip", "muon", "adamw"),
@@ -73,16 +77,47 @@ def _recipe(spec: str | os.PathLike) -> dict:
         packaged = resources.files("hyperclone.recipes") / f"{spec}.yaml"
         if not packaged.is_file():
             raise UserError(f"training recipe {spec} is neither a file nor a recipe in recipes/")
-        text = packaged.read_text()
+        data = parse_yaml(packaged.read_text(), f"recipe {spec}")
     else:
-        text = path.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"recipe {spec} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        data = read_yaml(path, f"recipe {spec}")
+    data = {} if data is None else data
     if not isinstance(data, dict) or data.get("kind", "training") != "training":
         raise UserError(f"recipe {spec} is not a training recipe (kind: training)")
     return {k.replace("-", "_"): v for k, v in data.items() if k not in ("kind", "description")}
+
+
+def flag(key: str) -> str:
+    """The command-line spelling of a setting, as messages should name it (recipes use the key itself)."""
+    return "--" + key.replace("_", "-")
+
+
+# (setting, lowest, highest, whether the lowest is allowed): ranges that make sense, checked with the flag's name
+RANGES = (
+    ("max_steps", 1, None, True), ("seq_len", 1, None, True), ("batch_size", 1, None, True), ("grad_accum", 1, None, True),
+    ("lr", 0, None, False), ("warmup", 0, None, True), ("decay_fraction", 0, 1, True), ("min_lr_ratio", 0, 1, True),
+    ("weight_decay", 0, None, True), ("grad_clip", 0, None, True), ("qk_clip_tau", 0, None, False),
+    ("save_every", 0, None, True), ("keep", 0, None, True), ("eval_every", 0, None, True), ("eval_fraction", 0, 1, True),
+    ("eval_batches", 1, None, True), ("max_bad_steps", 1, None, True),
+)
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    for key, low, high, low_ok in RANGES:
+        value = getattr(config, key)
+        if not math.isfinite(value) or value < low or (value == low and not low_ok) or (high is not None and value > high):
+            bound = f">= {low}" if low_ok else f"> {low}"
+            bound += f" and <= {high}" if high is not None else ""
+            raise UserError(f"{flag(key)} must be {bound}, got {value}")
+
+
+def _warn_about_schedule(config: TrainConfig) -> None:
+    warmup = config.warmup_steps()
+    if warmup > config.max_steps:
+        warnings.warn(f"--warmup {config.warmup} is {warmup} steps, longer than the run's {config.max_steps} "
+                      "(--max-steps): the learning rate never reaches its peak", UserWarning, stacklevel=3)
+    elif config.schedule == "wsd" and warmup + config.decay_fraction * config.max_steps > config.max_steps:
+        warnings.warn(f"the warmup ({warmup} steps) and the decay ({config.decay_fraction:.0%} of {config.max_steps}) "
+                      "overlap: the run has no stable phase", UserWarning, stacklevel=3)
 
 
 def make_config(recipe: str | os.PathLike | None = None, **overrides) -> TrainConfig:
@@ -97,20 +132,19 @@ def make_config(recipe: str | os.PathLike | None = None, **overrides) -> TrainCo
     for key, value in values.items():
         default = getattr(config, key)
         if isinstance(default, bool) and not isinstance(value, bool):
-            raise UserError(f"{key} must be true or false, got {value!r}")
+            raise UserError(f"{flag(key)} must be true or false, got {value!r}")
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"{key} must be a number, got {value!r}")
+                raise UserError(f"{flag(key)} must be a number, got {value!r}")
+            if isinstance(default, int) and not float(value).is_integer():
+                raise UserError(f"{flag(key)} must be a whole number, got {value!r}")
             value = type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
         setattr(config, key, value)
     for key, options in CHOICES.items():
         if getattr(config, key) not in options:
-            raise UserError(f"{key} must be one of {', '.join(options)}, got {getattr(config, key)!r}")
-    for key in ("max_steps", "seq_len", "batch_size", "grad_accum"):
-        if getattr(config, key) < 1:
-            raise UserError(f"{key} must be at least 1")
-    if not config.lr > 0:
-        raise UserError("lr must be positive")
+            raise UserError(f"{flag(key)} must be one of {', '.join(options)}, got {getattr(config, key)!r}")
+    _check_ranges(config)
     if not config.model or not config.data:
         raise UserError("training needs --model DIR and --data PATH")
+    _warn_about_schedule(config)
     return config

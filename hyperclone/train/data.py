@@ -6,6 +6,8 @@ uninterrupted one would (the loop skips the ones already used).
 """
 from __future__ import annotations
 
+import codecs
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +58,12 @@ def _files(path: Path) -> list[Path]:
 def load_corpus(source: str, text_field: str = "text", streaming: bool = False):
     """A `datasets` dataset with a text column, from a path or a Hub dataset name."""
     from datasets import load_dataset
+    from datasets.utils import logging as datasets_logging
 
     path = Path(source).expanduser()
+    kinds: set[str] = set()
+    verbosity = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # its own multi-line reports; we say one line
     try:
         if path.exists():
             files = _files(path)
@@ -66,7 +72,7 @@ def load_corpus(source: str, text_field: str = "text", streaming: bool = False):
             kinds = {"json" if f.suffix in JSON_SUFFIXES else "parquet" if f.suffix in PARQUET_SUFFIXES else "text" for f in files}
             if len(kinds) > 1:
                 raise UserError(f"{path} mixes {', '.join(sorted(kinds))} files: give one kind of data")
-            kind = kinds.pop()
+            kind = next(iter(kinds))
             options = {"sample_by": "document"} if kind == "text" and len(files) > 1 else {"sample_by": "paragraph"} if kind == "text" else {}
             data = load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=streaming, **options)
         else:
@@ -75,12 +81,47 @@ def load_corpus(source: str, text_field: str = "text", streaming: bool = False):
             data = load_dataset(source, split="train", streaming=streaming)
     except UserError:
         raise
-    except Exception as exc:  # datasets raises many types for unreadable data
-        raise UserError(f"cannot read data {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    except Exception as exc:  # datasets raises many types for unreadable data, most of them saying little
+        found = _diagnose(_files(path), kinds.pop() if kinds else "") if path.exists() else None
+        raise UserError(found or f"cannot read data {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    finally:
+        datasets_logging.set_verbosity(verbosity)
     columns = data.column_names or []
     if text_field not in columns:
         raise UserError(f"data {source} has no {text_field!r} field (fields: {', '.join(columns) or 'none'}): pass --text-field")
     return data.select_columns([text_field]).rename_column(text_field, "text") if text_field != "text" else data.select_columns(["text"])
+
+
+def _diagnose(files: list[Path], kind: str) -> str | None:
+    """What makes a data file unreadable, precisely: the byte that is not UTF-8, the line that is not JSON."""
+    for file in files:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0
+        with open(file, "rb") as fh:
+            while block := fh.read(1 << 20):
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as exc:
+                    return f"data file {file} is not UTF-8 text (byte {offset + exc.start}): give text files, or convert it to UTF-8"
+                offset += len(block)
+        if kind != "json":
+            continue
+        text = file.read_text("utf-8")
+        try:
+            json.loads(text)
+            continue  # one JSON document, not JSON lines
+        except ValueError:
+            pass
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                return f"data file {file} line {number} is not JSON ({exc.msg}): fix that line"
+            if not isinstance(record, dict):
+                return f"data file {file} line {number} is a JSON {type(record).__name__}, not an object with a text field"
+    return None
 
 
 def pack(data, tokenizer: Tokenizer, seq_len: int):

@@ -2,39 +2,78 @@
 
 One process or many: `accelerate launch -m hyperclone.train ...` runs the same code; the global
 batch is batch_size x processes x grad_accum, and the data order depends on the seed alone.
+
+`train` reads as a conductor: `setup` builds the run's parts (a `Run`), `train_step` makes one
+optimizer step and returns its record, and the `Checkpointer` and `RunDirectory` components own
+checkpoints and the output directory.
 """
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from hyperclone.errors import UserError
 from hyperclone.progress import stderr
+from hyperclone.train.checkpoint import Checkpointer
 from hyperclone.train.config import TrainConfig, make_config
 from hyperclone.train.data import load_corpus, load_tokenizer, pack, train_eval_split
 from hyperclone.train.optim import build_optimizer
 from hyperclone.train.qkclip import QKClip
+from hyperclone.train.rundir import RunDirectory
 from hyperclone.train.schedule import build_scheduler
 
-STATE_FILE = "hyperclone_state.json"  # written last: a checkpoint without it is incomplete
 EXPERT_LOAD_EVERY = 10  # steps between per-expert load records in metrics.jsonl (large MoEs make them long)
 
 
-def checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = out / "checkpoints"
-    found = [p for p in root.glob("step-*") if (p / STATE_FILE).exists() and p.name[5:].isdigit()] if root.exists() else []
-    return sorted(found, key=lambda p: int(p.name[5:]))
+@dataclass
+class TrainState:
+    """What a checkpoint must carry besides the tensors: where the run is, in steps, tokens and data."""
+
+    step: int = 0
+    tokens: int = 0
+    batches: int = 0  # micro-batches drawn so far, skipped steps included: the data position
+    skipped_steps: int = 0
+    bad_in_a_row: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainState":
+        return cls(**{f.name: int(data.get(f.name, 0)) for f in fields(cls)})
+
+
+@dataclass
+class Run:
+    """Everything one training run is made of, built by `setup` and driven by `train`."""
+
+    cfg: TrainConfig
+    out: Path
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    batches: "_Batches"
+    eval_loader: Any
+    balance: Any
+    qk: QKClip | None
+    checkpointer: Checkpointer
+    rundir: RunDirectory
+    log: "_Log"
+    state: TrainState
+    tokens_per_step: int
 
 
 def _load_model(directory: str):
+    """The model to train, after the same reader checks grow and verify make (truncation, config vs weights)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from hyperclone.consistency import check_config_matches_weights
+    from hyperclone.io.reader import open_checkpoint
 
     path = Path(directory)
     if not (path / "config.json").exists():
@@ -44,6 +83,11 @@ def _load_model(directory: str):
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (heads and not any(h.endswith(("ForCausalLM", "LMHeadModel")) for h in heads)):
         kind = heads[0] if heads else config.model_type
         raise UserError(f"{directory} holds a {kind}, which is not a causal language model")
+    ckpt = open_checkpoint(path, role="model")
+    try:
+        check_config_matches_weights(ckpt, "the model")
+    finally:
+        ckpt.close()
     from hyperclone.grow import load_model
 
     return load_model(path, dtype=torch.float32)
@@ -82,80 +126,92 @@ def _collate(rows):
     return {"input_ids": ids}
 
 
-def train(config: TrainConfig | None = None, *, recipe: str | None = None, **settings) -> dict:
-    """Continue pretraining `model` on `data`; returns the final figures. See TrainConfig for settings."""
-    cfg = config or make_config(recipe, **settings)
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from datasets.utils.logging import disable_progress_bar
-
-    disable_progress_bar()
-    out = Path(cfg.out or f"{Path(cfg.model).name}-trained")
-    existing = checkpoints(out)
-    if out.exists() and any(out.iterdir()) and not cfg.resume and not cfg.force:
-        raise UserError(f"{out} already holds a run: pass --resume to continue it, --force to start over, or another -o")
-    if cfg.resume and not existing:
-        raise UserError(f"--resume: {out} has no complete checkpoint to continue from")
-
+def _trackers(cfg: TrainConfig) -> str | None:
     trackers = None if cfg.trackers == "none" else cfg.trackers
     if trackers == "tensorboard":
         try:
             import tensorboard  # noqa: F401
         except ImportError:
-            trackers = None
+            return None
+    return trackers
+
+
+def _data(cfg: TrainConfig, model, accelerator, log: "_Log"):
+    """Train and eval dataloaders of packed blocks, the same on every process."""
+    tokenizer = load_tokenizer(cfg.model, model.config.vocab_size)
+    with accelerator.main_process_first():
+        blocks = pack(load_corpus(cfg.data, cfg.text_field, cfg.streaming), tokenizer, cfg.seq_len)
+        train_blocks, eval_blocks = train_eval_split(blocks, cfg.eval_fraction, cfg.seed, cfg.streaming)
+    log.say(f"tokenizer: {tokenizer.description}")
+    if not cfg.streaming and len(train_blocks) < cfg.batch_size * accelerator.num_processes:
+        raise UserError(f"the data gives {len(train_blocks)} training blocks, fewer than one global batch: give more text")
+    loader = torch.utils.data.DataLoader(train_blocks, batch_size=cfg.batch_size, shuffle=False, drop_last=True, collate_fn=_collate)
+    eval_loader = torch.utils.data.DataLoader(eval_blocks, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate)
+    return loader, eval_loader
+
+
+def _balance(cfg: TrainConfig, model):
+    from hyperclone.arch.moe import MOE_LAYOUTS
+    from hyperclone.train.moe_balance import MoeBalance
+
+    if model.config.model_type not in MOE_LAYOUTS or cfg.moe_balance == "none":
+        return None
+    try:
+        return MoeBalance(model, cfg.moe_balance, cfg.aux_loss_coef, cfg.z_loss_coef, cfg.bias_update_rate)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Check the output, lock it, and build model, data, optimizer, schedule and checkpoints (restored on resume).
+
+    A failure here removes a run directory this call created: nothing is left of a run that never stepped.
+    """
+    from accelerate import Accelerator
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    out = Path(cfg.out or f"{Path(cfg.model).name}-trained")
+    model_dir = Path(cfg.model)
+    rundir = RunDirectory(out, model_dir if (model_dir / "config.json").is_file() else None, cfg.resume, cfg.force)
+    if cfg.decay_from:
+        Checkpointer.require_intact(Path(cfg.decay_from))
+    trackers = _trackers(cfg)
     # cpu=True without an accelerator: then processes started by torchrun / `accelerate launch --multi_gpu`
     # form a gloo group (Accelerate picks MULTI_CPU only when told it runs on the CPU).
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                               log_with=trackers, project_dir=str(out), cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
-    set_seed(cfg.seed)
+    log = _Log(out, main, cfg.progress)
+    if main:
+        rundir.open(cfg.as_dict())
+    try:
+        accelerator.wait_for_everyone()
+        run = _build(cfg, out, accelerator, rundir, log, trackers)
+    except BaseException:
+        rundir.close(failed_before_training=True)
+        raise
+    return run
 
+
+def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: "_Log", trackers: str | None) -> Run:
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    checkpointer = Checkpointer(out, accelerator, cfg.save_every, cfg.keep, log.say)
+    start_from = checkpointer.resume_point() if cfg.resume else (Path(cfg.decay_from) if cfg.decay_from else None)
     model = _load_model(cfg.model)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and cfg.seq_len > limit:
         raise UserError(f"--seq-len {cfg.seq_len} is beyond the model's max_position_embeddings {limit}")
-    log = _Log(out, main, cfg.progress)
-    if main and cfg.force and out.exists() and not cfg.resume:
-        for child in ("checkpoints", "final", "metrics.jsonl"):
-            target = out / child
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-
-    tokenizer = load_tokenizer(cfg.model, model.config.vocab_size)
-    log.say(f"tokenizer: {tokenizer.description}")
-    with accelerator.main_process_first():
-        blocks = pack(load_corpus(cfg.data, cfg.text_field, cfg.streaming), tokenizer, cfg.seq_len)
-        train_blocks, eval_blocks = train_eval_split(blocks, cfg.eval_fraction, cfg.seed, cfg.streaming)
-    if not cfg.streaming and len(train_blocks) < cfg.batch_size * accelerator.num_processes:
-        raise UserError(f"the data gives {len(train_blocks)} training blocks, fewer than one global batch: give more text")
-    loader = torch.utils.data.DataLoader(train_blocks, batch_size=cfg.batch_size, shuffle=False, drop_last=True, collate_fn=_collate)
-    eval_loader = torch.utils.data.DataLoader(eval_blocks, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate)
-
-    from hyperclone.arch.moe import MOE_LAYOUTS
-    from hyperclone.train.moe_balance import MoeBalance
-
-    balance = None
-    if model.config.model_type in MOE_LAYOUTS and cfg.moe_balance != "none":
-        try:
-            balance = MoeBalance(model, cfg.moe_balance, cfg.aux_loss_coef, cfg.z_loss_coef, cfg.bias_update_rate)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    expert_scale = 1.0
-    if balance is not None and cfg.expert_lr == "hunyuan":
-        expert_scale = math.sqrt(balance.spec.top_k / balance.spec.experts)
+    loader, eval_loader = _data(cfg, model, accelerator, log)
+    balance = _balance(cfg, model)
+    expert_scale = math.sqrt(balance.spec.top_k / balance.spec.experts) if balance is not None and cfg.expert_lr == "hunyuan" else 1.0
     qk = QKClip(model, cfg.qk_clip_tau) if cfg.optimizer == "muonclip" else None
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, expert_scale, qk)
-
-    start_from = existing[-1] if cfg.resume else (Path(cfg.decay_from) if cfg.decay_from else None)
-    state = {"step": 0, "tokens": 0, "batches": 0, "skipped_steps": 0, "bad_in_a_row": 0}
-    if start_from is not None:
-        if not (start_from / STATE_FILE).exists():
-            raise UserError(f"{start_from} is not a complete hyperclone checkpoint")
-        state = json.loads((start_from / STATE_FILE).read_text())
-    warmup = int(cfg.warmup * cfg.max_steps) if cfg.warmup < 1 else int(cfg.warmup)
-    decay_start = state["step"] if cfg.decay_from else None
+    state = TrainState.from_dict(Checkpointer.state_of(start_from)) if start_from else TrainState()
+    warmup = cfg.warmup_steps()
+    decay_start = state.step if cfg.decay_from else None
     scheduler = build_scheduler(optimizer, cfg.max_steps, warmup, cfg.schedule, cfg.decay_fraction, cfg.decay_shape,
                                 cfg.min_lr_ratio, decay_start)
     # The scheduler stays out of prepare(): Accelerate would step it once per process per step, and the
@@ -163,143 +219,145 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
     model, optimizer, loader, eval_loader = accelerator.prepare(model, optimizer, loader, eval_loader)
     accelerator.register_for_checkpointing(scheduler)
     if start_from is not None:
-        accelerator.load_state(str(start_from))
-        if cfg.resume and main and (out / "metrics.jsonl").exists():  # drop lines of the steps being redone
-            kept = [line for line in (out / "metrics.jsonl").read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= state["step"]]
-            (out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
-        log.say(f"{'resumed' if cfg.resume else 'decay branched'} from {start_from} at step {state['step']}")
+        checkpointer.load(start_from)
+        if cfg.resume:
+            log.drop_after(state.step)
+        log.say(f"{'resumed' if cfg.resume else 'decay branched'} from {start_from} at step {state.step}")
         if cfg.decay_from and not cfg.resume:
             for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-                group["lr"] = base * scheduler.lr_lambdas[0](state["step"])
+                group["lr"] = base * scheduler.lr_lambdas[0](state.step)
     if trackers:
         accelerator.init_trackers("hyperclone", config={k: v for k, v in cfg.as_dict().items() if isinstance(v, (int, float, str, bool))})
-
     batches = _Batches(loader, accelerator)
-    batches.skip(state["batches"])  # micro-batches used so far, skipped steps included
+    batches.skip(state.batches)
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * accelerator.num_processes
-    if cfg.eval_at_start and state["step"] == 0:
-        log.metrics({"step": 0, "tokens": 0, "eval_loss": _evaluate(model, eval_loader, accelerator, cfg.eval_batches)})
-    log.start(cfg.max_steps, state["step"])
-    last_eval = None
-    while state["step"] < cfg.max_steps:
-        started = time.perf_counter()
-        step_lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
-        model.train()
-        losses, finite = [], True
-        for _ in range(cfg.grad_accum):
-            batch = batches.next()
-            state["batches"] += 1
-            with accelerator.accumulate(model):
-                loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
-                extra = balance.take_loss() if balance else None
-                total = loss + extra if extra is not None else loss
-                losses.append(loss.detach())
-                finite = finite and bool(torch.isfinite(accelerator.reduce(total.detach(), "sum")))
-                accelerator.backward(total)
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if accelerator.sync_gradients and cfg.grad_clip else None
-                if accelerator.sync_gradients and finite:
-                    optimizer.step()
-                    scheduler.step()
-                optimizer.zero_grad()
-        if not finite:
-            state["skipped_steps"] += 1
-            state["bad_in_a_row"] += 1
-            if qk is not None:
-                qk.reset()  # the skipped step's logits are discarded with it
-            log.say(f"step {state['step'] + 1}: loss is not finite, step skipped ({state['bad_in_a_row']} in a row)")
-            if state["bad_in_a_row"] >= cfg.max_bad_steps:
-                raise UserError(
-                    f"the loss was not finite for {cfg.max_bad_steps} steps in a row (step {state['step'] + 1}): "
-                    "lower --lr, check the data, or resume from the last checkpoint"
-                )
-            continue
-        state["bad_in_a_row"] = 0
-        state["step"] += 1
-        state["tokens"] += tokens_per_step
-        load = balance.end_step(lambda t: accelerator.reduce(t.to(accelerator.device), "sum").cpu()) if balance else None
-        mean_loss = float(accelerator.reduce(torch.stack(losses).mean(), "mean"))
-        record = {
-            "step": state["step"], "tokens": state["tokens"], "loss": mean_loss,
-            "lr": step_lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            "tokens_per_s": tokens_per_step / (time.perf_counter() - started),
-            "max_attn_logit": qk.last_max if qk is not None else None,
-        }
-        if load is not None and (state["step"] % EXPERT_LOAD_EVERY == 0 or state["step"] == cfg.max_steps):
-            record["expert_load"] = load  # tokens per expert this step, per MoE layer
-        log.metrics(record)
-        accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state["step"])
-        if cfg.eval_every and state["step"] % cfg.eval_every == 0:
-            last_eval = _evaluate(model, eval_loader, accelerator, cfg.eval_batches)
-            log.metrics({"step": state["step"], "tokens": state["tokens"], "eval_loss": last_eval})
-            accelerator.log({"eval_loss": last_eval}, step=state["step"])
-        if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < cfg.max_steps:
-            _save_checkpoint(accelerator, out, state, cfg.keep)
-        log.advance(record)
-    log.stop()
-    if last_eval is None or (cfg.eval_every and cfg.max_steps % cfg.eval_every):
-        last_eval = _evaluate(model, eval_loader, accelerator, cfg.eval_batches)
-        log.metrics({"step": state["step"], "tokens": state["tokens"], "eval_loss": last_eval})
-    if cfg.save_every:
-        _save_checkpoint(accelerator, out, state, cfg.keep)
-    _save_final(accelerator, model, cfg, out)
-    if main:
-        from hyperclone.train.plots import plot_expert_load, plot_loss
-
-        plot_loss(out / "metrics.jsonl", out / "loss.png")
-        if balance is not None:
-            plot_expert_load(balance.total_counts.tolist(), balance.layers, out / "expert_load.png")
-    accelerator.end_training()
-    final = log.last.get("loss")
-    return {"out": str(out), "steps": state["step"], "tokens": state["tokens"], "loss": final, "eval_loss": last_eval,
-            "skipped_steps": state["skipped_steps"]}
+    return Run(cfg, out, accelerator, model, optimizer, scheduler, batches, eval_loader, balance, qk, checkpointer, rundir,
+               log, state, tokens_per_step)
 
 
-@torch.no_grad()
-def _evaluate(model, loader, accelerator, max_batches: int) -> float | None:
+def train_step(run: Run) -> dict | None:
+    """One optimizer step over grad_accum micro-batches; its metrics record, or None when the loss was
+    not finite and the step was skipped (the data it used stays used, so resume stays exact)."""
+    cfg, acc, state, optimizer = run.cfg, run.accelerator, run.state, run.optimizer
+    started = time.perf_counter()
+    step_lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
+    run.model.train()
+    losses, finite, grad_norm = [], True, None
+    for _ in range(cfg.grad_accum):
+        batch = run.batches.next()
+        state.batches += 1
+        with acc.accumulate(run.model):
+            loss = run.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+            extra = run.balance.take_loss() if run.balance else None
+            total = loss + extra if extra is not None else loss
+            losses.append(loss.detach())
+            finite = finite and bool(torch.isfinite(acc.reduce(total.detach(), "sum")))
+            acc.backward(total)
+            if acc.sync_gradients and cfg.grad_clip:
+                grad_norm = acc.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+            if acc.sync_gradients and finite:
+                optimizer.step()
+                run.scheduler.step()
+            optimizer.zero_grad()
+    if not finite:
+        _skip(run)
+        return None
+    state.bad_in_a_row = 0
+    state.step += 1
+    state.tokens += run.tokens_per_step
+    load = run.balance.end_step(lambda t: acc.reduce(t.to(acc.device), "sum").cpu()) if run.balance else None
+    record = {
+        "step": state.step, "tokens": state.tokens, "loss": float(acc.reduce(torch.stack(losses).mean(), "mean")),
+        "lr": step_lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        "tokens_per_s": run.tokens_per_step / (time.perf_counter() - started),
+        "max_attn_logit": run.qk.last_max if run.qk is not None else None,
+    }
+    if load is not None and (state.step % EXPERT_LOAD_EVERY == 0 or state.step == cfg.max_steps):
+        record["expert_load"] = load  # tokens per expert this step, per MoE layer
+    return record
+
+
+def _skip(run: Run) -> None:
+    state = run.state
+    state.skipped_steps += 1
+    state.bad_in_a_row += 1
+    if run.qk is not None:
+        run.qk.reset()  # the skipped step's logits are discarded with it
+    run.log.say(f"step {state.step + 1}: loss is not finite, step skipped ({state.bad_in_a_row} in a row)")
+    if state.bad_in_a_row >= run.cfg.max_bad_steps:
+        raise UserError(f"the loss was not finite for {run.cfg.max_bad_steps} steps in a row (step {state.step + 1}): "
+                        "lower --lr, check the data, or resume from the last checkpoint")
+
+
+def _evaluate(run: Run) -> float | None:
+    """Mean loss over at most eval_batches held-out batches, logged at the current step."""
+    model, acc = run.model, run.accelerator
     model.eval()
     losses = []
-    for i, batch in enumerate(loader):
-        if i >= max_batches:
-            break
-        losses.append(model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss.detach())
-    if not losses:
-        return None
-    return float(accelerator.reduce(torch.stack(losses).mean(), "mean"))
+    with torch.no_grad():
+        for i, batch in enumerate(run.eval_loader):
+            if i >= run.cfg.eval_batches:
+                break
+            losses.append(model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss.detach())
+    value = float(acc.reduce(torch.stack(losses).mean(), "mean")) if losses else None
+    run.log.metrics({"step": run.state.step, "tokens": run.state.tokens, "eval_loss": value})
+    acc.log({"eval_loss": value}, step=run.state.step)
+    return value
 
 
-def _save_checkpoint(accelerator, out: Path, state: dict, keep: int) -> None:
-    """accelerate's save_state into a temporary sibling, our state file last, then a rename."""
-    root = out / "checkpoints"
-    final = root / f"step-{state['step']}"
-    tmp = root / f".step-{state['step']}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in checkpoints(out)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+def train(config: TrainConfig | None = None, *, recipe: str | None = None, **settings) -> dict:
+    """Continue pretraining `model` on `data`; returns the final figures. See TrainConfig for settings."""
+    cfg = config or make_config(recipe, **settings)
+    run = setup(cfg)
+    try:
+        state, last_eval = run.state, None
+        if cfg.eval_at_start and state.step == 0:
+            _evaluate(run)
+        run.log.start(cfg.max_steps, state.step)
+        while state.step < cfg.max_steps:
+            record = train_step(run)
+            if record is None:
+                continue
+            run.log.metrics(record)
+            run.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.step)
+            if cfg.eval_every and state.step % cfg.eval_every == 0:
+                last_eval = _evaluate(run)
+            if run.checkpointer.due(state.step, cfg.max_steps):
+                run.checkpointer.save(asdict(state))
+            run.log.advance(record)
+        run.log.stop()
+        if last_eval is None or (cfg.eval_every and cfg.max_steps % cfg.eval_every):
+            last_eval = _evaluate(run)
+        if cfg.save_every:
+            run.checkpointer.save(asdict(state))
+        _finish(run)
+    finally:
+        run.rundir.close()
+    return {"out": str(run.out), "steps": state.step, "tokens": state.tokens, "loss": run.log.last.get("loss"),
+            "eval_loss": last_eval, "skipped_steps": state.skipped_steps}
 
 
-def _save_final(accelerator, model, cfg: TrainConfig, out: Path) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+def _finish(run: Run) -> None:
+    """The final model (transformers' own format, atomically), the plots, the trackers closed."""
+    acc, out = run.accelerator, run.out
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        import shutil
+
         from hyperclone.io.output import copy_side_files
+        from hyperclone.train.plots import plot_expert_load, plot_loss
 
         tmp, final = out / ".final.tmp", out / "final"
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(str(tmp), state_dict=accelerator.get_state_dict(model))
-        copy_side_files(Path(cfg.model), tmp)
+        acc.unwrap_model(run.model).save_pretrained(str(tmp), state_dict=acc.get_state_dict(run.model))
+        copy_side_files(Path(run.cfg.model), tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-    accelerator.wait_for_everyone()
+        plot_loss(out / "metrics.jsonl", out / "loss.png")
+        if run.balance is not None:
+            plot_expert_load(run.balance.total_counts.tolist(), run.balance.layers, out / "expert_load.png")
+    acc.wait_for_everyone()
+    acc.end_training()
 
 
 class _Log:
@@ -318,6 +376,21 @@ class _Log:
         if self.main:
             with open(self.out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+
+    def drop_after(self, step: int) -> None:
+        """On resume: forget the lines of the steps about to be redone (and a line a kill cut short)."""
+        path = self.out / "metrics.jsonl"
+        if not self.main or not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("step", step + 1) <= step:
+                kept.append(line)
+        path.write_text("".join(line + "\n" for line in kept))
 
     def start(self, total: int, done: int) -> None:
         if not self.progress:
