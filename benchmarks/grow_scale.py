@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 from benchmarks_machine import machine
-from grow_throughput import plain_copy, run_measuring_rss
+from grow_throughput import plain_copy, timed
 
 GENERATE = r"""
 import sys, torch
@@ -57,19 +57,12 @@ def main() -> None:
                 print(f"{size}: skipped, the disk has too little room for the output and its copy")
                 continue
             out = work / "grown"
-            t0 = time.perf_counter()
-            grow_rss = run_measuring_rss([exe, "grow", str(src), "--to", str(goal), "-o", str(out), "--workers", str(args.workers)],
-                                         stderr=subprocess.DEVNULL)
-            grow_s = time.perf_counter() - t0
+            grow_s, grow_rss = timed([exe, "grow", str(src), "--to", str(goal), "-o", str(out), "--workers", str(args.workers)])
             shards = sorted(out.glob("*.safetensors"))
-            t0 = time.perf_counter()
-            copied = plain_copy(shards, work / "copy")
-            copy_s = time.perf_counter() - t0
-            shutil.rmtree(work / "copy")
-            t0 = time.perf_counter()
+            copied = sum(f.stat().st_size for f in shards)
+            copy_s = plain_copy(shards, work / "copy")
             verify_cmd = [exe, "verify", str(src), str(out), "--stream", "--json", "--seq-len", "16", "--batch", "1"]
-            verify_rss = run_measuring_rss(verify_cmd + ["--seed", "1"], stdout=subprocess.DEVNULL)  # RSS of a streamed verify alone
-            verify_s = time.perf_counter() - t0
+            verify_s, verify_rss = timed(verify_cmd + ["--seed", "1"])  # RSS of a streamed verify alone
             verdict = json.loads(subprocess.run(verify_cmd, capture_output=True, text=True).stdout)
             shutil.rmtree(out)
             row = {

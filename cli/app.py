@@ -131,7 +131,7 @@ def grow(
     seed: Optional[int] = typer.Option(None, help="Seed of the symmetry-breaking noise."),
     dtype: Optional[str] = typer.Option(None, help="Output dtype: float32, bfloat16 or float16 (default: the source's)."),
     shard_size: str = typer.Option("5GB", "--shard-size", help="Largest shard, e.g. 5GB or 500MB."),
-    workers: int = typer.Option(1, "--workers", help="Shards written in parallel (threads)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Shards written in parallel (threads; default: the CPU cores)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted grow into the same -o, keeping its verified shards."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
@@ -147,6 +147,9 @@ def grow(
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if output is None:
         output = Path(f"{Path(src.rstrip('/')).stem}-{growth.target.name}")
+    from hyperclone.grow import default_workers
+
+    workers = workers if workers is not None else default_workers()
     if dry_run:
         from hyperclone.grow import output_figures
         from hyperclone.throughput import estimate

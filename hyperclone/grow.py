@@ -6,8 +6,9 @@ import json
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -18,12 +19,20 @@ from hyperclone.io.output import PROGRESS_FILE, TOKENIZER_FILES, copy_side_files
 from hyperclone.io.reader import open_checkpoint
 from hyperclone.io.writer import Shard, TensorSlot, parse_size, plan_shards, write_shards
 from hyperclone.manifest import build_manifest, sha256_file, source_files, tool_version
-from hyperclone.ops import produce_rows
+from hyperclone.ops import chunk_tasks
 from hyperclone.plan import GrowthPlan, OutTensor, build_plan
 from hyperclone.progress import byte_progress
 from hyperclone.targets import Target, load_target
 
 SMALL_FILES_ALLOWANCE = 1 << 20  # config.json, growth.json, the index: well under a megabyte
+
+
+def default_workers() -> int:
+    """Shards written at once by default: one per CPU core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 def plan(
@@ -52,8 +61,8 @@ def plan(
 
 
 def tensor_chunks(growth: GrowthPlan, tensor: OutTensor):
-    """Row chunks of one output tensor: the single producer behind every output path."""
-    return produce_rows(tensor.segments, growth.source.rows, growth.dtype_of(tensor), growth.target.seed)
+    """Row chunks of one output tensor, each a task that makes it: the single producer behind every output path."""
+    return chunk_tasks(tensor.segments, growth.source.rows, growth.dtype_of(tensor), growth.target.seed)
 
 
 def output_shards(growth: GrowthPlan, shard_size: str | int = "5GB") -> list[Shard]:
@@ -106,8 +115,20 @@ def _finished_shards(tmp: Path, state: dict, shards: list[Shard], progress: bool
     return finished
 
 
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch's intra-op threads off while shards are produced: the chunks are small and the parallelism
+    comes from the shard workers and the write pipeline, which torch's own threads only contend with."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size: str | int = "5GB", progress: bool = True,
-               workers: int = 1, resume: bool = False) -> Path:
+               workers: int | None = None, resume: bool = False) -> Path:
     """Stream the grown checkpoint into `out` with config, tokenizer and growth.json.
 
     Shards are written by `workers` threads, each shard atomically; `resume` continues an interrupted
@@ -115,6 +136,7 @@ def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size
     per worker, whatever the model size.
     """
     out = Path(out)
+    workers = default_workers() if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     shards = output_shards(growth, shard_size)
@@ -135,11 +157,11 @@ def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size
             _write_json_atomic(tmp / PROGRESS_FILE, state)
 
         _write_json_atomic(tmp / PROGRESS_FILE, state)
+        remaining = sum(s.file_bytes for s in shards if s.file not in finished)
         files = source_files(growth)
         with byte_progress("hashing source", sum(f.stat().st_size for f in files), progress) as advance:
             hashes = {f: sha256_file(f, advance) for f in files}
-        remaining = sum(s.file_bytes for s in shards if s.file not in finished)
-        with byte_progress("growing", remaining, progress) as advance:
+        with byte_progress("growing", remaining, progress) as advance, _one_torch_thread():
             written = write_shards(tmp, shards, lambda slot: tensor_chunks(growth, by_name[slot.name]), advance,
                                    workers=workers, done=finished, on_shard=record)
         (tmp / "config.json").write_text(json.dumps(growth.config, indent=2, sort_keys=True) + "\n")
@@ -188,7 +210,7 @@ def grow(
     dry_run: bool = False,
     shard_size: str | int = "5GB",
     progress: bool = True,
-    workers: int = 1,
+    workers: int | None = None,
     resume: bool = False,
     **plan_options: Any,
 ):

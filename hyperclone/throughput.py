@@ -23,7 +23,8 @@ def _produce_rate(growth: GrowthPlan, seconds: float) -> float:
     produced, start = 0, time.perf_counter()
     for index in sorted(picks):
         deadline = time.perf_counter() + seconds / len(picks)
-        for chunk in tensor_chunks(growth, growth.tensors[index]):
+        for task in tensor_chunks(growth, growth.tensors[index]):
+            chunk = task()
             produced += chunk.numel() * chunk.element_size()
             if time.perf_counter() > deadline:
                 break

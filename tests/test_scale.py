@@ -101,7 +101,8 @@ def test_a_nearly_full_disk_is_refused_before_writing(tiny, small_tmpfs):
 
 
 def test_a_2b_parameter_grow_keeps_memory_flat_and_verifies_streamed(tmp_path):
-    """The issue's bar: a >= 2B-parameter output on a 2-core CI machine, peak RSS < 2 GB, streamed verify."""
+    """A >= 2B-parameter (4 GB) output on a 2-core CI machine: grow with the default workers and verify
+    without flags both stay under 2 GB RSS (verify streams by default above 1 GB of float32 weights)."""
     import psutil
 
     from hyperclone.testing import run_measuring_rss, save_tiny_model
@@ -115,8 +116,8 @@ def test_a_2b_parameter_grow_keeps_memory_flat_and_verifies_streamed(tmp_path):
         pytest.skip("this machine's disk cannot hold a 4 GB output")
     out = tmp_path / "grown"
     peaks = {}
-    for name, cmd in [("grow", ["grow", str(src), "--to", str(goal), "-o", str(out), "--workers", "2"]),
-                      ("verify", ["verify", str(src), str(out), "--stream", "--json", "--seq-len", "8", "--batch", "1"])]:
+    for name, cmd in [("grow", ["grow", str(src), "--to", str(goal), "-o", str(out)]),
+                      ("verify", ["verify", str(src), str(out), "--json", "--seq-len", "8", "--batch", "1"])]:
         proc, peak = run_measuring_rss(["hyperclone", *cmd], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         stdout = proc.stdout.read()
         assert proc.returncode == 0, (name, stdout)

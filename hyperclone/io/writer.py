@@ -12,6 +12,7 @@ import math
 import os
 import re
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,32 +108,63 @@ def plan_shards(slots: list[TensorSlot], shard_bytes: int) -> list[Shard]:
     return [Shard(name, tuple(group), _header(group)) for name, group in zip(shard_names(len(groups)), groups)]
 
 
-def write_shard(
-    directory: Path, shard: Shard, produce: Callable[[TensorSlot], Iterator[torch.Tensor]], on_bytes: Callable[[int], None]
-) -> dict:
+Chunk = Callable[[], torch.Tensor]  # a task that makes one row chunk of a tensor
+
+
+def _in_order(tasks: Iterator[Chunk], pool: ThreadPoolExecutor, window: int) -> Iterator[torch.Tensor]:
+    """Run chunk tasks on the shared producer pool, up to `window` ahead, and yield their results in order.
+
+    Why: producing a chunk is arithmetic (numpy and torch, which release the GIL), so the chunks
+    of one shard can be made on every core while this thread writes and hashes the ones before.
+    """
+    pending: deque = deque()
+    try:
+        for task in tasks:
+            pending.append(pool.submit(task))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:  # an abandoned shard: drop the work not yet started
+            future.cancel()
+
+
+def _shard_bytes(shard: Shard, produce: Callable[[TensorSlot], Iterator[Chunk]], pool: ThreadPoolExecutor,
+                 window: int) -> Iterator[memoryview]:
+    """The shard's tensor bytes in order, checked against the header's sizes."""
+    for slot in shard.slots:
+        count = 0
+        for chunk in _in_order(produce(slot), pool, window):
+            data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
+            count += data.nbytes
+            yield memoryview(data)
+        if count != slot.nbytes:
+            raise RuntimeError(f"internal error: {slot.name} produced {count} bytes, expected {slot.nbytes}")
+
+
+def write_shard(directory: Path, shard: Shard, produce: Callable[[TensorSlot], Iterator[Chunk]], on_bytes: Callable[[int], None],
+                pool: ThreadPoolExecutor, window: int = 8) -> dict:
     """Write one shard as `<file>.partial`, fsync it, rename it into place; return {file, bytes, sha256}.
 
     A shard file under its final name is therefore always complete: an interrupted run leaves at
-    most `.partial` files, which a resumed run overwrites.
+    most `.partial` files, which a resumed run overwrites. Chunks are made on `pool`, hashed in a
+    thread of their own, and written here, all at once.
     """
     digest = hashlib.sha256()
     partial = directory / (shard.file + ".partial")
-    with open(partial, "wb") as fh:
-        for block in (len(shard.header).to_bytes(8, "little"), shard.header):
-            fh.write(block)
-            digest.update(block)
-            on_bytes(len(block))
-        for slot in shard.slots:
-            count = 0
-            for chunk in produce(slot):
-                data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-                fh.write(data)
-                digest.update(data)
-                count += data.nbytes
-                on_bytes(data.nbytes)
-            if count != slot.nbytes:
-                raise RuntimeError(f"internal error: {slot.name} produced {count} bytes, expected {slot.nbytes}")
-        fh.flush()
+    with open(partial, "wb", buffering=0) as fh, ThreadPoolExecutor(1, thread_name_prefix="hyperclone-sha256") as hasher:
+        hashed = hasher.submit(digest.update, len(shard.header).to_bytes(8, "little") + shard.header)
+        fh.write(len(shard.header).to_bytes(8, "little") + shard.header)
+        on_bytes(8 + len(shard.header))
+        for data in _shard_bytes(shard, produce, pool, window):
+            hashed.result()  # in order, one chunk at a time, beside the writes
+            hashed = hasher.submit(digest.update, data)
+            rest = data
+            while rest:  # a raw write may take fewer bytes than given
+                rest = rest[fh.write(rest):]
+            on_bytes(len(data))
+        hashed.result()
         os.fsync(fh.fileno())  # on disk before the name says it is complete
     os.replace(partial, directory / shard.file)
     return {"file": shard.file, "bytes": shard.file_bytes, "sha256": digest.hexdigest()}
@@ -141,7 +173,7 @@ def write_shard(
 def write_shards(
     directory: Path,
     shards: list[Shard],
-    produce: Callable[[TensorSlot], Iterator[torch.Tensor]],
+    produce: Callable[[TensorSlot], Iterator[Chunk]],
     on_bytes: Callable[[int], None] = lambda n: None,
     *,
     workers: int = 1,
@@ -150,7 +182,8 @@ def write_shards(
 ) -> list[dict]:
     """Write every shard not already in `done` (file -> record), `workers` at a time; return all records in order.
 
-    Workers are threads: the operators spend their time in torch kernels, which release the GIL.
+    Chunks of every shard are made by one shared pool of `workers` threads, so even a single shard
+    is computed on every worker; each shard's own thread only writes and hashes, beside them.
     """
     done = dict(done or {})
     lock = threading.Lock()
@@ -159,24 +192,26 @@ def write_shards(
         with lock:
             on_bytes(count)
 
-    def one(shard: Shard) -> dict:
-        record = write_shard(directory, shard, produce, locked_bytes)
-        with lock:
-            on_shard(record)
-        return record
-
     todo = [s for s in shards if s.file not in done]
-    if workers <= 1:
-        fresh = [one(s) for s in todo]
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hyperclone-shard") as pool:
-            futures = [pool.submit(one, s) for s in todo]
-            try:
-                fresh = [f.result() for f in futures]
-            except BaseException:
-                for f in futures:  # stop queued shards; running ones finish (each is atomic)
-                    f.cancel()
-                raise
+    with ThreadPoolExecutor(workers, thread_name_prefix="hyperclone-produce") as pool:
+
+        def one(shard: Shard) -> dict:
+            record = write_shard(directory, shard, produce, locked_bytes, pool)
+            with lock:
+                on_shard(record)
+            return record
+
+        if workers <= 1:
+            fresh = [one(s) for s in todo]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hyperclone-shard") as writers:
+                futures = [writers.submit(one, s) for s in todo]
+                try:
+                    fresh = [f.result() for f in futures]
+                except BaseException:
+                    for f in futures:  # stop queued shards; running ones finish (each is atomic)
+                        f.cancel()
+                    raise
     done.update({r["file"]: r for r in fresh})
     if len(shards) > 1:
         index = {

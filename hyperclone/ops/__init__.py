@@ -1,5 +1,5 @@
 """Pure tensor operators of function-preserving growth, shared by every output path."""
 from hyperclone.ops.split import split_exact
-from hyperclone.ops.transform import Segment, produce_rows
+from hyperclone.ops.transform import Segment, chunk_tasks, produce_rows
 
-__all__ = ["split_exact", "Segment", "produce_rows"]
+__all__ = ["split_exact", "Segment", "chunk_tasks", "produce_rows"]

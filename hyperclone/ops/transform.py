@@ -7,6 +7,7 @@ and chunk boundaries depend on shapes alone so the noise, seeded per chunk, is r
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -15,9 +16,10 @@ import torch
 
 from hyperclone.ops.split import split_exact
 
-# Elements of float64 work per chunk (~32 MB per float64 buffer). A constant, never a machine property:
-# chunk boundaries seed the noise, so changing it changes the bits of the output.
-CHUNK_ELEMENTS = 1 << 22
+# Output elements per chunk: 256K keeps the split's float32 working set in the CPU's caches (measured
+# 1.5x faster than 1M, 3x faster than 4M). A constant, never a machine property: chunk boundaries
+# seed the noise, so changing it changes the bits of the output.
+CHUNK_ELEMENTS = 1 << 18
 
 RowReader = Callable[[str, int, int], torch.Tensor]
 
@@ -95,27 +97,34 @@ def _transform(seg: Segment, x: torch.Tensor, dtype: torch.dtype, seed: int, row
     raise ValueError(f"unknown segment op {seg.op}")
 
 
-def produce_rows(
+def chunk_tasks(
     segments: list[Segment], read_rows: RowReader, dtype: torch.dtype, seed: int
-) -> Iterator[torch.Tensor]:
-    """Yield the output tensor as consecutive 2D row chunks in `dtype`."""
+) -> Iterator[Callable[[], torch.Tensor]]:
+    """The output tensor as consecutive 2D row chunks in `dtype`, each a task that makes its chunk.
+
+    Chunks depend on nothing but their segment, repetition and first row (the noise is seeded by
+    those), so the tasks may run in any order or in parallel and still give the same bytes.
+    """
     for seg in segments:
         for rep in range(seg.repeat):
-            yield from _segment_rows(seg, rep, read_rows, dtype, seed)
+            step = chunk_rows(seg)
+            for r0 in range(0, seg.rows, step):
+                yield functools.partial(_chunk, seg, rep, r0, min(seg.rows, r0 + step), read_rows, dtype, seed)
 
 
-def _segment_rows(seg: Segment, rep: int, read_rows: RowReader, dtype: torch.dtype, seed: int) -> Iterator[torch.Tensor]:
-    """One repetition of one segment, in row chunks."""
-    step = chunk_rows(seg)
-    for r0 in range(0, seg.rows, step):
-        r1 = min(seg.rows, r0 + step)
-        shape = (r1 - r0, seg.out_cols)
-        if seg.op in ("zeros", "fill"):
-            yield torch.full(shape, seg.value, dtype=dtype)
-        elif seg.op == "normal":
-            gen = _generator(seed, f"{seg.key}/{rep}", r0)
-            yield (torch.randn(shape, dtype=torch.float32, generator=gen) * seg.value).to(dtype)
-        else:
-            x = read_rows(seg.source, seg.start + r0, seg.start + r1)
-            x = x.reshape(r1 - r0, -1)
-            yield _transform(seg, x, dtype, seed, r0, rep)
+def produce_rows(segments: list[Segment], read_rows: RowReader, dtype: torch.dtype, seed: int) -> Iterator[torch.Tensor]:
+    """Yield the output tensor as consecutive 2D row chunks in `dtype`, made one after another."""
+    for task in chunk_tasks(segments, read_rows, dtype, seed):
+        yield task()
+
+
+def _chunk(seg: Segment, rep: int, r0: int, r1: int, read_rows: RowReader, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Rows [r0, r1) of one repetition of one segment."""
+    shape = (r1 - r0, seg.out_cols)
+    if seg.op in ("zeros", "fill"):
+        return torch.full(shape, seg.value, dtype=dtype)
+    if seg.op == "normal":
+        gen = _generator(seed, f"{seg.key}/{rep}", r0)
+        return (torch.randn(shape, dtype=torch.float32, generator=gen) * seg.value).to(dtype)
+    x = read_rows(seg.source, seg.start + r0, seg.start + r1).reshape(r1 - r0, -1)
+    return _transform(seg, x, dtype, seed, r0, rep)
