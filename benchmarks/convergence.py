@@ -1,16 +1,20 @@
-"""Does growth pay? Tokens a grown model needs to reach a randomly initialised model's final loss.
+"""Does growth pay? Tokens a grown model needs to reach a randomly initialised model's final loss, in the
+HyperCloning paper's regime: the small model trained to >= 100 tokens per parameter before growth, and
+each large architecture's pair (random init, grown twin) for 20 tokens per parameter of that
+architecture (Chinchilla's compute-optimal point), on data the small model never saw.
 
-Pretrains a small llama on a real corpus, grows it (x2 width; and x2 width + x2 depth), continues
-training, and trains the same large architectures from random initialisation with the same data
-order, optimizer, schedule and token budget. Arms on the x2-width architecture: random init,
-HyperCloning with noise, exact copies (noise 0), and the grown model with MuonClip instead of AdamW.
-On the x2-width-x2-depth architecture, and on the x2-depth one (depth-only growth): random init and
-the grown model.
+Every large arm gets its own learning rate from `hyperclone.tune` (MiniCPM's wind tunnel, a quarter of
+the budget), then one run at that rate measured the WSD way: a constant-LR run with decay branches at
+1/8 .. 8/8 of the budget, so "tokens to reach loss L" is the smallest WSD budget whose decayed end
+reaches L (interpolated between branches) — not a point on a curve that only decays at its very end.
 
-Speedup = random-init tokens / tokens the arm needs to reach random init's final eval loss; the same
-counting the small model's pretraining compute (its tokens x N_small / N_large) as extra tokens.
+Arms on the x2-width architecture: random init (2 seeds), HyperCloning with noise (AdamW, 2 seeds),
+exact copies, and the MuonClip pair (grown vs MuonClip random init); then x2 width + x2 depth and x2
+depth only, each against its own random-init twin. Speedup = the twin's tokens / the arm's tokens to
+reach the twin's final eval loss; `speedup_including_small` also counts the small model's pretraining
+(its tokens x N_small / N_large).
 
-    python benchmarks/convergence.py [--data PATH] [--minutes 20] [--json] [--out DIR]
+    python benchmarks/convergence.py [--data PATH] [--scale cpu|gpu] [--sizes] [--minutes M] [--json] [--out DIR] [--record]
 
 Without --data the corpus is the running interpreter's standard library source (real text, no download).
 """
@@ -18,238 +22,361 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import sysconfig
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-SMALL = dict(vocab_size=260, hidden_size=96, intermediate_size=256, num_hidden_layers=4, num_attention_heads=3,
-             num_key_value_heads=3, max_position_embeddings=256, tie_word_embeddings=False)
-SEQ, BATCH, LR = 128, 16, 2e-3
+BRANCHES = (1, 2, 3, 4, 6, 8)  # WSD budgets measured per arm, in eighths of the full budget
 
 
-def stdlib_corpus(out: Path, limit_bytes: int) -> Path:
-    """The standard library's own .py files (no tests, no site-packages) as a .jsonl corpus."""
-    lib = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in lib.rglob("*.py") if not {"test", "tests", "site-packages", "idlelib"} & set(p.parts))
-    path, size = out / "stdlib.jsonl", 0
-    with open(path, "w") as fh:
-        for f in files:
-            text = f.read_text(errors="replace")
-            fh.write(json.dumps({"text": text}) + "\n")
-            size += len(text)
-            if size >= limit_bytes:
-                break
-    return path
+@dataclass(frozen=True)
+class Scale:
+    """Model and batch sizes of one run; budgets follow from the parameter counts."""
+
+    hidden: int = 16
+    ffn: int = 44
+    layers: int = 4
+    heads: int = 2
+    seq: int = 128
+    batch: int = 16
+    small_tokens_per_param: int = 100
+    large_tokens_per_param: int = 20
+    small_lr: float = 2e-3
+    lrs: tuple[float, ...] = (2e-3, 4e-3, 8e-3)  # the wind tunnel's grid for every large arm (extended past an edge)
+    noise: float = 0.5  # the after-growth recipe's noise (recipes/after-growth.yaml)
+
+    def small_config(self) -> dict:
+        return dict(vocab_size=260, hidden_size=self.hidden, intermediate_size=self.ffn, num_hidden_layers=self.layers,
+                    num_attention_heads=self.heads, num_key_value_heads=self.heads, max_position_embeddings=max(256, self.seq),
+                    tie_word_embeddings=False)
 
 
-def eval_curve(run: Path) -> list[tuple[int, float]]:
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(m["tokens"], m["eval_loss"]) for m in lines if "eval_loss" in m]
+SCALES = {
+    "cpu": Scale(),
+    # about 10 minutes of one H100 for every arm (sized from CPU timings, not yet measured on the GPU)
+    "gpu": Scale(hidden=128, ffn=352, layers=6, heads=4, seq=256, batch=64),
+}
 
 
-def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
-    """First token count where the eval curve reaches `target` (linear between eval points)."""
-    for (t0, l0), (t1, l1) in zip(curve, curve[1:]):
-        if l0 <= target:
-            return float(t0)
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    arch: str  # wide | wide_deep | deep
+    grow: dict | None  # a growth target, or None for random init
+    optimizer: str = "adamw"
+    seed: int = 0
+    baseline: str = "random_init"
+    tune_as: str | None = None  # reuse another arm's tuned learning rate (the second seeds)
+
+
+def arms(noise: float, layers: int) -> list[Arm]:
+    width = {"width": 2, "noise": noise}
+    return [
+        Arm("random_init", "wide", None),
+        Arm("random_init_seed1", "wide", None, seed=1, tune_as="random_init"),
+        Arm("hyperclone_noise", "wide", width),
+        Arm("hyperclone_noise_seed1", "wide", width, seed=1, tune_as="hyperclone_noise"),
+        Arm("exact_copies", "wide", {"width": 2, "noise": 0}),
+        Arm("random_init_muonclip", "wide", None, "muonclip", baseline="random_init_muonclip"),
+        Arm("hyperclone_noise_muonclip", "wide", width, "muonclip", baseline="random_init_muonclip"),
+        Arm("random_init_width_depth", "wide_deep", None, baseline="random_init_width_depth"),
+        Arm("hyperclone_width_depth", "wide_deep", {**width, "layers": 2 * layers}, baseline="random_init_width_depth"),
+        Arm("random_init_depth", "deep", None, baseline="random_init_depth"),
+        Arm("hyperclone_depth_only", "deep", {"layers": 2 * layers, "noise": noise}, baseline="random_init_depth"),
+    ]
+
+
+def documents(source: Path | None) -> list[str]:
+    """The corpus as documents: the standard library's own .py files (no tests, no site-packages) by
+    default; else every text file under `source` (a .jsonl file's lines' "text")."""
+    if source is None:
+        lib = Path(sysconfig.get_paths()["stdlib"])
+        files = sorted(p for p in lib.rglob("*.py") if not {"test", "tests", "site-packages", "idlelib"} & set(p.parts))
+    else:
+        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    docs = []
+    for f in files:
+        raw = f.read_bytes()
+        if b"\0" in raw[:4096]:
+            continue  # binary
+        text = raw.decode("utf-8", errors="replace")
+        docs.extend(json.loads(line)["text"] for line in text.splitlines() if line.strip()) if f.suffix == ".jsonl" else docs.append(text)
+    return [d for d in docs if d.strip()]
+
+
+def split_corpus(source: Path | None, out: Path, first_bytes: int) -> tuple[Path, Path, dict]:
+    """Two disjoint .jsonl corpora: the small model's pretraining data, then the data every large arm
+    continues on. A grown model trained again on its small model's data would see repeated tokens
+    while random init sees fresh ones, which is not the comparison. Documents are shuffled once
+    (seed 0) so both parts cover the same kinds of text."""
+    import random
+
+    docs = documents(source)
+    random.Random(0).shuffle(docs)
+    parts, size = ([], []), 0
+    for doc in docs:
+        part = 0 if size < first_bytes else 1
+        parts[part].append(doc)
+        size += len(doc.encode()) if part == 0 else 0
+    paths = (out / "pretrain.jsonl", out / "continue.jsonl")
+    for path, part in zip(paths, parts):
+        path.write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
+    return *paths, {"documents": len(docs), "pretrain_bytes": size, "continue_bytes": sum(len(d.encode()) for d in parts[1])}
+
+
+def tokens_to_reach(curve: dict[int, float], target: float) -> tuple[float | None, bool]:
+    """Smallest WSD budget whose final loss reaches `target`, log-linear between measured budgets;
+    and whether it is only a bound (the smallest budget measured already reaches it)."""
+    points = sorted(curve.items())
+    if points[0][1] <= target:
+        return float(points[0][0]), True
+    for (t0, l0), (t1, l1) in zip(points, points[1:]):
         if l1 <= target:
-            return t0 + (t1 - t0) * (l0 - target) / (l0 - l1)
-    return float(curve[0][0]) if curve and curve[0][1] <= target else None
+            share = (l0 - target) / (l0 - l1)
+            return math.exp(math.log(t0) + share * (math.log(t1) - math.log(t0))), False
+    return None, False
 
 
-def params(model_dir: Path) -> int:
+class Bench:
+    """One benchmark run: models, the small model's pretraining, growth, and the arms' tune + measure."""
+
+    def __init__(self, scale: Scale, work: Path):
+        self.scale, self.work = scale, work
+        self.pretrain = self.cont = work / "unset"
+        self.tokens_per_step = scale.seq * scale.batch
+        self.common = dict(seq_len=scale.seq, batch_size=scale.batch, eval_batches=16, trackers="none", progress=False,
+                           warmup=0.05, decay_fraction=0.2)
+
+    def random_model(self, name: str, config: dict, seed: int) -> Path:
+        """transformers' own initialisation (what 'from scratch' means), saved as a checkpoint."""
+        import torch
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        path = self.work / name
+        if not (path / "config.json").exists():
+            torch.manual_seed(seed)
+            AutoModelForCausalLM.from_config(LlamaConfig(**config)).save_pretrained(path)
+        return path
+
+    def architectures(self) -> dict[str, dict]:
+        small = self.scale.small_config()
+        wide = {**small, "hidden_size": 2 * small["hidden_size"], "intermediate_size": 2 * small["intermediate_size"],
+                "num_attention_heads": 2 * small["num_attention_heads"], "num_key_value_heads": 2 * small["num_key_value_heads"]}
+        return {"small": small, "wide": wide, "wide_deep": {**wide, "num_hidden_layers": 2 * small["num_hidden_layers"]},
+                "deep": {**small, "num_hidden_layers": 2 * small["num_hidden_layers"]}}
+
+    def pretrain_small(self, n_small: int) -> tuple[Path, dict]:
+        import hyperclone
+
+        steps = math.ceil(self.scale.small_tokens_per_param * n_small / self.tokens_per_step)
+        out = self.work / "small"
+        started = time.perf_counter()
+        hyperclone.train(model=str(self.random_model("small-init", self.architectures()["small"], 0)), data=str(self.pretrain),
+                         out=str(out), max_steps=steps, optimizer="adamw", lr=self.scale.small_lr, force=True, **self.common)
+        loss = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line][-1]["eval_loss"]
+        return out / "final", {"params": n_small, "tokens": steps * self.tokens_per_step, "final_eval_loss": loss,
+                               "seconds": round(time.perf_counter() - started, 1)}
+
+    def tune(self, model: Path, arm: Arm, name: str, lrs, budget: int, budgets) -> dict:
+        import hyperclone
+
+        # training seed 0 for every arm: one data order and one held-out eval set; a seed varies the
+        # initialisation (random init) or the noise (grown) only, which is the spread the table shows
+        return hyperclone.tune(model, str(self.cont), self.work / name, lrs=list(lrs), budget_tokens=budget, budgets=budgets,
+                               optimizer=arm.optimizer, seed=0, force=True, **self.common)
+
+
+def run(scale: Scale, source: Path | None, work: Path, names: set[str] | None = None) -> dict:
+    """Every arm (or those in `names`) at this scale: returns the result dictionary."""
+    began = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    bench = Bench(scale, work)
+    shapes = bench.architectures()
+    params = {arch: sum(_count(cfg)) for arch, cfg in shapes.items()}
+    # each architecture's pair (random init and its grown twin) shares one budget: 20 tokens per parameter of
+    # that architecture, a whole number of eighths of steps so every decay branch lands on a checkpoint
+    budgets = {a: 8 * math.ceil(scale.large_tokens_per_param * params[a] / bench.tokens_per_step / 8) * bench.tokens_per_step
+               for a in ("wide", "wide_deep", "deep")}
+    # byte tokens: a token is a byte; the held-out 5 % and packing remainders need a little more
+    bench.pretrain, bench.cont, corpus = split_corpus(source, work, int(1.1 * scale.small_tokens_per_param * params["small"]))
+    corpus["continue_epochs"] = {a: round(b / (0.95 * corpus["continue_bytes"]), 2) for a, b in budgets.items()}
+    small, small_report = bench.pretrain_small(params["small"])
+    tuned: dict[str, float] = {}
+    report = {}
+    for arm in [a for a in arms(scale.noise, scale.layers) if names is None or a.name in names]:
+        report[arm.name] = _arm(bench, arm, small, shapes[arm.arch], budgets[arm.arch], tuned)
+        print(f"{arm.name:28} lr {report[arm.name]['lr']:.3g}  " + " ".join(f"{v:.3f}" for v in report[arm.name]["budget_eval_loss"].values()),
+              file=sys.stderr, flush=True)
+    for name, entry in report.items():
+        if not name.startswith("random_init") and entry["baseline"] in report:
+            small_cost = small_report["tokens"] * params["small"] / params[entry["arch"]]
+            _speedups(entry, report[entry["baseline"]]["final_eval_loss"], budgets[entry["arch"]], small_cost)
+    return {"scale": dict(vars(scale)), "corpus_split": corpus, "small": small_report,
+            "large": {"params": {a: params[a] for a in budgets}, "tokens": budgets,
+                      "tokens_per_param": {a: round(b / params[a], 1) for a, b in budgets.items()},
+                      "seq_len": scale.seq, "batch": scale.batch, "tuned_lr": tuned,
+                      "schedule": "WSD: 5 % warmup, 20 % linear decay; decay branches at 1/8 .. 8/8 of the budget"},
+            "arms": report, "minutes": round((time.perf_counter() - began) / 60, 1)}
+
+
+def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, tuned: dict[str, float]) -> dict:
+    """Make the arm's model (random init, or grown and verified), tune its learning rate, measure its budgets."""
     import hyperclone
 
-    return hyperclone.inspect(model_dir)["parameters"]
+    started = time.perf_counter()
+    if arm.grow is None:
+        model = bench.random_model(f"init-{arm.arch}-seed{arm.seed}", shape, 1 + arm.seed)
+    else:
+        model = hyperclone.grow(small, {**arm.grow, "seed": arm.seed}, bench.work / f"grown-{arm.name}", force=True, progress=False)
+        assert hyperclone.verify(small, model)["passed"], f"{arm.name} does not preserve the function"
+    tuning = None
+    if arm.tune_as is None:
+        wind = bench.tune(model, arm, f"tune-{arm.name}", bench.scale.lrs, budget // 4, (1,))
+        tuned[arm.name] = wind["best_lr"]
+        tuning = {lr: by[str(budget // 4)] for lr, by in wind["eval_loss"].items()}
+    lr = tuned[arm.tune_as or arm.name]
+    measured = bench.tune(model, arm, f"measure-{arm.name}", [lr], budget, BRANCHES)
+    curve = {int(t): loss for t, loss in next(iter(measured["eval_loss"].values())).items()}
+    return {"arch": arm.arch, "optimizer": arm.optimizer, "seed": arm.seed, "grow": arm.grow, "baseline": arm.baseline, "lr": lr,
+            "tuning_eval_loss": tuning, "start_eval_loss": _start(bench.work / f"measure-{arm.name}"), "budget_eval_loss": curve,
+            "final_eval_loss": curve[budget], "seconds": round(time.perf_counter() - started, 1)}
 
 
-def train(model: Path, data: Path, out: Path, steps: int, optimizer: str = "adamw", eval_every: int = 0,
-          warmup: float = 0.05) -> float:
-    import hyperclone
-
-    start = time.perf_counter()
-    hyperclone.train(model=str(model), data=str(data), out=str(out), max_steps=steps, optimizer=optimizer, lr=LR,
-                     seq_len=SEQ, batch_size=BATCH, schedule="wsd", warmup=warmup, decay_fraction=0.2, eval_every=eval_every,
-                     eval_batches=8, eval_at_start=True, trackers="none", progress=False, force=True, seed=0)
-    return time.perf_counter() - start
+def _start(run: Path) -> float:
+    """The eval loss before the arm's first step (where a grown model starts)."""
+    metrics = next((run / "runs").glob("*/stable/metrics.jsonl"))
+    return next(r["eval_loss"] for r in map(json.loads, metrics.read_text().splitlines()) if "eval_loss" in r)
 
 
-def rate(model: Path, data: Path, work: Path) -> float:
-    """Measured tokens/s of a short run (the same loop, the same machine)."""
-    out = work / f"rate-{model.name}"
-    train(model, data, out, 6)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
-    shutil.rmtree(out)
-    return sorted(r["tokens_per_s"] for r in records[2:])[len(records[2:]) // 2]
+def _speedups(entry: dict, target: float, budget: int, small_cost: float) -> None:
+    reached, bound = tokens_to_reach(entry["budget_eval_loss"], target)
+    entry["target_eval_loss"] = target
+    entry["tokens_to_baseline_final"] = reached
+    entry["speedup"] = None if reached is None else budget / reached
+    entry["speedup_is_lower_bound"] = bound
+    entry["speedup_including_small"] = None if reached is None else budget / (reached + small_cost)
+
+
+def _count(config: dict) -> list[int]:
+    """Parameters of a llama config, counted by transformers on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**config))
+    return [p.numel() for p in model.parameters()]
+
+
+def sizes_sweep(base: Scale, main: dict, data: Path | None, work: Path) -> list[dict]:
+    """The key arms (random init, x2 width with noise) at three sizes, the same tokens per parameter;
+    the smallest is the main run's."""
+    rows = []
+    for factor in (1, 1.5, 2):  # hidden x factor: the blocks' parameters grow about factor^2
+        scale = replace(base, hidden=round(base.hidden * factor), ffn=round(base.ffn * factor))
+        result = main if factor == 1 else run(scale, data, work / f"hidden-{scale.hidden}", {"random_init", "hyperclone_noise"})
+        arm = result["arms"]["hyperclone_noise"]
+        rows.append({"hidden": scale.hidden, "params_small": result["small"]["params"], "params_wide": result["large"]["params"]["wide"],
+                     "tokens": result["large"]["tokens"]["wide"], "speedup": arm.get("speedup"),
+                     "speedup_including_small": arm.get("speedup_including_small"),
+                     "lr_random": result["large"]["tuned_lr"]["random_init"], "lr_grown": result["large"]["tuned_lr"]["hyperclone_noise"]})
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    ap.add_argument("--sizes", action="store_true", help="also sweep three model sizes (key arms only)")
+    ap.add_argument("--minutes", type=float, default=None, help="shrink the budgets to fit this many minutes (below 100/20 tokens per parameter)")
     ap.add_argument("--out", type=Path, default=Path("convergence-out"))
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--record", action="store_true", help="also write the result into benchmarks/results/")
     args = ap.parse_args()
-
-    import hyperclone
     from benchmarks_machine import machine
-    from hyperclone.testing import save_tiny_model
 
-    began = time.perf_counter()
-    work = args.out
-    work.mkdir(parents=True, exist_ok=True)
-    data = args.data or stdlib_corpus(work, 6_000_000)
-    small = save_tiny_model("llama", work / "small-init", seed=0, **SMALL)
-    wide_cfg = {**SMALL, "hidden_size": 192, "intermediate_size": 512, "num_attention_heads": 6, "num_key_value_heads": 6}
-    deep_cfg = {**wide_cfg, "num_hidden_layers": 8}
-    random_wide = save_tiny_model("llama", work / "random-wide", seed=1, **wide_cfg)
-    random_deep = save_tiny_model("llama", work / "random-deep", seed=1, **deep_cfg)
-    random_depth = save_tiny_model("llama", work / "random-depth", seed=1, **{**SMALL, "num_hidden_layers": 8})
-    for directory in (small, random_wide, random_deep, random_depth):  # transformers' own init for the random arms
-        _reinit(directory)
-
-    # Budget: small pretraining gets half the large arms' tokens; eight large arms share the rest.
-    r_small, r_wide, r_deep, r_depth = (rate(m, data, work) for m in (small, random_wide, random_deep, random_depth))
-    budget = args.minutes * 60 * 0.7 - (time.perf_counter() - began)  # grow, verify, data and evals take the rest
-    per_large_token = 0.5 / r_small + 4 / r_wide + 2 / r_deep + 2 / r_depth
-    large_tokens = budget / per_large_token
-    tokens_per_step = SEQ * BATCH
-    large_steps = max(20, int(large_tokens / tokens_per_step))
-    small_steps = max(10, large_steps // 2)
-    eval_every = max(1, large_steps // 20)
-
-    seconds = {"small_pretrain": train(small, data, work / "small", small_steps, eval_every=eval_every)}
-    trained_small = work / "small" / "final"
-    grown = {
-        "hyperclone_noise": hyperclone.grow(trained_small, {"width": 2}, work / "grown-noise", force=True, progress=False),
-        "exact_copies": hyperclone.grow(trained_small, {"width": 2, "noise": 0}, work / "grown-exact", force=True, progress=False),
-        "hyperclone_width_depth": hyperclone.grow(trained_small, {"width": 2, "layers": 8}, work / "grown-deep", force=True, progress=False),
-        "hyperclone_depth_only": hyperclone.grow(trained_small, "deep-2x", work / "grown-depth", force=True, progress=False),
-    }
-    for name, path in grown.items():
-        assert hyperclone.verify(trained_small, path)["passed"], f"{name} does not preserve the function"
-    arms = {
-        "random_init": (random_wide, "adamw", "wide"),
-        "hyperclone_noise": (grown["hyperclone_noise"], "adamw", "wide"),
-        "exact_copies": (grown["exact_copies"], "adamw", "wide"),
-        "hyperclone_noise_muonclip": (grown["hyperclone_noise"], "muonclip", "wide"),
-        "random_init_width_depth": (random_deep, "adamw", "deep"),
-        "hyperclone_width_depth": (grown["hyperclone_width_depth"], "adamw", "deep"),
-        "random_init_depth": (random_depth, "adamw", "depth"),
-        "hyperclone_depth_only": (grown["hyperclone_depth_only"], "adamw", "depth"),
-    }
-    curves = {}
-    for name, (model, optimizer, _) in arms.items():
-        seconds[name] = train(model, data, work / name, large_steps, optimizer, eval_every)
-        curves[name] = eval_curve(work / name)
-    curves["small_pretrain"] = eval_curve(work / "small")
-
-    n_small = params(trained_small)
-    n_large = {"wide": params(random_wide), "deep": params(random_deep), "depth": params(random_depth)}
-    baselines = {"wide": "random_init", "deep": "random_init_width_depth", "depth": "random_init_depth"}
-    small_tokens = small_steps * tokens_per_step
-    total = large_steps * tokens_per_step
-    report = {}
-    for name, (_, _, arch) in arms.items():
-        baseline = baselines[arch]
-        target = curves[baseline][-1][1]
-        reached = tokens_to_reach(curves[name], target)
-        entry = {"final_eval_loss": curves[name][-1][1], "start_eval_loss": curves[name][0][1], "seconds": round(seconds[name], 1),
-                 "baseline": baseline, "tokens_to_baseline_final": reached}
-        if not name.startswith("random_init"):
-            # resolution: the first eval interval when the arm starts below the target
-            floor = eval_every * tokens_per_step / 2
-            effective = None if reached is None else max(reached, floor)
-            entry["speedup"] = None if effective is None else total / effective
-            entry["speedup_lower_bound"] = reached is not None and reached < floor
-            small_cost = small_tokens * n_small / n_large[arch]
-            entry["speedup_including_small"] = None if reached is None else total / (reached + small_cost)
-        report[name] = entry
-    growth_arms = [a for a in report if not a.startswith("random_init") and report[a].get("speedup")]
-    best = max(growth_arms, key=lambda a: report[a]["speedup"], default=None)
-    result = {
-        "benchmark": "convergence", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-        "corpus": str(data) if args.data else "Python standard library source (.py, no tests), UTF-8 bytes as tokens",
-        "small": {"params": n_small, "tokens": small_tokens, "final_eval_loss": curves["small_pretrain"][-1][1]},
-        "large": {"params_width": n_large["wide"], "params_width_depth": n_large["deep"], "params_depth": n_large["depth"], "tokens_per_arm": total, "steps": large_steps,
-                  "seq_len": SEQ, "batch": BATCH, "lr": LR, "schedule": "wsd (5 % warmup, 20 % linear decay)"},
-        "best_arm": best,
-        "speedup": report[best]["speedup"] if best else None,
-        "speedup_including_small": report[best]["speedup_including_small"] if best else None,
-        "arms": report,
-        "wall_minutes": round((time.perf_counter() - began) / 60, 1),
-    }
-    _plot(curves, work / "convergence.png")
-    (work / "convergence.md").write_text(_table(result))
-    (work / "convergence.json").write_text(json.dumps(result, indent=2) + "\n")
+    data = args.data
+    scale = SCALES[args.scale]
+    if args.minutes is not None:
+        scale = _fit(scale, args.minutes)
+    result = {"benchmark": "convergence", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+              "corpus": str(args.data) if args.data else "Python standard library source (.py, no tests), UTF-8 bytes as tokens",
+              **run(scale, data, args.out)}
+    if args.sizes:
+        result["sizes"] = sizes_sweep(scale, result, data, args.out / "sizes")
+    stem = "convergence" if args.data is None else f"convergence-{args.data.name}"
+    _plot(result, args.out / f"{stem}.png")
+    (args.out / f"{stem}.md").write_text(_table(result, stem))
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.record:
-        results = HERE / "results"
-        results.mkdir(exist_ok=True)
-        for name in ("convergence.json", "convergence.md", "convergence.png"):
-            shutil.copy(work / name, results / name)
-    print(json.dumps(result) if args.json else _table(result))
+        for suffix in (".json", ".md", ".png"):
+            shutil.copy(args.out / f"{stem}{suffix}", HERE / "results" / f"{stem}{suffix}")
+    print(json.dumps(result) if args.json else _table(result, stem))
 
 
-def _reinit(directory: Path) -> None:
-    """Replace testing's large random draw by transformers' own initialisation (what 'from scratch' means)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    import torch
-
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory))
-    model.save_pretrained(directory)
+def _fit(scale: Scale, minutes: float) -> Scale:
+    """Fewer tokens per parameter when --minutes asks for a shorter run than the default (about 20 at cpu scale)."""
+    share = min(1.0, minutes / 20)
+    return replace(scale, small_tokens_per_param=max(1, round(scale.small_tokens_per_param * share)),
+                   large_tokens_per_param=max(1, round(scale.large_tokens_per_param * share)))
 
 
-def _plot(curves: dict, out: Path) -> None:
+def _plot(result: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, curve in curves.items():
-        if curve:
-            style = "--" if name.startswith("random") else ":" if name == "small_pretrain" else "-"
-            ax.plot(*zip(*curve), style, label=name, linewidth=1.5)
-    ax.set_xlabel("tokens (of this arm)")
-    ax.set_ylabel("eval loss")
-    ax.set_title("continued pretraining after growth vs random initialisation")
+    for name, arm in result["arms"].items():
+        tokens, losses = zip(*sorted((int(t), v) for t, v in arm["budget_eval_loss"].items()))
+        style = "--" if name.startswith("random") else "-"
+        ax.plot(tokens, losses, style + "o", label=f"{name} (lr {arm['lr']:.2g})", linewidth=1.3, markersize=3)
+    ax.axhline(result["small"]["final_eval_loss"], color="grey", linestyle=":", label="small model before growth")
+    ax.set_xscale("log")
+    ax.set_xlabel("WSD budget (tokens of this arm)")
+    ax.set_ylabel("final eval loss at that budget")
+    ax.set_title("after growth vs random initialisation (each arm at its tuned learning rate)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
 
 
-def _x(value: float | None) -> str:
-    return "not reached" if value is None else f"{value:.2f}x"
+def _x(value: float | None, bound: bool = False) -> str:
+    return "not reached" if value is None else f"{'≥ ' if bound else ''}{value:.2f}x"
 
 
-def _table(result: dict) -> str:
-    rows = ["| arm | start eval loss | final eval loss | tokens to reach random init's final | speedup | incl. small model | minutes |",
-            "|---|---|---|---|---|---|---|"]
+def _table(result: dict, stem: str) -> str:
+    rows = ["| arm | lr (tuned) | start eval loss | final eval loss | target (twin's final) | tokens to target | speedup | incl. small model | minutes |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, arm in result["arms"].items():
-        reached = arm["tokens_to_baseline_final"]
-        speed = arm.get("speedup")
-        speed_text = "—" if "speedup" not in arm else ("not reached" if speed is None else f"{'≥ ' if arm['speedup_lower_bound'] else ''}{speed:.2f}x")
-        incl = arm.get("speedup_including_small")
-        rows.append(f"| {name} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | "
-                    f"{'—' if reached is None else f'{reached:,.0f}'} | {speed_text} | "
-                    f"{'—' if incl is None else f'{incl:.2f}x'} | {arm['seconds'] / 60:.1f} |")
-    head = (f"# Convergence after growth\n\n{result['corpus']}; small model {result['small']['params']:,} parameters, "
-            f"{result['small']['tokens']:,} tokens; large arms {result['large']['tokens_per_arm']:,} tokens each "
-            f"({result['large']['params_width']:,} wide / {result['large']['params_width_depth']:,} wide+deep / "
-            f"{result['large']['params_depth']:,} deep parameters). "
-            f"Best growth arm: {result['best_arm']} — speedup {_x(result['speedup'])}, including the small model "
-            f"{_x(result['speedup_including_small'])}.\n\n")
-    return head + "\n".join(rows) + "\n"
+        reached = arm.get("tokens_to_baseline_final")
+        rows.append(f"| {name} | {arm['lr']:.3g} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | "
+                    f"{arm['target_eval_loss']:.3f} | {'—' if reached is None else f'{reached:,.0f}'} | "
+                    f"{_x(arm['speedup'], arm['speedup_is_lower_bound'])} | {_x(arm['speedup_including_small'])} | {arm['seconds'] / 60:.1f} |"
+                    if "speedup" in arm else
+                    f"| {name} | {arm['lr']:.3g} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | — | — | — | — | {arm['seconds'] / 60:.1f} |")
+    large, small = result["large"], result["small"]
+    head = (f"# Convergence after growth\n\n{result['corpus']}. Small model {small['params']:,} parameters trained for "
+            f"{small['tokens']:,} tokens ({small['tokens'] / small['params']:.0f} per parameter, eval loss {small['final_eval_loss']:.3f}); "
+            "each large pair (random init and grown twin) trained for 20 tokens per parameter of its architecture: "
+            + ", ".join(f"{k} {large['params'][k]:,} parameters, {large['tokens'][k]:,} tokens" for k in large["params"])
+            + f". {large['schedule']}. "
+            f"{result['minutes']} minutes on {result['machine']['cuda'] or str(result['machine']['cpus']) + ' CPU cores'}.\n\n")
+    table = head + "\n".join(rows) + "\n"
+    if "sizes" in result:
+        table += "\n| hidden (small) | params (x2 wide) | tokens | speedup | incl. small | lr random / grown |\n|---|---|---|---|---|---|\n"
+        table += "\n".join(f"| {r['hidden']} | {r['params_wide']:,} | {r['tokens']:,} | {_x(r['speedup'])} | {_x(r['speedup_including_small'])} | "
+                           f"{r['lr_random']:.3g} / {r['lr_grown']:.3g} |" for r in result["sizes"]) + "\n"
+    return table
 
 
 if __name__ == "__main__":

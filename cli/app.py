@@ -340,7 +340,10 @@ def demo(
          "(checkpoints are written every --save-every steps)")
 def train(
     model: str = typer.Option(..., "--model", help="A grown (or any saved) transformers checkpoint directory."),
-    data: str = typer.Option(..., "--data", help="Text file, directory, .jsonl, .parquet, or a Hub dataset name."),
+    data: Optional[list[str]] = typer.Option(None, "--data", help="Text file, directory, .jsonl, .parquet, or a Hub dataset name; "
+                                            "repeat as PATH=WEIGHT for a mixture."),
+    decay_data: Optional[list[str]] = typer.Option(None, "--decay-data", help="Data (or PATH=WEIGHT mixture) that takes over "
+                                                   "when the WSD decay starts."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Run directory (default: <model>-trained)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe: a name in recipes/ or a YAML file."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
@@ -369,6 +372,8 @@ def train(
     import hyperclone
 
     settings = {k: v for k, v in locals().items() if k not in ("recipe", "output", "hyperclone")}
+    for key in ("data", "decay_data"):  # one value is a path, several a mixture
+        settings[key] = settings[key][0] if settings[key] and len(settings[key]) == 1 else settings[key] or None
     settings["out"] = str(output) if output else None
     settings["resume"] = resume or None
     settings["force"] = force or None
@@ -376,6 +381,48 @@ def train(
     err.print(f"[green]trained[/] {result['steps']} steps, {result['tokens']:,} tokens: loss {result['loss']:.4f}, "
               f"eval loss {result['eval_loss'] if result['eval_loss'] is None else round(result['eval_loss'], 4)} → {result['out']}/final",
               soft_wrap=True)
+
+
+@app.command()
+@command("tuning stopped; the finished learning rates are in the output's runs/ folder")
+def tune(
+    model: str = typer.Option(..., "--model", help="A grown (or any saved) transformers checkpoint directory."),
+    data: Optional[list[str]] = typer.Option(None, "--data", help="Training data, as for `train` (repeat PATH=WEIGHT for a mixture)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Results folder (default: <model>-tune)."),
+    lrs: Optional[str] = typer.Option(None, "--lrs", help="Peak learning rates, comma-separated (default: the recipe's x 1/4 .. 4)."),
+    budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="Tokens of the longest run (default: the recipe's steps)."),
+    extend: int = typer.Option(2, "--extend", help="Learning rates to add past the grid's edge while the best sits on it."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe the search starts from."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="muonclip | muon | adamw"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    warmup: Optional[float] = typer.Option(None, "--warmup", help="Fraction of the budget (< 1) or a step count."),
+    decay_fraction: Optional[float] = typer.Option(None, "--decay-fraction"),
+    eval_batches: Optional[int] = typer.Option(None, "--eval-batches"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier search in the output folder."),
+) -> None:
+    """Pick the peak learning rate with MiniCPM's wind tunnel: a stable run per learning rate, WSD decay
+    branches from it; writes the best as a training recipe, with a plot of final loss against learning rate."""
+    import hyperclone
+
+    grid = None
+    if lrs is not None:
+        try:
+            grid = [float(x) for x in lrs.split(",") if x.strip()]
+        except ValueError:
+            raise hyperclone.UserError(f"--lrs takes numbers separated by commas, got {lrs!r}") from None
+    mix = data[0] if data and len(data) == 1 else data or None
+    result = hyperclone.tune(model, mix, output, lrs=grid, budget_tokens=budget_tokens, extend=extend, recipe=recipe, force=force,
+                             trackers="none", **{k: v for k, v in dict(optimizer=optimizer, seq_len=seq_len, batch_size=batch_size,
+                                                                       warmup=warmup, decay_fraction=decay_fraction, eval_batches=eval_batches,
+                                                                       seed=seed).items() if v is not None})
+    table = Table("peak lr", *(f"{t:,} tokens" for t in result["budgets_tokens"]))
+    for lr, by in result["eval_loss"].items():
+        table.add_row(("* " if float(lr) == result["best_lr"] else "") + lr, *(f"{v:.4f}" for v in by.values()))
+    out.print(table)
+    err.print(f"[green]best learning rate[/] {result['best_lr']:.3g} (eval loss {result['best_eval_loss']:.4f}) → "
+              f"recipe {result['recipe']}, plot {result['plot']}", soft_wrap=True)
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from hyperclone.goals import Goal
 from hyperclone.grow import grow, load_model, plan
 from hyperclone.inspection import inspect_checkpoint as inspect
 from hyperclone.targets import Target, load_target, presets
-from hyperclone.train import train  # binds the function; `python -m hyperclone.train` still finds the package
+from hyperclone.train import train, tune  # binds the function; `python -m hyperclone.train` still finds the package
 from hyperclone.verify import verify
 
-__all__ = ["grow", "plan", "verify", "inspect", "presets", "load_target", "load_model", "train", "Target", "Goal", "UserError"]
+__all__ = ["grow", "plan", "verify", "inspect", "presets", "load_target", "load_model", "train", "tune", "Target", "Goal", "UserError"]

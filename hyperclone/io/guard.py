@@ -31,6 +31,8 @@ RUN_MARKER = "hyperclone_run.json"
 # What the training loop writes at the top of a run directory ("hyperclone" is tensorboard's project folder).
 RUN_ENTRIES = frozenset({RUN_MARKER, LOCK_INFO, "checkpoints", "final", ".final.tmp", "metrics.jsonl", "loss.png",
                          "expert_load.png", "hyperclone", "README.md"})
+TUNE_MARKER = "hyperclone_tune.json"
+TUNE_ENTRIES = frozenset({TUNE_MARKER, LOCK_INFO, "tune.json", "tune.png", "recipe.yaml", "runs"})  # what `tune` writes
 SHARD = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.partial)?")
 
 
@@ -78,8 +80,9 @@ def _foreign(out: Path, owned: set[str] | frozenset[str]) -> str | None:
 def check_replaceable(out: Path, kind: str) -> None:
     """Refuse (one line) to replace `out` unless hyperclone wrote everything in it.
 
-    `kind` is "grow" (a grown checkpoint, known by its growth.json) or "run" (a training run
-    directory, known by its run marker). An empty directory holds nothing to lose and may be reused.
+    `kind` is "grow" (a grown checkpoint, known by its growth.json), "run" (a training run directory,
+    known by its run marker) or "tune" (a learning-rate search, known by its marker). An empty
+    directory holds nothing to lose and may be reused.
     """
     if not out.is_dir():
         raise UserError(f"{out} exists and is not a directory: hyperclone replaces only its own output directories; choose another -o")
@@ -88,9 +91,13 @@ def check_replaceable(out: Path, kind: str) -> None:
     cwd = Path.cwd().resolve()
     if _inside(cwd, out.resolve()):
         raise UserError(f"{out} is the current directory or contains it: hyperclone will not replace it; choose another -o")
-    owned = _grown_files(out) if kind == "grow" else (RUN_ENTRIES if (out / RUN_MARKER).is_file() else None)
+    markers = {"run": (RUN_MARKER, RUN_ENTRIES, "a training run"), "tune": (TUNE_MARKER, TUNE_ENTRIES, "a learning-rate search")}
+    if kind == "grow":
+        owned, what = _grown_files(out), f"a grown checkpoint (no {MANIFEST})"
+    else:
+        marker, entries, name = markers[kind]
+        owned, what = (entries if (out / marker).is_file() else None), f"{name} (no {marker})"
     if owned is None:
-        what = f"a grown checkpoint (no {MANIFEST})" if kind == "grow" else f"a training run (no {RUN_MARKER})"
         raise UserError(f"{out} is not {what} written by hyperclone, and holds {_foreign(out, frozenset())}: --force only "
                         "replaces hyperclone's own outputs; move it away yourself or choose another -o")
     stranger = _foreign(out, owned)

@@ -8,13 +8,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from hyperclone.errors import UserError
+from hyperclone.train.data import mixture
 from hyperclone.yamlio import parse_yaml, read_yaml
 
 
 @dataclass
 class TrainConfig:
     model: str = ""
-    data: str = ""
+    data: str | list = ""  # a path, or a mixture: ["PATH=WEIGHT", ...] or [{path, weight}, ...]
+    decay_data: str | list | None = None  # a second mixture that takes over when the WSD decay starts (MiniCPM)
     out: str | None = None
     max_steps: int = 200
     seq_len: int = 256
@@ -120,6 +122,16 @@ def _warn_about_schedule(config: TrainConfig) -> None:
                       "overlap: the run has no stable phase", UserWarning, stacklevel=3)
 
 
+def _check_data(config: TrainConfig) -> None:
+    """Parse the mixtures now, so a bad weight is named before anything is loaded."""
+    mixture(config.data, "--data")
+    if config.decay_data is None:
+        return
+    mixture(config.decay_data, "--decay-data")
+    if config.schedule != "wsd":
+        raise UserError(f"--decay-data takes over when the WSD decay starts: it needs --schedule wsd, not {config.schedule}")
+
+
 def make_config(recipe: str | os.PathLike | None = None, **overrides) -> TrainConfig:
     """Defaults, then the recipe, then every override that is not None."""
     known = {f.name: f for f in fields(TrainConfig)}
@@ -146,5 +158,6 @@ def make_config(recipe: str | os.PathLike | None = None, **overrides) -> TrainCo
     _check_ranges(config)
     if not config.model or not config.data:
         raise UserError("training needs --model DIR and --data PATH")
+    _check_data(config)
     _warn_about_schedule(config)
     return config

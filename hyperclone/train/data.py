@@ -139,6 +139,64 @@ def pack(data, tokenizer: Tokenizer, seq_len: int):
     return data.map(group, batched=True, batch_size=256, remove_columns=["text"])
 
 
+@dataclass(frozen=True)
+class Source:
+    """One corpus of a data mixture and its share of the blocks drawn."""
+
+    path: str
+    weight: float = 1.0
+
+
+def mixture(value, setting: str = "--data") -> list[Source]:
+    """A data setting as sources: a path, `PATH=WEIGHT` strings (repeatable flags), or a recipe's list of
+    `{path, weight}` mappings. Weights are relative; a single source needs none."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    sources = []
+    for item in items:
+        if isinstance(item, dict):
+            unknown = sorted(set(item) - {"path", "weight"})
+            if unknown or "path" not in item:
+                raise UserError(f"{setting}: each source is {{path, weight}}, got {item!r}")
+            path, weight = str(item["path"]), item.get("weight", 1.0)
+        elif isinstance(item, str):
+            path, sep, text = item.rpartition("=")
+            if not sep:
+                path, text = item, "1"
+            try:
+                weight = float(text)
+            except ValueError:
+                path, weight = item, 1.0  # an '=' that is part of the path
+        else:
+            raise UserError(f"{setting}: a source is a path or {{path, weight}}, got {item!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+            raise UserError(f"{setting}: the weight of {path} must be a positive number, got {weight!r}")
+        sources.append(Source(path, float(weight)))
+    if not sources or not all(s.path for s in sources):
+        raise UserError(f"{setting}: give at least one data path")
+    return sources
+
+
+def mixed_blocks(sources: list[Source], tokenizer: Tokenizer, seq_len: int, text_field: str, streaming: bool, seed: int,
+                 eval_fraction: float):
+    """Train and eval blocks of a mixture: each source packed and split on its own (so each holds out its
+    own eval share), then interleaved by weight with the seed — the same order on every run and process.
+    Each block carries its `source` index, so the loop can log what it trained on."""
+    parts = []
+    for index, source in enumerate(sources):
+        blocks = pack(load_corpus(source.path, text_field, streaming), tokenizer, seq_len)
+        split = train_eval_split(blocks, eval_fraction, seed + index, streaming)
+        parts.append([d.map(lambda _, i=index: {"source": i}) for d in split])
+    if len(parts) == 1:
+        return tuple(parts[0])
+    from datasets import interleave_datasets
+
+    total = sum(s.weight for s in sources)
+    shares = [s.weight / total for s in sources]
+    # all_exhausted: every block of every source is seen each epoch, the small sources repeated to keep the shares
+    return tuple(interleave_datasets([p[k] for p in parts], probabilities=shares, seed=seed, stopping_strategy="all_exhausted")
+                 for k in (0, 1))
+
+
 def train_eval_split(blocks, eval_fraction: float, seed: int, streaming: bool, eval_blocks: int = 0):
     """Shuffle once with the seed; hold out a fraction (or a count, when streaming) for evaluation."""
     if streaming:

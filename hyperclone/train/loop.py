@@ -22,11 +22,11 @@ from hyperclone.errors import UserError
 from hyperclone.progress import stderr
 from hyperclone.train.checkpoint import Checkpointer
 from hyperclone.train.config import TrainConfig, make_config
-from hyperclone.train.data import load_corpus, load_tokenizer, pack, train_eval_split
+from hyperclone.train.data import load_tokenizer, mixed_blocks, mixture
 from hyperclone.train.optim import build_optimizer
 from hyperclone.train.qkclip import QKClip
 from hyperclone.train.rundir import RunDirectory
-from hyperclone.train.schedule import build_scheduler
+from hyperclone.train.schedule import build_scheduler, decay_start_step
 
 EXPERT_LOAD_EVERY = 10  # steps between per-expert load records in metrics.jsonl (large MoEs make them long)
 
@@ -38,6 +38,7 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     batches: int = 0  # micro-batches drawn so far, skipped steps included: the data position
+    decay_batches: int = 0  # the same, from --decay-data once the decay has started
     skipped_steps: int = 0
     bad_in_a_row: int = 0
 
@@ -56,7 +57,7 @@ class Run:
     model: Any
     optimizer: Any
     scheduler: Any
-    batches: "_Batches"
+    feed: "_Feed"
     eval_loader: Any
     balance: Any
     qk: QKClip | None
@@ -122,8 +123,32 @@ class _Batches:
 
 
 def _collate(rows):
-    ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
-    return {"input_ids": ids}
+    return {"input_ids": torch.tensor([r["input_ids"] for r in rows], dtype=torch.long),
+            "source": torch.tensor([r["source"] for r in rows], dtype=torch.long)}
+
+
+class _Feed:
+    """Training batches: the --data mixture, then --decay-data's from the decay's first step on (MiniCPM's
+    two-stage pretraining). Each has its own position in TrainState, so resume is exact in either phase."""
+
+    def __init__(self, main: _Batches, names: list[str], decay: _Batches | None, decay_names: list[str], decay_start: int):
+        self.main, self.names, self.decay, self.decay_names, self.decay_start = main, names, decay, decay_names, decay_start
+
+    def in_decay(self, state: TrainState) -> bool:
+        return self.decay is not None and state.step >= self.decay_start
+
+    def skip(self, state: TrainState) -> None:
+        self.main.skip(state.batches)
+        if self.decay is not None:
+            self.decay.skip(state.decay_batches)
+
+    def next(self, state: TrainState):
+        """The next micro-batch and the names of its mixture's sources."""
+        if self.in_decay(state):
+            state.decay_batches += 1
+            return self.decay.next(), self.decay_names
+        state.batches += 1
+        return self.main.next(), self.names
 
 
 def _trackers(cfg: TrainConfig) -> str | None:
@@ -137,17 +162,25 @@ def _trackers(cfg: TrainConfig) -> str | None:
 
 
 def _data(cfg: TrainConfig, model, accelerator, log: "_Log"):
-    """Train and eval dataloaders of packed blocks, the same on every process."""
+    """Train and eval dataloaders of packed blocks, the same on every process; a decay-phase train
+    loader when --decay-data is given (None otherwise). Eval always uses --data's held-out blocks, so
+    the eval curve stays comparable across the switch."""
     tokenizer = load_tokenizer(cfg.model, model.config.vocab_size)
+    settings = (tokenizer, cfg.seq_len, cfg.text_field, cfg.streaming, cfg.seed, cfg.eval_fraction)
     with accelerator.main_process_first():
-        blocks = pack(load_corpus(cfg.data, cfg.text_field, cfg.streaming), tokenizer, cfg.seq_len)
-        train_blocks, eval_blocks = train_eval_split(blocks, cfg.eval_fraction, cfg.seed, cfg.streaming)
+        train_blocks, eval_blocks = mixed_blocks(mixture(cfg.data), *settings)
+        decay_blocks = mixed_blocks(mixture(cfg.decay_data, "--decay-data"), *settings)[0] if cfg.decay_data else None
     log.say(f"tokenizer: {tokenizer.description}")
-    if not cfg.streaming and len(train_blocks) < cfg.batch_size * accelerator.num_processes:
-        raise UserError(f"the data gives {len(train_blocks)} training blocks, fewer than one global batch: give more text")
-    loader = torch.utils.data.DataLoader(train_blocks, batch_size=cfg.batch_size, shuffle=False, drop_last=True, collate_fn=_collate)
+    loaders = []
+    for blocks, setting in ((train_blocks, "--data"), (decay_blocks, "--decay-data")):
+        if blocks is None:
+            loaders.append(None)
+            continue
+        if not cfg.streaming and len(blocks) < cfg.batch_size * accelerator.num_processes:
+            raise UserError(f"{setting} gives {len(blocks)} training blocks, fewer than one global batch: give more text")
+        loaders.append(torch.utils.data.DataLoader(blocks, batch_size=cfg.batch_size, shuffle=False, drop_last=True, collate_fn=_collate))
     eval_loader = torch.utils.data.DataLoader(eval_blocks, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate)
-    return loader, eval_loader
+    return loaders[0], loaders[1], eval_loader
 
 
 def _balance(cfg: TrainConfig, model):
@@ -204,19 +237,21 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and cfg.seq_len > limit:
         raise UserError(f"--seq-len {cfg.seq_len} is beyond the model's max_position_embeddings {limit}")
-    loader, eval_loader = _data(cfg, model, accelerator, log)
+    loader, decay_loader, eval_loader = _data(cfg, model, accelerator, log)
     balance = _balance(cfg, model)
     expert_scale = math.sqrt(balance.spec.top_k / balance.spec.experts) if balance is not None and cfg.expert_lr == "hunyuan" else 1.0
     qk = QKClip(model, cfg.qk_clip_tau) if cfg.optimizer == "muonclip" else None
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, expert_scale, qk)
     state = TrainState.from_dict(Checkpointer.state_of(start_from)) if start_from else TrainState()
     warmup = cfg.warmup_steps()
-    decay_start = state.step if cfg.decay_from else None
+    # a branch decays from its checkpoint's step, also when it is itself resumed later
+    branch = Checkpointer.state_of(Path(cfg.decay_from))["step"] if cfg.decay_from else None
     scheduler = build_scheduler(optimizer, cfg.max_steps, warmup, cfg.schedule, cfg.decay_fraction, cfg.decay_shape,
-                                cfg.min_lr_ratio, decay_start)
+                                cfg.min_lr_ratio, branch)
     # The scheduler stays out of prepare(): Accelerate would step it once per process per step, and the
     # schedule is defined in optimizer steps. It is still saved and restored with the checkpoints.
     model, optimizer, loader, eval_loader = accelerator.prepare(model, optimizer, loader, eval_loader)
+    decay_loader = accelerator.prepare(decay_loader) if decay_loader is not None else None
     accelerator.register_for_checkpointing(scheduler)
     if start_from is not None:
         checkpointer.load(start_from)
@@ -228,10 +263,13 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
                 group["lr"] = base * scheduler.lr_lambdas[0](state.step)
     if trackers:
         accelerator.init_trackers("hyperclone", config={k: v for k, v in cfg.as_dict().items() if isinstance(v, (int, float, str, bool))})
-    batches = _Batches(loader, accelerator)
-    batches.skip(state.batches)
+    feed = _Feed(_Batches(loader, accelerator), [s.path for s in mixture(cfg.data)],
+                 _Batches(decay_loader, accelerator) if decay_loader is not None else None,
+                 [s.path for s in mixture(cfg.decay_data, "--decay-data")] if cfg.decay_data else [],
+                 decay_start_step(cfg.max_steps, warmup, cfg.decay_fraction, branch))
+    feed.skip(state)
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * accelerator.num_processes
-    return Run(cfg, out, accelerator, model, optimizer, scheduler, batches, eval_loader, balance, qk, checkpointer, rundir,
+    return Run(cfg, out, accelerator, model, optimizer, scheduler, feed, eval_loader, balance, qk, checkpointer, rundir,
                log, state, tokens_per_step)
 
 
@@ -242,10 +280,11 @@ def train_step(run: Run) -> dict | None:
     started = time.perf_counter()
     step_lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
     run.model.train()
-    losses, finite, grad_norm = [], True, None
+    losses, finite, grad_norm, drawn = [], True, None, None
     for _ in range(cfg.grad_accum):
-        batch = run.batches.next()
-        state.batches += 1
+        batch, names = run.feed.next(state)
+        counts = torch.bincount(batch["source"].cpu(), minlength=len(names))
+        drawn = counts if drawn is None else drawn + counts
         with acc.accumulate(run.model):
             loss = run.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
             extra = run.balance.take_loss() if run.balance else None
@@ -271,6 +310,7 @@ def train_step(run: Run) -> dict | None:
         "lr": step_lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
         "tokens_per_s": run.tokens_per_step / (time.perf_counter() - started),
         "max_attn_logit": run.qk.last_max if run.qk is not None else None,
+        "data": dict(zip(names, acc.reduce(drawn.to(acc.device), "sum").cpu().tolist())),  # blocks per source, all processes
     }
     if load is not None and (state.step % EXPERT_LOAD_EVERY == 0 or state.step == cfg.max_steps):
         record["expert_load"] = load  # tokens per expert this step, per MoE layer

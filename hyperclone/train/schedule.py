@@ -17,6 +17,12 @@ SCHEDULES = ("wsd", "cosine", "constant")
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exp")
 
 
+def decay_start_step(total: int, warmup: int, decay_fraction: float, decay_start: int | None = None) -> int:
+    """The 0-based step where a WSD decay begins (a branch's own start, or the last `decay_fraction`)."""
+    start = decay_start if decay_start is not None else total - int(round(decay_fraction * total))
+    return max(start, warmup)
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str = "wsd", decay_fraction: float = 0.2,
               decay_shape: str = "linear", min_ratio: float = 0.0, decay_start: int | None = None) -> float:
     """Multiplier of the peak learning rate at `step` (0-based) of `total` steps."""
@@ -27,8 +33,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str = "wsd", decay_f
     if schedule == "cosine":
         progress = (step - warmup) / max(1, total - warmup)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    start = decay_start if decay_start is not None else total - int(round(decay_fraction * total))
-    start = max(start, warmup)
+    start = decay_start_step(total, warmup, decay_fraction, decay_start)
     if step < start:
         return 1.0
     progress = min(1.0, (step - start + 1) / max(1, total - start))

@@ -1,0 +1,182 @@
+"""MiniCPM's model wind tunnel for the learning rate: short WSD runs over a grid of peak learning rates.
+
+A WSD run's final loss at budget B only depends on its stable phase up to (1 - decay) * B and the
+decay after it, so one constant-LR run per learning rate, checkpointed at every branch point, plus a
+short decay branch per budget gives the final loss at every budget for little more than the cost of
+the largest (MiniCPM, section 4). The best learning rate at the full budget becomes a training recipe;
+the losses at the smaller budgets say how many tokens each learning rate needs to reach a loss.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyperclone.errors import UserError
+from hyperclone.io.guard import TUNE_MARKER, check_replaceable, refuse_overlap
+from hyperclone.progress import stderr
+from hyperclone.train.config import TrainConfig, make_config
+from hyperclone.train.loop import train
+
+DEFAULT_BUDGETS = (1, 2, 4, 8)  # in eighths of the budget: 1/8, 1/4, 1/2 and all of it
+LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # the default grid around the recipe's learning rate
+
+
+@dataclass(frozen=True)
+class Branches:
+    """Where the stable run is checkpointed and how long each decay branch from there runs, in steps.
+
+    Budgets are whole multiples of `unit` steps, so their branch points are multiples of one
+    checkpoint interval (`save_every`) and the stable run's periodic checkpoints land on every one."""
+
+    unit: int
+    save_every: int
+    budgets: tuple[int, ...]  # multiples of unit
+
+    @classmethod
+    def plan(cls, total_steps: int, budgets: tuple[int, ...], decay_fraction: float) -> "Branches":
+        unit = total_steps // max(budgets)
+        save_every = unit - round(decay_fraction * unit)
+        if unit < 2 or save_every < 1 or save_every == unit:
+            raise UserError(f"a budget of {total_steps} steps is too short to branch {max(budgets)} ways with "
+                            f"--decay-fraction {decay_fraction}: give more --budget-tokens")
+        return cls(unit, save_every, tuple(sorted(budgets)))
+
+    def steps(self, k: int) -> int:
+        return k * self.unit
+
+    def branch_at(self, k: int) -> int:
+        return k * self.save_every
+
+
+def _grid(lrs, base: float) -> list[float]:
+    values = sorted({float(x) for x in lrs}) if lrs else [base * f for f in LR_FACTORS]
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise UserError(f"--lrs must be positive numbers, got {lrs!r}")
+    return values
+
+
+def _prepare(out: Path, model: Path, force: bool) -> None:
+    """The tune directory: new, or (with --force) one hyperclone tune wrote, whose runs are its own."""
+    refuse_overlap(out, [model], "the model being tuned")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out} already holds results: pass --force to tune again there, or another -o")
+        check_replaceable(out, "tune")
+        for run in sorted((out / "runs").glob("*/*")):  # runs/lr-X/{stable,budget-K}: each one of train's run directories
+            check_replaceable(run, "run")
+        shutil.rmtree(out / "runs", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TUNE_MARKER).write_text(json.dumps({"kind": "tune"}) + "\n")
+
+
+def _final_eval(run: Path) -> float:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r["eval_loss"] for r in records if "eval_loss" in r][-1]
+
+
+def _one_lr(base: TrainConfig, lr: float, branches: Branches, warmup: int, folder: Path) -> dict[int, float]:
+    """One stable run at `lr` and a decay branch per budget: {budget steps: final eval loss}."""
+    common = {**base.as_dict(), "lr": lr, "warmup": warmup, "progress": False, "force": True, "resume": False}
+    stable = folder / "stable"
+    train(make_config(**{**common, "out": str(stable), "schedule": "constant", "max_steps": branches.branch_at(max(branches.budgets)),
+                         "save_every": branches.save_every, "keep": max(branches.budgets), "eval_every": branches.save_every,
+                         "eval_at_start": True}))
+    losses = {}
+    for k in branches.budgets:
+        run = folder / f"budget-{k}"
+        checkpoint = stable / "checkpoints" / f"step-{branches.branch_at(k)}"
+        train(make_config(**{**common, "out": str(run), "schedule": "wsd", "max_steps": branches.steps(k),
+                             "decay_from": str(checkpoint), "save_every": 0, "eval_every": 0}))
+        losses[branches.steps(k)] = _final_eval(run)
+    return losses
+
+
+def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *, lrs=None, budget_tokens: int | None = None,
+         budgets: tuple[int, ...] = DEFAULT_BUDGETS, extend: int = 2, recipe: str | None = None, force: bool = False,
+         **settings) -> dict:
+    """Final eval loss over a grid of peak learning rates (and budgets); writes tune.json, tune.png and
+    recipe.yaml (the recipe's settings with the best learning rate) into `out`.
+
+    When the best lies at an edge of the grid, up to `extend` more learning rates are tried beyond it
+    (a factor 2 apart), so a grid that missed the optimum does not hand back its edge as the answer."""
+    base = make_config(recipe, model=str(model), data=data, **settings)
+    tokens_per_step = base.batch_size * base.seq_len * base.grad_accum
+    total = budget_tokens // tokens_per_step if budget_tokens else base.max_steps
+    branches = Branches.plan(total, tuple(budgets), base.decay_fraction)
+    grid = _grid(lrs, base.lr)
+    warmup = TrainConfig(**{**base.as_dict(), "max_steps": branches.steps(max(branches.budgets))}).warmup_steps()
+    target = Path(out or f"{Path(model).name}-tune")
+    _prepare(target, Path(model), force)
+    results: dict[float, dict[int, float]] = {}
+    full = branches.steps(max(branches.budgets))
+    while grid:
+        for lr in grid:
+            stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(branches.budgets)} decay branches", highlight=False)
+            results[lr] = _one_lr(base, lr, branches, warmup, target / "runs" / f"lr-{lr:.3g}")
+            stderr.print("  final eval loss " + ", ".join(f"{loss:.4f} at {s * tokens_per_step:,} tokens" for s, loss in results[lr].items()),
+                         highlight=False)
+        grid = _beyond_edge(results, full) if extend > 0 and len(results) > 1 else []
+        extend -= 1
+    return _report(results, base, branches, tokens_per_step, target)
+
+
+def _beyond_edge(results: dict[float, dict[int, float]], full: int) -> list[float]:
+    """One more learning rate past the edge the best sits on, or none when the best is inside."""
+    ordered = sorted(results)
+    best = min(ordered, key=lambda lr: results[lr][full])
+    return [best * 2] if best == ordered[-1] else [best / 2] if best == ordered[0] else []
+
+
+def _report(results: dict[float, dict[int, float]], base: TrainConfig, branches: Branches, tokens_per_step: int, out: Path) -> dict:
+    full = branches.steps(max(branches.budgets))
+    best = min(results, key=lambda lr: results[lr][full])
+    grid = sorted(results)
+    if len(grid) > 1 and best in (grid[0], grid[-1]):
+        warnings.warn(f"the best learning rate {best:.3g} is at the edge of the grid: the optimum may lie beyond it; "
+                      "extend --lrs", UserWarning, stacklevel=3)
+    summary = {
+        "model": base.model, "data": base.data, "optimizer": base.optimizer, "best_lr": best, "best_eval_loss": results[best][full],
+        "budget_tokens": full * tokens_per_step, "warmup": base.warmup, "decay_fraction": base.decay_fraction,
+        "budgets_tokens": [branches.steps(k) * tokens_per_step for k in branches.budgets],
+        "eval_loss": {f"{lr:.6g}": {str(steps * tokens_per_step): loss for steps, loss in by.items()} for lr, by in results.items()},
+        "recipe": str(out / "recipe.yaml"), "plot": str(out / "tune.png"),
+    }
+    (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_recipe(out / "recipe.yaml", base, best, summary)
+    _plot(results, tokens_per_step, best, out / "tune.png")
+    return summary
+
+
+def _write_recipe(path: Path, base: TrainConfig, lr: float, summary: dict) -> None:
+    lines = ["kind: training",
+             f"description: chosen by hyperclone tune, best final eval loss {summary['best_eval_loss']:.4f} at "
+             f"{summary['budget_tokens']:,} tokens over learning rates {', '.join(summary['eval_loss'])}",
+             f"optimizer: {base.optimizer}", f"lr: {lr:.6g}", "schedule: wsd", f"warmup: {base.warmup}",
+             f"decay_fraction: {base.decay_fraction}", f"decay_shape: {base.decay_shape}", f"weight_decay: {base.weight_decay}",
+             f"seq_len: {base.seq_len}", f"batch_size: {base.batch_size}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _plot(results: dict[float, dict[int, float]], tokens_per_step: int, best: float, out: Path) -> None:
+    from hyperclone.train.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    lrs = sorted(results)
+    for steps in sorted(next(iter(results.values()))):
+        ax.plot(lrs, [results[lr][steps] for lr in lrs], "o-", label=f"{steps * tokens_per_step:,} tokens")
+    ax.axvline(best, color="grey", linestyle=":", label=f"best {best:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("final eval loss")
+    ax.set_title("wind tunnel: WSD decay branches per learning rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,69 @@
+"""`hyperclone tune`: MiniCPM's wind tunnel on a tiny real model and real text — a stable run per
+learning rate, real WSD decay branches, the best learning rate written as a recipe `train` accepts."""
+import json
+import os
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import hyperclone
+from hyperclone.train.config import make_config
+
+DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+SMALL = dict(seq_len=64, batch_size=4, optimizer="adamw", eval_batches=4)
+
+
+def test_wind_tunnel_finds_a_sane_learning_rate_and_writes_a_recipe(tiny, tmp_path):
+    model = tiny("llama", vocab_size=300)
+    with pytest.warns(UserWarning, match="edge of the grid"):  # 32 steps favour the largest learning rate here
+        result = hyperclone.tune(model, DATA, tmp_path / "tune", lrs=[3e-3, 1e-4, 0.03], budget_tokens=32 * 256,
+                                 extend=0, **SMALL)
+    losses = {float(lr): {int(t): v for t, v in by.items()} for lr, by in result["eval_loss"].items()}
+    assert sorted(losses) == [1e-4, 3e-3, 0.03] and all(len(by) == 4 for by in losses.values())
+    assert result["budgets_tokens"] == [4 * 256, 8 * 256, 16 * 256, 32 * 256]
+    full = {lr: by[32 * 256] for lr, by in losses.items()}
+    assert result["best_lr"] == min(full, key=full.get) and result["best_eval_loss"] == min(full.values())
+    assert full[1e-4] > full[3e-3] + 0.5, full  # 32 steps at a tiny learning rate barely move the loss
+    sane = losses[3e-3]
+    assert sane[32 * 256] < sane[4 * 256] - 0.3, sane  # a longer budget reaches a lower loss
+    # every branch really decayed from its stable checkpoint: 16-step budget branches at step 12 (20 % decay)
+    branch = [json.loads(line) for line in (tmp_path / "tune" / "runs" / "lr-0.003" / "budget-4" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in branch if "loss" in r]
+    assert steps == list(range(13, 17)) and branch[-1]["eval_loss"] == sane[16 * 256]
+    recipe = make_config(result["recipe"], model=str(model), data=DATA)
+    assert recipe.lr == result["best_lr"] and recipe.optimizer == "adamw" and recipe.schedule == "wsd"
+    assert (tmp_path / "tune" / "tune.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "tune" / "tune.json").read_text())["best_lr"] == result["best_lr"]
+
+
+def test_cli_extends_past_the_edge_and_keeps_to_the_force_rules(tiny, tmp_path):
+    model = tiny("llama", vocab_size=300)
+    exe = shutil.which("hyperclone")
+    args = [exe, "tune", "--model", str(model), "--data", DATA, "--lrs", "3e-4,3e-3", "--budget-tokens", str(24 * 256),
+            "--seq-len", "64", "--batch-size", "4", "--optimizer", "adamw", "--extend", "1", "-o", str(tmp_path / "t")]
+    first = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+    assert first.returncode == 0, first.stderr
+    # at 24 steps the larger rate wins, so the search tries one past it (x2) before answering
+    assert "tune: lr 0.006" in first.stderr and "6,144 tokens" in first.stdout
+    tried = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert sorted(map(float, tried["eval_loss"])) == [3e-4, 3e-3, 6e-3]
+    assert f"best learning rate {tried['best_lr']:.3g}" in first.stderr and f"* {tried['best_lr']:.6g}" in first.stdout
+    again = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+    assert again.returncode == 2 and "already holds results" in again.stderr and "Traceback" not in again.stderr
+    rerun = subprocess.run([*args, "--force", "--lrs", "3e-3", "--extend", "0"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr  # its own earlier search is replaced
+    assert list(json.loads((tmp_path / "t" / "tune.json").read_text())["eval_loss"]) == ["0.003"]
+    (tmp_path / "t" / "mine.txt").write_text("notes")
+    forced = subprocess.run([*args, "--force"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert forced.returncode == 2 and "mine.txt" in forced.stderr and (tmp_path / "t" / "mine.txt").exists()
+    bad = subprocess.run([*args[:-1], str(tmp_path / "u"), "--lrs", "fast"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert bad.returncode == 2 and "--lrs" in bad.stderr
+
+
+def test_too_short_a_budget_is_one_line(tiny, tmp_path):
+    with pytest.raises(hyperclone.UserError, match="too short to branch"):
+        hyperclone.tune(tiny("llama", vocab_size=300), DATA, tmp_path / "t", budget_tokens=4 * 256, **SMALL)
