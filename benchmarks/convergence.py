@@ -308,16 +308,21 @@ def main() -> None:
     result = {"benchmark": "convergence", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "corpus": str(args.data) if args.data else "Python standard library source (.py, no tests), UTF-8 bytes as tokens",
               **run(scale, data, args.out)}
+    stem = "convergence" if args.data is None else f"convergence-{args.data.name}"
+    _write(result, args.out, stem, args.record)  # the arms first: a long --sizes sweep must not hold them hostage
     if args.sizes:
         result["sizes"] = sizes_sweep(scale, result, data, args.out / "sizes")
-    stem = "convergence" if args.data is None else f"convergence-{args.data.name}"
-    _plot(result, args.out / f"{stem}.png")
-    (args.out / f"{stem}.md").write_text(_table(result, stem))
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    if args.record:
-        for suffix in (".json", ".md", ".png"):
-            shutil.copy(args.out / f"{stem}{suffix}", HERE / "results" / f"{stem}{suffix}")
+        _write(result, args.out, stem, args.record)
     print(json.dumps(result) if args.json else _table(result, stem))
+
+
+def _write(result: dict, out: Path, stem: str, record: bool) -> None:
+    _plot(result, out / f"{stem}.png")
+    (out / f"{stem}.md").write_text(_table(result, stem))
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if record:
+        for suffix in (".json", ".md", ".png"):
+            shutil.copy(out / f"{stem}{suffix}", HERE / "results" / f"{stem}{suffix}")
 
 
 def _fit(scale: Scale, minutes: float) -> Scale:
@@ -354,6 +359,10 @@ def _x(value: float | None, bound: bool = False) -> str:
     return "not reached" if value is None else f"{'≥ ' if bound else ''}{value:.2f}x"
 
 
+def _minutes(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds / 60:.1f}"
+
+
 def _table(result: dict, stem: str) -> str:
     rows = ["| arm | lr (tuned) | start eval loss | final eval loss | target (twin's final) | tokens to target | speedup | incl. small model | minutes |",
             "|---|---|---|---|---|---|---|---|---|"]
@@ -361,16 +370,17 @@ def _table(result: dict, stem: str) -> str:
         reached = arm.get("tokens_to_baseline_final")
         rows.append(f"| {name} | {arm['lr']:.3g} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | "
                     f"{arm['target_eval_loss']:.3f} | {'—' if reached is None else f'{reached:,.0f}'} | "
-                    f"{_x(arm['speedup'], arm['speedup_is_lower_bound'])} | {_x(arm['speedup_including_small'])} | {arm['seconds'] / 60:.1f} |"
+                    f"{_x(arm['speedup'], arm['speedup_is_lower_bound'])} | {_x(arm['speedup_including_small'])} | {_minutes(arm['seconds'])} |"
                     if "speedup" in arm else
-                    f"| {name} | {arm['lr']:.3g} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | — | — | — | — | {arm['seconds'] / 60:.1f} |")
+                    f"| {name} | {arm['lr']:.3g} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | — | — | — | — | {_minutes(arm['seconds'])} |")
     large, small = result["large"], result["small"]
     head = (f"# Convergence after growth\n\n{result['corpus']}. Small model {small['params']:,} parameters trained for "
             f"{small['tokens']:,} tokens ({small['tokens'] / small['params']:.0f} per parameter, eval loss {small['final_eval_loss']:.3f}); "
             "each large pair (random init and grown twin) trained for 20 tokens per parameter of its architecture: "
             + ", ".join(f"{k} {large['params'][k]:,} parameters, {large['tokens'][k]:,} tokens" for k in large["params"])
             + f". {large['schedule']}. "
-            f"{result['minutes']} minutes on {result['machine']['cuda'] or str(result['machine']['cpus']) + ' CPU cores'}.\n\n")
+            f"{_minutes(result['minutes'] * 60 if result['minutes'] is not None else None)} minutes on "
+            f"{result['machine']['cuda'] or str(result['machine']['cpus']) + ' CPU cores'}.\n\n")
     table = head + "\n".join(rows) + "\n"
     if "sizes" in result:
         table += "\n| hidden (small) | params (x2 wide) | tokens | speedup | incl. small | lr random / grown |\n|---|---|---|---|---|---|\n"
