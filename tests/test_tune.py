@@ -57,6 +57,10 @@ def test_cli_extends_past_the_edge_and_keeps_to_the_force_rules(tiny, tmp_path):
     rerun = subprocess.run([*args, "--force", "--lrs", "3e-3", "--extend", "0"], capture_output=True, text=True, env=ENV, timeout=600)
     assert rerun.returncode == 0, rerun.stderr  # its own earlier search is replaced
     assert list(json.loads((tmp_path / "t" / "tune.json").read_text())["eval_loss"]) == ["0.003"]
+    (tmp_path / "t" / "runs" / "mine.txt").write_text("notes")  # inside its runs/ folder: still not its to delete
+    forced = subprocess.run([*args, "--force"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert forced.returncode == 2 and "mine.txt" in forced.stderr and (tmp_path / "t" / "runs" / "mine.txt").exists()
+    (tmp_path / "t" / "runs" / "mine.txt").unlink()
     (tmp_path / "t" / "mine.txt").write_text("notes")
     forced = subprocess.run([*args, "--force"], capture_output=True, text=True, env=ENV, timeout=600)
     assert forced.returncode == 2 and "mine.txt" in forced.stderr and (tmp_path / "t" / "mine.txt").exists()

@@ -22,7 +22,7 @@ from hyperclone.errors import UserError
 from hyperclone.progress import stderr
 from hyperclone.train.checkpoint import Checkpointer
 from hyperclone.train.config import TrainConfig, make_config
-from hyperclone.train.data import load_tokenizer, mixed_blocks, mixture
+from hyperclone.train.data import Source, load_tokenizer, mixed_blocks, mixture
 from hyperclone.train.optim import build_optimizer
 from hyperclone.train.qkclip import QKClip
 from hyperclone.train.rundir import RunDirectory
@@ -161,15 +161,15 @@ def _trackers(cfg: TrainConfig) -> str | None:
     return trackers
 
 
-def _data(cfg: TrainConfig, model, accelerator, log: "_Log"):
+def _data(cfg: TrainConfig, model, accelerator, log: "_Log", sources: list[Source], decay_sources: list[Source]):
     """Train and eval dataloaders of packed blocks, the same on every process; a decay-phase train
     loader when --decay-data is given (None otherwise). Eval always uses --data's held-out blocks, so
     the eval curve stays comparable across the switch."""
     tokenizer = load_tokenizer(cfg.model, model.config.vocab_size)
     settings = (tokenizer, cfg.seq_len, cfg.text_field, cfg.streaming, cfg.seed, cfg.eval_fraction)
     with accelerator.main_process_first():
-        train_blocks, eval_blocks = mixed_blocks(mixture(cfg.data), *settings)
-        decay_blocks = mixed_blocks(mixture(cfg.decay_data, "--decay-data"), *settings)[0] if cfg.decay_data else None
+        train_blocks, eval_blocks = mixed_blocks(sources, *settings)
+        decay_blocks = mixed_blocks(decay_sources, *settings)[0] if decay_sources else None
     log.say(f"tokenizer: {tokenizer.description}")
     loaders = []
     for blocks, setting in ((train_blocks, "--data"), (decay_blocks, "--decay-data")):
@@ -237,7 +237,9 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and cfg.seq_len > limit:
         raise UserError(f"--seq-len {cfg.seq_len} is beyond the model's max_position_embeddings {limit}")
-    loader, decay_loader, eval_loader = _data(cfg, model, accelerator, log)
+    sources = mixture(cfg.data)
+    decay_sources = mixture(cfg.decay_data, "--decay-data") if cfg.decay_data else []
+    loader, decay_loader, eval_loader = _data(cfg, model, accelerator, log, sources, decay_sources)
     balance = _balance(cfg, model)
     expert_scale = math.sqrt(balance.spec.top_k / balance.spec.experts) if balance is not None and cfg.expert_lr == "hunyuan" else 1.0
     qk = QKClip(model, cfg.qk_clip_tau) if cfg.optimizer == "muonclip" else None
@@ -263,9 +265,8 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
                 group["lr"] = base * scheduler.lr_lambdas[0](state.step)
     if trackers:
         accelerator.init_trackers("hyperclone", config={k: v for k, v in cfg.as_dict().items() if isinstance(v, (int, float, str, bool))})
-    feed = _Feed(_Batches(loader, accelerator), [s.path for s in mixture(cfg.data)],
-                 _Batches(decay_loader, accelerator) if decay_loader is not None else None,
-                 [s.path for s in mixture(cfg.decay_data, "--decay-data")] if cfg.decay_data else [],
+    feed = _Feed(_Batches(loader, accelerator), [s.path for s in sources],
+                 _Batches(decay_loader, accelerator) if decay_loader is not None else None, [s.path for s in decay_sources],
                  decay_start_step(cfg.max_steps, warmup, cfg.decay_fraction, branch))
     feed.skip(state)
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * accelerator.num_processes

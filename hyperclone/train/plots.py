@@ -1,4 +1,4 @@
-"""PNG plots of a run: loss against tokens, and how many tokens each expert received."""
+"""PNG plots of a run: loss against tokens, how many tokens each expert received, and a learning-rate search."""
 from __future__ import annotations
 
 import json
@@ -42,6 +42,25 @@ def plot_expert_load(counts: list[list[int]], layers: list[int], out: Path) -> N
     ax.set_yticks(range(len(layers)), [str(i) for i in layers])
     fig.colorbar(image, ax=ax, label="tokens routed")
     ax.set_title("expert load")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_lr_sweep(losses: dict[float, dict[int, float]], best: float, out: Path) -> None:
+    """Final eval loss against peak learning rate, a line per budget (in tokens)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    lrs = sorted(losses)
+    for tokens in sorted(losses[lrs[0]]):
+        ax.plot(lrs, [losses[lr][tokens] for lr in lrs], "o-", label=f"{tokens:,} tokens")
+    ax.axvline(best, color="grey", linestyle=":", label=f"best {best:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("final eval loss")
+    ax.set_title("wind tunnel: WSD decay branches per learning rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -21,6 +21,7 @@ from hyperclone.io.guard import TUNE_MARKER, check_replaceable, refuse_overlap
 from hyperclone.progress import stderr
 from hyperclone.train.config import TrainConfig, make_config
 from hyperclone.train.loop import train
+from hyperclone.train.plots import plot_lr_sweep
 
 DEFAULT_BUDGETS = (1, 2, 4, 8)  # in eighths of the budget: 1/8, 1/4, 1/2 and all of it
 LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # the default grid around the recipe's learning rate
@@ -67,8 +68,14 @@ def _prepare(out: Path, model: Path, force: bool) -> None:
         if not force:
             raise UserError(f"{out} already holds results: pass --force to tune again there, or another -o")
         check_replaceable(out, "tune")
-        for run in sorted((out / "runs").glob("*/*")):  # runs/lr-X/{stable,budget-K}: each one of train's run directories
-            check_replaceable(run, "run")
+        runs = out / "runs"
+        folders = [runs] if runs.is_symlink() or runs.is_file() else sorted(runs.iterdir()) if runs.is_dir() else []
+        for folder in folders:  # runs/lr-X/{stable,budget-K}: each one of train's run directories
+            if folder.is_symlink() or not folder.is_dir():
+                raise UserError(f"{folder} is not a folder hyperclone tune wrote: --force will not delete it; "
+                                "move it away yourself or choose another -o")
+            for run in sorted(folder.iterdir()):
+                check_replaceable(run, "run")
         shutil.rmtree(out / "runs", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / TUNE_MARKER).write_text(json.dumps({"kind": "tune"}) + "\n")
@@ -135,8 +142,7 @@ def _beyond_edge(results: dict[float, dict[int, float]], full: int) -> list[floa
 def _report(results: dict[float, dict[int, float]], base: TrainConfig, branches: Branches, tokens_per_step: int, out: Path) -> dict:
     full = branches.steps(max(branches.budgets))
     best = min(results, key=lambda lr: results[lr][full])
-    grid = sorted(results)
-    if len(grid) > 1 and best in (grid[0], grid[-1]):
+    if len(results) > 1 and _beyond_edge(results, full):
         warnings.warn(f"the best learning rate {best:.3g} is at the edge of the grid: the optimum may lie beyond it; "
                       "extend --lrs", UserWarning, stacklevel=3)
     summary = {
@@ -148,7 +154,8 @@ def _report(results: dict[float, dict[int, float]], base: TrainConfig, branches:
     }
     (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
     _write_recipe(out / "recipe.yaml", base, best, summary)
-    _plot(results, tokens_per_step, best, out / "tune.png")
+    plot_lr_sweep({lr: {steps * tokens_per_step: loss for steps, loss in by.items()} for lr, by in results.items()}, best,
+                  out / "tune.png")
     return summary
 
 
@@ -160,23 +167,3 @@ def _write_recipe(path: Path, base: TrainConfig, lr: float, summary: dict) -> No
              f"decay_fraction: {base.decay_fraction}", f"decay_shape: {base.decay_shape}", f"weight_decay: {base.weight_decay}",
              f"seq_len: {base.seq_len}", f"batch_size: {base.batch_size}"]
     path.write_text("\n".join(lines) + "\n")
-
-
-def _plot(results: dict[float, dict[int, float]], tokens_per_step: int, best: float, out: Path) -> None:
-    from hyperclone.train.plots import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    lrs = sorted(results)
-    for steps in sorted(next(iter(results.values()))):
-        ax.plot(lrs, [results[lr][steps] for lr in lrs], "o-", label=f"{steps * tokens_per_step:,} tokens")
-    ax.axvline(best, color="grey", linestyle=":", label=f"best {best:.3g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel("final eval loss")
-    ax.set_title("wind tunnel: WSD decay branches per learning rate")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
