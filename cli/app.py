@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hyperclone.arch import DENSE_FAMILIES
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grow small language models into larger ones that compute the same function.")
 out = Console()
 err = Console(stderr=True)
@@ -312,12 +314,19 @@ def presets() -> None:
         settings = ", ".join(f"{k}={v}" for k, v in data.items() if k != "description")
         table.add_row(name, settings, data.get("description", ""))
     out.print(table)
+    table = Table(title="families (transformers model_type of the source)")
+    table.add_column("family")
+    table.add_column("kind")
+    table.add_column("growth")
+    for row in hyperclone.families():
+        table.add_row(row["family"], row["kind"], row["moves"])
+    out.print(table)
 
 
 @app.command()
 @command()
 def demo(
-    family: str = typer.Option("llama", help="Family of the tiny example model."),
+    family: str = typer.Option(DENSE_FAMILIES[0], help="Family of the tiny example model (any of `hyperclone presets`' families)."),
     to: str = typer.Option("2x", "--to", help="Preset or target YAML."),
     workdir: Optional[Path] = typer.Option(None, help="Keep the example models here (default: a temporary directory)."),
 ) -> None:

@@ -1,10 +1,11 @@
 """hyperclone: grow small pretrained language models into larger ones without changing what they compute."""
+from hyperclone.arch import families
 from hyperclone.errors import UserError
-from hyperclone.goals import Goal
+from hyperclone.goals import Goal, load_target
 from hyperclone.grow import grow, load_model, plan
 from hyperclone.inspection import inspect_checkpoint as inspect
-from hyperclone.targets import Target, load_target, presets
+from hyperclone.targets import Target, presets
 from hyperclone.train import train, tune  # binds the function; `python -m hyperclone.train` still finds the package
 from hyperclone.verify import verify
 
-__all__ = ["grow", "plan", "verify", "inspect", "presets", "load_target", "load_model", "train", "tune", "Target", "Goal", "UserError"]
+__all__ = ["grow", "plan", "verify", "inspect", "presets", "families", "load_target", "load_model", "train", "tune", "Target", "Goal", "UserError"]

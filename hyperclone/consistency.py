@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from hyperclone.arch import family_for
-from hyperclone.arch.moe import MOE_LAYOUTS
+from hyperclone.arch import MOE_LAYOUTS
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint
 

@@ -11,16 +11,19 @@ The chosen Target then goes through the ordinary planner, whose exact count is c
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 
 from hyperclone.arch import Role
-from hyperclone.arch.families import NORMS, role_tiling
-from hyperclone.arch.moe import MOE_LAYOUTS, UPCYCLE_REFUSALS, UPCYCLE_TARGETS, MoeLayout
+from hyperclone.arch.families import FFN_ROLES, NORMS, role_tiling
+from hyperclone.arch import MOE_LAYOUTS, MoeLayout
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint
 from hyperclone.spec import spec_from_config
-from hyperclone.targets import DEFAULT_NOISE, DTYPES, Target
+from hyperclone.dtypes import DTYPE_BY_NAME, DTYPE_NAMES, dominant_dtype
+from hyperclone.moe import expand_fused_experts, moe_spec
+from hyperclone.targets import DEFAULT_NOISE, GOAL_MARKERS, Target, named_target, target_from_dict
 
 TOTAL_TOLERANCE = 0.10
 ACTIVE_TOLERANCE = 0.15
@@ -31,7 +34,6 @@ DEFAULT_MAX_WIDTH = 512
 FFN_WEIGHT = 0.2  # an FFN x2 (a distorted FFN:hidden ratio) costs about as much as a 14% miss of the budget
 SHAPE_WEIGHT = 2.0  # a 1% step away from the preferred shape costs as much as a 2% miss of the budget
 DEFAULT_MAX_FFN = 64
-FFN_ROLES = (Role.READ_FFN, Role.WRITE_FFN, Role.GATE_UP_FUSED)
 UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
 
@@ -101,8 +103,8 @@ def goal_from_dict(data: dict, name: str) -> Goal:
         raise UserError(f"noise must be a number >= 0, got {noise!r}")
     out["noise"] = float(noise)
     out["seed"] = _whole("seed", data.get("seed", 0), 0)
-    if data.get("dtype") is not None and data["dtype"] not in DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {data['dtype']!r}")
+    if data.get("dtype") is not None and data["dtype"] not in DTYPE_NAMES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {data['dtype']!r}")
     out["dtype"] = data.get("dtype")
     if data.get("depth_init", "copy") not in ("copy", "fresh"):
         raise UserError(f"depth_init must be 'copy' or 'fresh', got {data['depth_init']!r}")
@@ -185,8 +187,6 @@ class Solver:
     """Enumerates reachable targets for one source and goal, scores them, explains the pick."""
 
     def __init__(self, ckpt: Checkpoint, goal: Goal):
-        from hyperclone.moe import expand_fused_experts, moe_spec
-
         self.ckpt, self.goal = ckpt, goal
         self.src = spec_from_config(ckpt.config)
         self.fam = self.src.adapter
@@ -197,17 +197,13 @@ class Solver:
         else:
             self.moe_in = None
         self.counter = self._counter()
-        from hyperclone.plan import DTYPE_BY_NAME, _dominant_dtype
-
-        dtype = DTYPE_BY_NAME[goal.dtype] if goal.dtype else _dominant_dtype(ckpt)
+        dtype = DTYPE_BY_NAME[goal.dtype] if goal.dtype else dominant_dtype(ckpt.tensors.values())
         # half precision scales experts exactly only by powers of two (see MoePlanner's warning)
         self.factor_ok = (lambda f: f & (f - 1) == 0) if dtype.itemsize == 2 else (lambda f: True)
 
     # -- counting ---------------------------------------------------------------------------
     def _layer_tensors(self, layer: int) -> list[tuple[str, tuple, Role]]:
-        from hyperclone.moe import MoePlanner
-
-        claimed = MoePlanner._claim_pattern(self.layout)
+        claimed = self.layout.claims if self.layout else None
         prefix = f"{self.fam.layer_prefix}{layer}."
         out = []
         for name, info in self.ckpt.tensors.items():
@@ -230,7 +226,12 @@ class Solver:
         if self.moe_in is not None:
             dense_layer = next((i for i, moe in enumerate(self.moe_in.moe_layers) if not moe), None)
         dense = [(s, r) for _, s, r in self._layer_tensors(dense_layer) if r in FFN_ROLES] if dense_layer is not None else []
-        outside = [((src.vocab, src.hidden), Role.LATENT_READ)]  # embedding: columns x n
+        # embeddings (token and learned positions): columns x n; an lm_head bias: fixed (HEAD_NORM never grows)
+        outside = [((src.vocab, src.hidden), Role.LATENT_READ)]
+        outside += [(self.ckpt.tensors[f"{e}.weight"].shape, Role.LATENT_READ) for e in fam.extra_embeds
+                    if f"{e}.weight" in self.ckpt.tensors]
+        if f"{fam.lm_head}.bias" in self.ckpt.tensors:
+            outside.append(((src.vocab,), Role.HEAD_NORM))
         for suffix in ("weight", "bias"):
             if f"{fam.final_norm}.{suffix}" in self.ckpt.tensors:
                 outside.append(((src.hidden,), Role.RES_NORM))
@@ -308,13 +309,12 @@ class Solver:
                     out.append(Candidate(1, 1, layers, arch, spec.experts * c * s, spec.top_k * c * s, s, c,
                                          int(spec.shared_inter > 0), sum(not x for x in spec.moe_layers)))
             return out
-        allowed = UPCYCLE_TARGETS.get(self.fam.model_type, ())
+        allowed = self.fam.upcycle_to
         if not allowed:
-            raise UserError(f"the goal needs experts, and {self.fam.model_type} cannot be upcycled exactly: "
-                            f"{UPCYCLE_REFUSALS.get(self.fam.model_type, 'no MoE family shares its maths')}")
+            raise UserError(f"the goal needs experts, and {self.fam.model_type} cannot be upcycled exactly: {self.fam.no_upcycle}")
         inner = self.ckpt.config[self.fam.ffn_field]
         for arch in allowed:
-            if cons.get("arch", arch) != arch or arch == "deepseek_v3":
+            if cons.get("arch", arch) != arch:
                 continue
             layout = MOE_LAYOUTS[arch]
             shared_options = {0, 1} if layout.shared is not None else {0}
@@ -385,7 +385,7 @@ class Solver:
             if key in shape:
                 parts[key] = 0.5 * abs(value - shape[key])
         if c.arch and self.moe_in is None:
-            parts["arch"] = 0.02 * UPCYCLE_TARGETS[self.fam.model_type].index(c.arch)
+            parts["arch"] = 0.02 * self.fam.upcycle_to.index(c.arch)
         c.parts = parts
         c.score = sum(parts.values()) + (0.0 if c.within else 1000.0)
 
@@ -489,3 +489,28 @@ def check_goal(growth, choice: dict) -> dict:
 def solve_goal(ckpt: Checkpoint, goal: Goal) -> tuple[Target, dict]:
     """The concrete growth Target that best meets `goal` from `ckpt`, and why it was chosen."""
     return Solver(ckpt, goal).solve()
+
+
+def load_target(spec: str | os.PathLike | dict | Target, overrides: dict | None = None):
+    """A Target (or a Goal, for total_params/active_params targets) from a preset name, a YAML path,
+    a dict or a Target; `overrides` win (None values ignored)."""
+    if isinstance(spec, Target):
+        data, name = {k: v for k, v in spec.as_dict().items() if k != "name"}, spec.name
+    elif isinstance(spec, dict):
+        data, name = dict(spec), "custom"
+    else:
+        data, name = named_target(str(spec))
+    if not isinstance(data, dict):
+        raise UserError(f"target {name} must be a YAML mapping of keys such as width, ffn, layers, noise; "
+                        f"it is a {type(data).__name__}")
+    if overrides:
+        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    data = {k: v for k, v in data.items() if v is not None}
+    if any(key in data for key in GOAL_MARKERS):
+        fixed = sorted(k for k in ("width", "ffn", "layers", "insert_after", "moe") if k in data)
+        if fixed:
+            raise UserError(f"goal {name} chooses width, ffn, layers and experts itself: drop {', '.join(fixed)} (or write a plain target)")
+        if "total_params" not in data:
+            raise UserError(f"goal {name} gives active_params but no total_params: a goal needs both sizes, or total_params alone")
+        return goal_from_dict(data, name)
+    return target_from_dict(data, name)

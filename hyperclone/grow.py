@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from hyperclone.errors import UserError
-from hyperclone.goals import Goal, check_goal, solve_goal
+from hyperclone.goals import Goal, check_goal, load_target, solve_goal
 from hyperclone.io.guard import LOCK_INFO, MANIFEST, DirectoryLock
 from hyperclone.io.output import PROGRESS_FILE, TOKENIZER_FILES, copy_side_files, partial_directory, resumable_directory
 from hyperclone.io.reader import open_checkpoint
@@ -22,7 +22,7 @@ from hyperclone.manifest import build_manifest, sha256_file, source_files, tool_
 from hyperclone.ops import chunk_tasks
 from hyperclone.plan import GrowthPlan, OutTensor, build_plan
 from hyperclone.progress import byte_progress
-from hyperclone.targets import Target, load_target
+from hyperclone.targets import Target
 
 SMALL_FILES_ALLOWANCE = 1 << 20  # config.json, growth.json, the index: well under a megabyte
 

@@ -5,11 +5,11 @@ import math
 import os
 from collections import Counter
 
-from hyperclone.arch.moe import MOE_LAYOUTS
+from hyperclone.arch import MOE_LAYOUTS
 from hyperclone.consistency import check_config_matches_weights
+from hyperclone.dtypes import NAME_BY_DTYPE
 from hyperclone.io.reader import open_checkpoint
 from hyperclone.moe import moe_spec
-from hyperclone.plan import NAME_BY_DTYPE
 from hyperclone.spec import spec_from_config
 
 

@@ -10,7 +10,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from hyperclone.arch.moe import MOE_LAYOUTS, UPCYCLE_REFUSALS, UPCYCLE_TARGETS, MoeLayout
+from hyperclone.arch import MOE_LAYOUTS, Role
+from hyperclone.arch.moe import SHARED_PARTS, MoeLayout
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint, TensorInfo
 from hyperclone.ops import Segment
@@ -18,7 +19,11 @@ from hyperclone.ops import Segment
 # Said wherever a target meant for dense models meets a MoE source.
 MOE_SOURCE_HINT = "to grow the experts of a MoE model use --to clone-2x (moe: {clone: N}) or moe: {split: N}"
 
-SHARED_PARTS = ("gate_proj", "up_proj", "down_proj")  # a shared expert's modules, in every family
+# fields an upcycled model's config does not take from its dense source: the target family's own
+NOT_CARRIED = {"model_type", "architectures", "transformers_version", "_name_or_path", "auto_map"}
+# carried even where the target's config class does not declare them: its model reads them with getattr
+ALWAYS_CARRIED = {"head_dim", "rope_theta", "rope_scaling", "layer_types", "attention_bias", "sliding_window",
+                  "use_sliding_window", "max_window_layers"}
 MOE_KEYS = {"arch", "experts", "top_k", "shared_experts", "dense_layers", "split", "clone", "router_init"}
 
 
@@ -107,14 +112,15 @@ def expand_fused_experts(ckpt: Checkpoint, layout: MoeLayout, layer_prefix: str)
 
     The per-expert views are byte ranges of the fused tensor, so they are read lazily like any other.
     """
-    pattern = re.compile(re.escape(layer_prefix) + r"(\d+)\." + re.escape(layout.fused) + r"(gate_up_proj|down_proj)$")
+    kinds = "|".join(re.escape(n) for n in (layout.fused_gate_up, layout.fused_down))
+    pattern = re.compile(re.escape(layer_prefix) + r"(\d+)\.(" + kinds + ")$")
     for name in [n for n in ckpt.tensors if pattern.match(n)]:
         info = ckpt.tensors.pop(name)
         layer, kind = pattern.match(name).groups()
         if info.offset < 0 or len(info.shape) != 3:
             raise UserError(f"{name}: fused experts are read from safetensors 3D tensors only; re-export the checkpoint")
         experts, rows, cols = info.shape
-        halves = [(0, rows // 2, 0), (rows // 2, rows // 2, 1)] if kind == "gate_up_proj" else [(0, rows, 2)]
+        halves = [(0, rows // 2, 0), (rows // 2, rows // 2, 1)] if kind == layout.fused_gate_up else [(0, rows, 2)]
         for e in range(experts):
             for start, count, part in halves:
                 offset = info.offset + (e * rows + start) * cols * info.dtype.itemsize
@@ -149,7 +155,6 @@ class MoePlanner:
         self.ckpt, self.fam, self.t = ckpt, src_family, target
         self.n, self.m_ffn = target.width, target.ffn
         self.src_layout = MOE_LAYOUTS.get(src_family.model_type)
-        self._claimed = self._claim_pattern(self.src_layout)
         self.spec_in = moe_spec(ckpt.config, self.src_layout, src_layers) if self.src_layout else None
         mt = parse_moe_target(target.moe) if target.moe is not None else None
         self.warnings: list[str] = []
@@ -209,18 +214,13 @@ class MoePlanner:
         self.arch = self.fam.model_type
 
     def _plan_upcycle(self, mt: MoeTarget, layer_map: list[int], src_layers: int) -> None:
-        src_type = self.fam.model_type
-        allowed = UPCYCLE_TARGETS.get(src_type, ())
+        src_type, allowed = self.fam.model_type, self.fam.upcycle_to
         if not allowed:
-            raise UserError(f"{src_type} cannot be upcycled exactly: {UPCYCLE_REFUSALS.get(src_type, 'no MoE family shares its maths')}")
+            raise UserError(f"{src_type} cannot be upcycled exactly: {self.fam.no_upcycle}")
         arch = mt.arch or allowed[0]
-        if arch == "deepseek_v3":
-            raise UserError(
-                f"deepseek_v3 uses multi-head latent attention, which {src_type}'s attention cannot be mapped onto exactly; "
-                f"archs that keep it: {', '.join(allowed)}"
-            )
         if arch not in allowed:
-            raise UserError(f"{src_type} attention cannot become {arch} exactly; archs that keep it: {', '.join(allowed)}")
+            why = MOE_LAYOUTS[arch].upcycle_refusal or f"{src_type} attention cannot become {arch} exactly"
+            raise UserError(f"{why}; archs that keep {src_type}'s attention: {', '.join(allowed)}")
         self._check_attention(arch)
         if mt.experts is None or mt.top_k is None:
             raise UserError("upcycling needs moe.experts and moe.top_k, e.g. moe: {arch: mixtral, experts: 8, top_k: 2}")
@@ -263,12 +263,14 @@ class MoePlanner:
         self.down_scale = routed * split
 
     def _check_attention(self, arch: str) -> None:
-        cfg, src = self.ckpt.config, self.fam.model_type
-        if cfg.get("mlp_bias") or (cfg.get("attention_bias") and arch in ("mixtral", "glm4_moe")):
+        cfg, src, layout = self.ckpt.config, self.fam.model_type, MOE_LAYOUTS[arch]
+        if cfg.get("mlp_bias") or (cfg.get("attention_bias") and not layout.attention_bias):
             raise UserError(f"{arch} has no biases on these projections, and this {src} checkpoint has them")
-        if arch == "glm4_moe" and (cfg.get("sliding_window") and (src == "mistral" or cfg.get("use_sliding_window"))):
-            raise UserError("glm4_moe has no sliding-window attention, and this checkpoint uses it; use mixtral")
-        if cfg.get("hidden_act", "silu") != "silu" and arch != "qwen2_moe":
+        if self.fam.uses_sliding_window(cfg) and not layout.sliding_window:
+            others = [a for a in self.fam.upcycle_to if MOE_LAYOUTS[a].sliding_window]
+            raise UserError(f"{arch} has no sliding-window attention, and this checkpoint uses it"
+                            + (f"; use {' or '.join(others)}" if others else ""))
+        if cfg.get("hidden_act", "silu") != "silu" and not layout.any_activation:
             raise UserError(f"{arch} experts use SiLU, this {src} checkpoint uses {cfg.get('hidden_act')}")
 
     def describe(self) -> str:
@@ -287,18 +289,14 @@ class MoePlanner:
 
         layout, spec = self.layout, self.spec_out
         grow = self.n * self.m_ffn
-        if self.arch != cfg["model_type"]:  # upcycling into another family: its defaults, our shared fields
+        if self.arch != cfg["model_type"]:  # upcycling into another family: its defaults, then every field both share
             base = AutoConfig.for_model(self.arch).to_dict()
-            for key in COPY_FIELDS:
-                if key in cfg:
-                    base[key] = cfg[key]
+            base.update({k: v for k, v in cfg.items() if (k in base or k in ALWAYS_CARRIED) and k not in NOT_CARRIED})
             base["model_type"] = self.arch
             base["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[self.arch]]
-            if self.arch == "glm4_moe":
-                base.update(partial_rotary_factor=1.0, use_qk_norm=self.fam.model_type == "qwen3",
-                            routed_scaling_factor=1.0, n_group=1, topk_group=1)
-            if self.arch == "qwen2_moe":
-                base["qkv_bias"] = True
+            base.update(layout.upcycle_config)
+            if layout.qk_norm_field:
+                base[layout.qk_norm_field] = any(r.role is Role.HEAD_NORM for r in self.fam.rules)
             cfg = base
         for key in [k for k in layout.experts_keys() if k in cfg] or [layout.experts_field]:
             cfg[key] = spec.experts
@@ -323,21 +321,28 @@ class MoePlanner:
     # ----- tensors -------------------------------------------------------------------------
     def claims(self, rel: str) -> bool:
         """Whether a source tensor (named relative to its layer) is MoE machinery handled here."""
-        return self._claimed is not None and self._claimed.fullmatch(rel) is not None
-
-    @staticmethod
-    def _claim_pattern(layout: MoeLayout | None) -> re.Pattern | None:
-        """One compiled pattern for experts, routers and shared experts (asked once per source tensor)."""
-        if layout is None:
-            return None
-        expert = re.escape(layout.expert).replace(r"\{e\}", r"\d+").replace(r"\{part\}", "(" + "|".join(layout.parts) + ")")
-        patterns = [expert + r"\.weight"] + [re.escape(n) for n in (layout.router, layout.router_bias, layout.shared_gate) if n]
-        if layout.shared:
-            patterns.append(re.escape(layout.shared) + "(" + "|".join(SHARED_PARTS) + r")\.weight")
-        return re.compile("|".join(f"(?:{p})" for p in patterns))
+        return self.src_layout is not None and self.src_layout.claims.fullmatch(rel) is not None
 
     def mlp_tensors(self, j: int, i: int, new: bool, dense_ffn: Ffn | None, init_std: float) -> list[tuple]:
-        """(name, segments, dtype or None) of target layer j's MoE block, from source layer i."""
+        """(name, segments, dtype or None, shape or None) of target layer j's MoE block, from source layer i.
+
+        Shape None: the rows the segments make. A layout transformers loads only fused gets its experts
+        as 3D tensors whose rows are the per-expert tensors one after another, so no byte changes.
+        """
+        out = self._mlp_tensors(j, i, new, dense_ffn, init_std)
+        if not self.layout.write_fused:
+            return [(*entry, None) for entry in out]
+        segments = {name: segs for name, segs, _ in out}
+        experts = [[self.layout.expert_name(self.fam.layer_prefix, j, e, p) for p in range(3)] for e in range(self.spec_out.experts)]
+        fused = []
+        for name, parts in ((self.layout.fused_gate_up, (0, 1)), (self.layout.fused_down, (2,))):
+            segs = [seg for names in experts for p in parts for seg in segments.pop(names[p])]
+            rows = sum(seg.out_rows for seg in segs) // len(experts)
+            fused.append((f"{self.fam.layer_prefix}{j}.{name}", segs, None, (len(experts), rows, segs[0].out_cols)))
+        return [(name, segs, dtype, None) for name, segs, dtype in out if name in segments] + fused
+
+    def _mlp_tensors(self, j: int, i: int, new: bool, dense_ffn: Ffn | None, init_std: float) -> list[tuple]:
+        """(name, segments, dtype or None) of target layer j's MoE block, with experts one tensor per part."""
         prefix, layout, spec = self.fam.layer_prefix, self.layout, self.spec_out
         fresh = new and self.t.depth_init == "fresh"
         out: list[tuple] = []
@@ -438,11 +443,3 @@ class MoePlanner:
             ]
         out.append((names[2], segs, None))
         return out
-
-
-COPY_FIELDS = (
-    "vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
-    "rms_norm_eps", "rope_parameters", "rope_theta", "rope_scaling", "hidden_act", "tie_word_embeddings", "initializer_range",
-    "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout", "num_hidden_layers", "intermediate_size",
-    "sliding_window", "use_sliding_window", "max_window_layers", "layer_types", "attention_bias", "dtype",
-)

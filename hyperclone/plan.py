@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from hyperclone.arch import Family, Role
-from hyperclone.arch.families import NORMS, WRITES, role_tiling
-from hyperclone.arch.moe import MOE_LAYOUTS
+from hyperclone.arch.families import FFN_ROLES, NORMS, WRITES, role_tiling
+from hyperclone.arch import MOE_LAYOUTS
 from hyperclone.consistency import check_config_matches_weights
+from hyperclone.dtypes import DTYPE_BY_NAME, NAME_BY_DTYPE, dominant_dtype
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint
 from hyperclone.moe import Ffn, MoePlanner, expand_fused_experts
@@ -24,10 +25,7 @@ from hyperclone.spec import ModelSpec, config_for, spec_from_config
 from hyperclone.targets import Target
 
 BUFFERS = ("e_score_correction_bias",)  # saved with the weights, but buffers in transformers
-FFN_ROLES = (Role.READ_FFN, Role.WRITE_FFN, Role.GATE_UP_FUSED)
 LAYER = re.compile(r"^(\d+)\.(.+)\.(weight|bias)$")
-DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-NAME_BY_DTYPE = {v: k for k, v in DTYPE_BY_NAME.items()}
 
 
 @dataclass
@@ -132,17 +130,6 @@ def depth_layout(layers: int, target_layers: int, insert_after: tuple[int, ...] 
     return out
 
 
-def _dominant_dtype(ckpt: Checkpoint) -> torch.dtype:
-    counts: dict[torch.dtype, int] = {}
-    for info in ckpt.tensors.values():
-        if info.dtype.is_floating_point:
-            counts[info.dtype] = counts.get(info.dtype, 0) + math.prod(info.shape)
-    dtype = max(counts, key=counts.get) if counts else torch.float32
-    if dtype not in NAME_BY_DTYPE:
-        raise UserError(f"source dtype {dtype} is not supported: convert to float32, bfloat16 or float16 (or pass --dtype)")
-    return dtype
-
-
 class _Builder:
     """Turns (role, source tensor) into segments for one target layer."""
 
@@ -206,7 +193,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
     n = target.width
     target_layers = target.layer_count(src.layers)
     layout = depth_layout(src.layers, target_layers, target.insert_after)
-    dtype = DTYPE_BY_NAME[target.dtype] if target.dtype else _dominant_dtype(ckpt)
+    dtype = DTYPE_BY_NAME[target.dtype] if target.dtype else dominant_dtype(ckpt.tensors.values())
     dst = replace(
         src,
         hidden=src.hidden * n,
@@ -238,7 +225,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
             if index.isdigit() and moe.claims(rel):
                 continue  # experts, routers, shared experts: emitted by the MoE planner
         module, _, suffix = name.rpartition(".")
-        if module in (fam.embed, fam.final_norm, fam.lm_head) and suffix in ("weight", "bias"):
+        if module in (fam.embed, fam.final_norm, fam.lm_head, *fam.extra_embeds) and suffix in ("weight", "bias"):
             continue  # emitted below
         if name.startswith(fam.layer_prefix) and (m := LAYER.match(name[len(fam.layer_prefix) :])):
             i, rel, suffix = int(m.group(1)), m.group(2), m.group(3)
@@ -269,12 +256,15 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
 
     tensors: list[OutTensor] = []
 
-    def add(name: str, vector: bool, segments: list[Segment], tensor_dtype: torch.dtype | None = None) -> None:
+    def add(name: str, vector: bool, segments: list[Segment], tensor_dtype: torch.dtype | None = None,
+            shape: tuple | None = None) -> None:
         rows = sum(s.out_rows for s in segments)
-        shape = (rows,) if vector else (rows, segments[0].out_cols)
+        shape = shape or ((rows,) if vector else (rows, segments[0].out_cols))
         tensors.append(OutTensor(name, shape, segments, tensor_dtype))
 
     add(embed, False, [Segment("tile", vocab, hidden, embed, copies=n, scale=sigma)])
+    for name in (f"{e}.weight" for e in fam.extra_embeds if f"{e}.weight" in ckpt.tensors):  # learned positions
+        add(name, False, [Segment("tile", ckpt.tensors[name].shape[0], hidden, name, copies=n)])
 
     for j, (i, new) in enumerate(layout):
         becomes_moe = moe.active and moe.spec_out.moe_layers[j]
@@ -292,10 +282,10 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
             else:
                 add(out_name, len(shape) == 1, builder.linear(out_name, src_name, shape, role, is_bias, new))
         if becomes_moe:
-            ffn = [per_layer[i].get(f"mlp.{p}_proj.weight") for p in ("gate", "up", "down")]
-            dense_ffn = Ffn(*ffn, ckpt.tensors[ffn[0]].shape[0]) if all(ffn) else None
-            for name, segs, tensor_dtype in moe.mlp_tensors(j, i, new, dense_ffn, init_std):
-                add(name, name.endswith(BUFFERS), segs, tensor_dtype)  # the router's correction bias is the one vector
+            ffn = [per_layer[i].get(f"{module}.weight") for module in fam.swiglu or ()]
+            dense_ffn = Ffn(*ffn, ckpt.tensors[ffn[0]].shape[0]) if ffn and all(ffn) else None
+            for name, segs, tensor_dtype, shape in moe.mlp_tensors(j, i, new, dense_ffn, init_std):
+                add(name, name.endswith(BUFFERS), segs, tensor_dtype, shape)  # the router's correction bias is the one vector
 
     lm_head = fam.lm_head + ".weight"
     for suffix in ("weight", "bias"):
@@ -313,6 +303,8 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
         if lm_head not in ckpt.tensors:
             raise UserError(f"{ckpt.path} has no {lm_head} but tie_word_embeddings is false: the checkpoint is incomplete")
         add(lm_head, False, [Segment("split", vocab, hidden, lm_head, copies=n, noise=target.noise, key=lm_head)])
+    if f"{fam.lm_head}.bias" in ckpt.tensors:  # phi: added to the logits, which do not grow
+        add(f"{fam.lm_head}.bias", True, [Segment("copy", vocab, 1, f"{fam.lm_head}.bias")])
 
     cfg = config_for(config, src, dst, layer_map, NAME_BY_DTYPE[dtype])
     moe_summary, inactive = None, 0

@@ -45,6 +45,7 @@ def _need(config: dict, key: str, where: str) -> int:
 def spec_from_config(config: dict, where: str = "config.json") -> ModelSpec:
     """Read the growth-relevant shape of a model from its config dict."""
     fam = family_for(config.get("model_type"))
+    fam.check(config, where)
     hidden = _need(config, "hidden_size", where)
     heads = _need(config, "num_attention_heads", where)
     kv = config.get(fam.kv_heads_field) if fam.kv_heads_field else None
@@ -52,8 +53,7 @@ def spec_from_config(config: dict, where: str = "config.json") -> ModelSpec:
     head_dim = positive_int(config.get("head_dim") or hidden // heads, "head_dim", where)
     if heads % kv:
         raise UserError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
-    # transformers' own default: gpt_neox and phi3 are untied unless said, the others read the config.
-    tied = bool(config.get("tie_word_embeddings", fam.model_type == "gemma2"))
+    tied = bool(config.get("tie_word_embeddings", fam.tied_default))
     return ModelSpec(
         family=fam.model_type,
         vocab=_need(config, "vocab_size", where),
@@ -72,6 +72,8 @@ def config_for(source_config: dict, src: ModelSpec, dst: ModelSpec, layer_map: l
     fam = src.adapter
     cfg = copy.deepcopy(source_config)
     cfg["hidden_size"] = dst.hidden
+    for key in fam.hidden_fields:
+        cfg[key] = dst.hidden
     cfg["num_attention_heads"] = dst.heads
     if fam.kv_heads_field:
         cfg[fam.kv_heads_field] = dst.kv_heads
@@ -79,8 +81,9 @@ def config_for(source_config: dict, src: ModelSpec, dst: ModelSpec, layer_map: l
     cfg["num_hidden_layers"] = dst.layers
     if cfg.get("head_dim") is not None or src.head_dim != src.hidden // src.heads:
         cfg["head_dim"] = dst.head_dim
-    if isinstance(cfg.get("layer_types"), list):
-        cfg["layer_types"] = [source_config["layer_types"][i] for i in layer_map]
+    for key in fam.layer_lists:  # per-layer lists (attention types, layers without rotary): each new layer its source's
+        if isinstance(cfg.get(key), list) and len(cfg[key]) == src.layers:
+            cfg[key] = [source_config[key][i] for i in layer_map]
     if isinstance(cfg.get("max_window_layers"), int):
         # qwen2/qwen3: layers below max_window_layers differ from those above; keep each new layer on its source's side.
         cfg["max_window_layers"] = sum(1 for i in layer_map if i < source_config["max_window_layers"])

@@ -8,13 +8,14 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from hyperclone.dtypes import DTYPE_NAMES
 from hyperclone.errors import UserError
+from hyperclone.moe import parse_moe_target
 from hyperclone.yamlio import parse_yaml, read_yaml
 
 DEFAULT_NOISE = 0.01
 KEYS = {"description", "width", "ffn", "layers", "noise", "seed", "depth_init", "insert_after", "dtype", "moe"}
 GOAL_MARKERS = ("total_params", "active_params")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,10 @@ def target_from_dict(data: dict, name: str) -> Target:
             raise UserError("insert_after must be a list of source layer indices, e.g. [1, 3]")
         out["insert_after"] = tuple(positions)
     if data.get("dtype") is not None:
-        if data["dtype"] not in DTYPES:
-            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {data['dtype']!r}")
+        if data["dtype"] not in DTYPE_NAMES:
+            raise UserError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {data['dtype']!r}")
         out["dtype"] = data["dtype"]
     if data.get("moe") is not None:
-        from hyperclone.moe import parse_moe_target
-
         parse_moe_target(data["moe"])
         out["moe"] = dict(data["moe"])
     if "description" in data:
@@ -141,7 +140,7 @@ def presets() -> dict[str, dict]:
     return found
 
 
-def _named_target(text: str) -> tuple[object, str]:
+def named_target(text: str) -> tuple[object, str]:
     """A preset or a YAML file. A preset name wins unless the text is plainly a path (it has a '/' or
     ends in .yaml/.yml), so a file that happens to be called `2x` cannot hijack the preset."""
     path = Path(text).expanduser()
@@ -160,30 +159,3 @@ def _named_target(text: str) -> tuple[object, str]:
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k != "kind"}
     return (data if data is not None else {}), path.stem
-
-
-def load_target(spec: str | os.PathLike | dict | Target, overrides: dict | None = None):
-    """A Target (or a Goal, for total_params/active_params targets) from a preset name, a YAML path,
-    a dict or a Target; `overrides` win (None values ignored)."""
-    if isinstance(spec, Target):
-        data, name = {k: v for k, v in spec.as_dict().items() if k != "name"}, spec.name
-    elif isinstance(spec, dict):
-        data, name = dict(spec), "custom"
-    else:
-        data, name = _named_target(str(spec))
-    if not isinstance(data, dict):
-        raise UserError(f"target {name} must be a YAML mapping of keys such as width, ffn, layers, noise; "
-                        f"it is a {type(data).__name__}")
-    if overrides:
-        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
-    data = {k: v for k, v in data.items() if v is not None}
-    if any(key in data for key in GOAL_MARKERS):
-        from hyperclone.goals import goal_from_dict
-
-        fixed = sorted(k for k in ("width", "ffn", "layers", "insert_after", "moe") if k in data)
-        if fixed:
-            raise UserError(f"goal {name} chooses width, ffn, layers and experts itself: drop {', '.join(fixed)} (or write a plain target)")
-        if "total_params" not in data:
-            raise UserError(f"goal {name} gives active_params but no total_params: a goal needs both sizes, or total_params alone")
-        return goal_from_dict(data, name)
-    return target_from_dict(data, name)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from hyperclone.arch import FAMILIES
+
 BASE = dict(vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 FAMILY_EXTRAS: dict[str, dict] = {
@@ -22,6 +24,18 @@ FAMILY_EXTRAS: dict[str, dict] = {
     "olmo2": dict(num_key_value_heads=2),
     "phi3": dict(num_key_value_heads=2),
     "gpt_neox": dict(rotary_pct=0.5, use_parallel_residual=True),
+    "gemma": dict(num_key_value_heads=1, head_dim=8),
+    "gemma3_text": dict(num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=8,
+                        layer_types=["sliding_attention", "full_attention"]),
+    "olmo": dict(num_key_value_heads=2, clip_qkv=3.0),
+    "olmo3": dict(num_key_value_heads=2, sliding_window=8, layer_types=["sliding_attention", "full_attention"]),
+    "smollm3": dict(num_key_value_heads=2, no_rope_layers=[1, 0]),
+    "granite": dict(num_key_value_heads=2, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2,
+                    logits_scaling=2.0),
+    "stablelm": dict(num_key_value_heads=2, use_qkv_bias=True, partial_rotary_factor=0.5),
+    "phi": dict(num_key_value_heads=2, partial_rotary_factor=0.5, qk_layernorm=True),
+    "starcoder2": dict(num_key_value_heads=2, sliding_window=8),
+    "opt": dict(ffn_dim=48, word_embed_proj_dim=32),
     # MoE families: 4 experts top-2, a dense first layer where the family has one
     "qwen3_moe": dict(num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, mlp_only_layers=[0]),
     "qwen2_moe": dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
@@ -35,6 +49,8 @@ FAMILY_EXTRAS: dict[str, dict] = {
                         n_shared_experts=1, first_k_dense_replace=1, n_group=2, topk_group=2, routed_scaling_factor=2.5,
                         q_lora_rank=16, kv_lora_rank=8, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, head_dim=4),
     "hunyuan_v1_moe": dict(num_key_value_heads=2, head_dim=8, num_experts=4, moe_topk=2, intermediate_size=16),
+    "granitemoe": dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, intermediate_size=16,
+                       embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0),
 }
 
 
@@ -66,7 +82,7 @@ def save_tiny_model(family: str, path: str | os.PathLike, *, dtype: torch.dtype 
     torch.manual_seed(seed)
     config = tiny_config(family, **overrides)
     model = AutoModelForCausalLM.from_config(config)
-    randomize_(model, seed, offset=1.0 if family == "gemma2" else 0.0)
+    randomize_(model, seed, offset=FAMILIES[family].norm_offset)
     model = model.to(dtype)
     path = Path(path)
     model.save_pretrained(path)

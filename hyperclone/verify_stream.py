@@ -14,14 +14,12 @@ import math
 
 import torch
 
-from hyperclone.arch import family_for
-from hyperclone.arch.moe import MOE_LAYOUTS, MoeLayout
+from hyperclone.arch import MOE_LAYOUTS, MoeLayout, family_for
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint
 from hyperclone.memory import available_memory, release_freed_memory
 from hyperclone.moe import expand_fused_experts
 
-EXPERTS = "mlp.experts"  # where transformers 5 keeps a MoE layer's fused experts
 
 
 class StreamedModel:
@@ -125,7 +123,7 @@ class StreamedModel:
         with torch.no_grad():
             for rel, tensor in module.state_dict(keep_vars=True).items():
                 full = skip + rel
-                if experts is not None or (full.startswith(f"{EXPERTS}.") and self._disk_name(full, j) is None):
+                if experts is not None or (full.startswith(f"{self._experts}.") and self._disk_name(full, j) is None):
                     value = self._expert_tensor(j, full, experts if experts is not None else list(range(tensor.shape[0])))
                 else:
                     disk = self._disk_name(full, j)
@@ -151,25 +149,31 @@ class StreamedModel:
                 self.experts_mode == "picked" or (self.experts_mode == "auto" and self._layer_bytes(j) > self.budget))
             if picked:
                 self.picked_layers.append(j)
-                experts = layer.get_submodule(EXPERTS)
-                parent = layer.get_submodule(EXPERTS.rpartition(".")[0])
+                experts = layer.get_submodule(self._experts)
+                parent = layer.get_submodule(self._experts.rpartition(".")[0])
                 parent.experts = PickedExperts(experts, lambda ids: self._picked(experts, j, ids))
             self._load(layer, j)
         return hook
 
     def _unloader(self, j: int):
         def hook(layer, args, output):
-            if self._has_experts(layer) and isinstance(layer.get_submodule(EXPERTS), PickedExperts):
-                parent = layer.get_submodule(EXPERTS.rpartition(".")[0])
-                parent.experts = layer.get_submodule(EXPERTS).original[0]
+            if self._has_experts(layer) and isinstance(layer.get_submodule(self._experts), PickedExperts):
+                parent = layer.get_submodule(self._experts.rpartition(".")[0])
+                parent.experts = layer.get_submodule(self._experts).original[0]
             layer.to_empty(device="meta")  # frees the layer's memory
             release_freed_memory()
         return hook
 
-    @staticmethod
-    def _has_experts(layer) -> bool:
+    @property
+    def _experts(self) -> str:
+        """Where transformers 5 keeps a MoE layer's fused experts in memory."""
+        return self.layout.memory_experts if self.layout else ""
+
+    def _has_experts(self, layer) -> bool:
+        if not self.layout:
+            return False
         try:
-            layer.get_submodule(EXPERTS)
+            layer.get_submodule(self._experts)
             return True
         except AttributeError:
             return False
@@ -181,7 +185,7 @@ class StreamedModel:
         config._experts_implementation = "eager"
         with torch.device("meta"):
             compact = type(meta_experts)(config)
-        self._load(compact, j, skip=f"{EXPERTS}.", experts=ids)
+        self._load(compact, j, skip=f"{self._experts}.", experts=ids)
         return compact
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

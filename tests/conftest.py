@@ -9,12 +9,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from hyperclone.arch import DENSE_FAMILIES, MOE_LAYOUTS  # noqa: E402
 from hyperclone.testing import save_tiny_model  # noqa: E402
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "olmo2", "phi3", "gpt_neox"]
+FAMILIES = list(DENSE_FAMILIES)  # every dense entry of the family table
+MOE_FAMILIES = list(MOE_LAYOUTS)
 
 
 @pytest.fixture(scope="session")

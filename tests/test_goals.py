@@ -7,7 +7,7 @@ from tests.conftest import assert_preserved
 from tests.test_cli import run
 
 import hyperclone
-from hyperclone.arch.moe import MOE_LAYOUTS
+from hyperclone.arch import FAMILIES, MOE_LAYOUTS, family_for
 from hyperclone.goals import ACTIVE_TOLERANCE, TOTAL_TOLERANCE
 
 PRESETS = ["1t-moe", "hunyuan-large", "moe-30b-a3b"]
@@ -31,7 +31,7 @@ def meta_counts(config: dict) -> tuple[int, int]:
         experts = next(getattr(model.config, k) for k in layout.experts_keys() if getattr(model.config, k, None))
         top_k = getattr(model.config, layout.topk_field)
         for name, module in model.named_modules():
-            if name.endswith("mlp.experts"):
+            if name.endswith(layout.memory_experts):
                 inactive += sum(p.numel() for p in module.parameters()) * (experts - top_k) // experts
     return total, total - inactive
 
@@ -100,3 +100,17 @@ def test_a_solved_goal_grows_and_preserves_the_function(family, goal, tiny, tmp_
     plan = json.loads((out / "growth.json").read_text())
     assert abs(plan["total_params"] / hyperclone.goals.parse_count("t", goal["total_params"]) - 1) <= TOTAL_TOLERANCE
     assert_preserved(hyperclone.verify(src, out))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_is_counted_in_closed_form(family, tiny):
+    """The solver's closed form equals the plan's count (check_goal raises otherwise), and the plan's
+    count equals what transformers builds — for every entry of the family table."""
+    src = tiny(family)
+    total = hyperclone.inspect(src)["parameters"]
+    goals = [dict(total_params=8 * total)]
+    if family_for(family).upcycle_to:  # dense -> MoE: the experts are counted too
+        goals.append(dict(total_params=24 * total, active_params=6 * total))
+    for goal in goals:
+        growth = hyperclone.plan(src, goal)
+        assert meta_counts(growth.config) == (growth.total_params, growth.active_params)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import hyperclone
+from hyperclone.arch import family_for
 from tests.conftest import FAMILIES, assert_preserved
 
 VARIANTS = {
@@ -32,14 +33,15 @@ def test_float32_growth_preserves_logits(family, variant, tiny, tmp_path):
     assert_preserved(hyperclone.verify(src, out, seq_len=48))
 
 
-# gemma2 scales embeddings by sqrt(hidden): only square widths are exact in half precision
+# the gemmas scale embeddings by sqrt(hidden): only square widths are exact in half precision
 HALF_VARIANTS = {"width2": dict(width=2), "width3": dict(width=3), "width_ffn_depth": dict(width=2, ffn=2, layers=3)}
 GEMMA_HALF = {"width4": dict(width=4), "ffn_depth": dict(ffn=2, layers=3)}
+SCALED = [f for f in FAMILIES if family_for(f).embed_scale_sqrt_hidden]
 
 
 @pytest.mark.parametrize(
     "family,variant",
-    [(f, v) for f in FAMILIES if f != "gemma2" for v in HALF_VARIANTS] + [("gemma2", v) for v in GEMMA_HALF],
+    [(f, v) for f in FAMILIES if f not in SCALED for v in HALF_VARIANTS] + [(f, v) for f in SCALED for v in GEMMA_HALF],
 )
 def test_bfloat16_growth_is_exact(family, variant, tiny, tmp_path):
     src = tiny(family, dtype=torch.bfloat16)

@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 
 import hyperclone
 from hyperclone.errors import UserError
-from tests.conftest import assert_preserved, one_adamw_step
+from hyperclone.arch import MOE_LAYOUTS
+from tests.conftest import MOE_FAMILIES, assert_preserved, one_adamw_step
 
-MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "glm4_moe", "deepseek_v3", "hunyuan_v1_moe"]
 PATHS = {
     "width2": dict(width=2),
     "clone2": dict(moe={"clone": 2}),
@@ -21,7 +21,8 @@ PATHS = {
     "width_clone_split_depth": dict(width=2, layers=3, moe={"clone": 2, "split": 2}),
     "clone3_noise0": dict(noise=0, moe={"clone": 3}),
 }
-NO_SPLIT = {"hunyuan_v1_moe"}  # one intermediate_size sizes its experts and its shared expert
+# one intermediate_size sizes their experts and their shared expert
+NO_SPLIT = {f for f, layout in MOE_LAYOUTS.items() if layout.shared_kind == "same"}
 
 
 def _cases():
@@ -40,8 +41,10 @@ def experts_picked(directory, seq_len=48):
     def hook(module, args, output):
         picked.update(output[-1].flatten().tolist())
 
+    block = MOE_LAYOUTS[model.config.model_type].memory_experts.rpartition(".")[0]
     for layer in model.model.layers:
-        gate = getattr(layer.mlp, "gate", None)
+        moe = layer.get_submodule(block)
+        gate = getattr(moe, "gate", None) or getattr(moe, "router", None)
         if gate is not None and not isinstance(gate, torch.nn.Linear):
             gate.register_forward_hook(hook)
     tokens = torch.randint(0, model.config.vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(0))
@@ -78,6 +81,7 @@ UPCYCLES = {
     "qwen3->glm4_moe": ("qwen3", dict(arch="glm4_moe", experts=4, top_k=2, shared_experts=1)),
     "llama->glm4_moe split": ("llama", dict(arch="glm4_moe", experts=8, top_k=4, split=2, shared_experts=2)),
     "qwen3->qwen3_moe split": ("qwen3", dict(arch="qwen3_moe", experts=8, top_k=4, split=4)),
+    "granite->granitemoe split": ("granite", dict(arch="granitemoe", experts=8, top_k=4, split=2)),
 }
 
 

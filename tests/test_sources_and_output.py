@@ -8,7 +8,9 @@ import torch
 from safetensors import safe_open
 
 import hyperclone
+from hyperclone.arch import FAMILIES
 from hyperclone.errors import UserError
+from hyperclone.io.reader import open_checkpoint
 from tests.conftest import assert_preserved
 
 
@@ -131,3 +133,12 @@ def test_hub_source_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="not in the local Hub cache"):
         hyperclone.plan("hf://no-such-org/no-such-model", "2x")
+
+
+@pytest.mark.parametrize("family", [name for name, f in FAMILIES.items() if f.detect is not None])
+def test_bare_file_family_is_recognised_from_tensor_names(family, tiny, tmp_path):
+    """Every family the table marks as recognisable is told apart from all the others by its names and shapes."""
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(tiny(family) / "model.safetensors", bare)
+    ckpt = open_checkpoint(bare, overrides={"num_attention_heads": 4})
+    assert ckpt.config["model_type"] == family

@@ -5,13 +5,15 @@ import pytest
 import torch
 
 import hyperclone
+from hyperclone.arch import MOE_LAYOUTS
 from hyperclone.verdict import TOLERANCE
 from tests.conftest import assert_preserved
 from tests.test_cli import run
 
 CASES = [("llama", "2x"), ("gemma2", "deep-2x"), ("gpt_neox", "2x"), ("qwen3", "3x"), ("phi3", "2x"),
          ("qwen3_moe", "clone-2x"), ("mixtral", "clone-2x"), ("deepseek_v3", "2x"), ("glm4_moe", "clone-2x"),
-         ("qwen2_moe", "2x"), ("hunyuan_v1_moe", "clone-2x"), ("llama", "moe-64x8-shared")]
+         ("qwen2_moe", "2x"), ("hunyuan_v1_moe", "clone-2x"), ("llama", "moe-64x8-shared"),
+         ("granitemoe", "clone-2x"), ("opt", "2x"), ("phi", "deep-2x")]
 
 
 @pytest.mark.parametrize("family,target", CASES)
@@ -28,8 +30,7 @@ def test_streamed_verify_agrees_with_in_memory_verify(family, target, tiny, tmp_
         assert result["argmax_agreement"] == whole["argmax_agreement"]
         assert result["grown_params"] == whole["grown_params"] and result["source_params"] == whole["source_params"]
         assert len(result["residual_max_abs_diff"]) == 2 and max(result["residual_max_abs_diff"]) <= 1e-4
-    assert bool(picked["picked_expert_layers"]) == (family in ("qwen3_moe", "mixtral", "deepseek_v3", "glm4_moe", "qwen2_moe",
-                                                              "hunyuan_v1_moe") or target.startswith("moe"))
+    assert bool(picked["picked_expert_layers"]) == (family in MOE_LAYOUTS or target.startswith("moe"))
 
 
 @pytest.mark.parametrize("family,target", [("llama", "3x"), ("qwen3_moe", "clone-2x")])

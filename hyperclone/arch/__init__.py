@@ -1,4 +1,5 @@
-"""Architecture adapters: a table of tensor names and roles per transformers family."""
-from hyperclone.arch.families import FAMILIES, Family, Role, Rule, family_for
+"""Architecture adapters: one table entry per transformers family, the only place that knows one."""
+from hyperclone.arch.families import DENSE_FAMILIES, FAMILIES, MOE_LAYOUTS, Family, Refusal, Role, Rule, families, family_for
+from hyperclone.arch.moe import MoeLayout
 
-__all__ = ["FAMILIES", "Family", "Role", "Rule", "family_for"]
+__all__ = ["DENSE_FAMILIES", "FAMILIES", "MOE_LAYOUTS", "Family", "MoeLayout", "Refusal", "Role", "Rule", "families", "family_for"]

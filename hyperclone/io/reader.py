@@ -10,15 +10,11 @@ from pathlib import Path
 
 import torch
 
+from hyperclone.dtypes import SAFETENSORS
 from hyperclone.errors import UserError
 from hyperclone.io.infer import infer_config
 from hyperclone.io.resolve import resolve_source
 
-DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 
 
@@ -111,7 +107,7 @@ def _safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
     end = 0
     for name, entry in header.items():
         try:
-            dtype = DTYPES[entry["dtype"]]
+            dtype = SAFETENSORS[entry["dtype"]]
             begin, stop = (int(o) for o in entry["data_offsets"])
             shape = tuple(int(s) for s in entry["shape"])
             if begin < 0 or stop < begin or any(d < 0 for d in shape):

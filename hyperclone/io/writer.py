@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from hyperclone.io.reader import DTYPE_NAMES
+from hyperclone.dtypes import SAFETENSORS_NAME
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -84,7 +84,7 @@ def _header(slots: list[TensorSlot]) -> bytes:
     entries: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for slot in slots:
-        entries[slot.name] = {"dtype": DTYPE_NAMES[slot.dtype], "shape": list(slot.shape), "data_offsets": [offset, offset + slot.nbytes]}
+        entries[slot.name] = {"dtype": SAFETENSORS_NAME[slot.dtype], "shape": list(slot.shape), "data_offsets": [offset, offset + slot.nbytes]}
         offset += slot.nbytes
     raw = json.dumps(entries, separators=(",", ":")).encode()
     return raw + b" " * (-len(raw) % 8)

@@ -184,7 +184,7 @@ def _data(cfg: TrainConfig, model, accelerator, log: "_Log", sources: list[Sourc
 
 
 def _balance(cfg: TrainConfig, model):
-    from hyperclone.arch.moe import MOE_LAYOUTS
+    from hyperclone.arch import MOE_LAYOUTS
     from hyperclone.train.moe_balance import MoeBalance
 
     if model.config.model_type not in MOE_LAYOUTS or cfg.moe_balance == "none":

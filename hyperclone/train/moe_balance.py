@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from hyperclone.arch.moe import MOE_LAYOUTS
+from hyperclone.arch import MOE_LAYOUTS
 from hyperclone.moe import moe_spec
 
 ROUTER_MODULE = re.compile(r"layers\.(\d+)\.mlp\.gate$")
