@@ -81,6 +81,7 @@ UPCYCLES = {
     "qwen3->glm4_moe": ("qwen3", dict(arch="glm4_moe", experts=4, top_k=2, shared_experts=1)),
     "llama->glm4_moe split": ("llama", dict(arch="glm4_moe", experts=8, top_k=4, split=2, shared_experts=2)),
     "qwen3->qwen3_moe split": ("qwen3", dict(arch="qwen3_moe", experts=8, top_k=4, split=4)),
+    "qwen3->dots1": ("qwen3", dict(arch="dots1", experts=4, top_k=2, shared_experts=1, dense_layers=1)),
     "granite->granitemoe split": ("granite", dict(arch="granitemoe", experts=8, top_k=4, split=2)),
 }
 

@@ -171,7 +171,7 @@ FAMILIES: dict[str, Family] = {
         Family("mistral", _LLAMA, sliding_flag=None, upcycle_to=_MIXTRAL_TARGETS),
         Family("qwen2", _LLAMA, detect=("self_attn.q_proj.bias",), upcycle_to=("qwen2_moe",)),
         Family("qwen3", _rules(**_LLAMA_ATTN, **_QK_HEAD_NORMS, **_SWIGLU, **_PRE_NORMS), detect=("self_attn.q_norm.weight",),
-               head_norm="self_attn.q_norm", upcycle_to=("qwen3_moe", "glm4_moe")),
+               head_norm="self_attn.q_norm", upcycle_to=("qwen3_moe", "glm4_moe", "dots1")),
         Family("gemma", _LLAMA, **_GEMMA, no_upcycle="gemma's (1 + w) norms and scaled embeddings have no MoE family here"),
         Family("gemma2", _rules(**_LLAMA_ATTN, **_SWIGLU, **_PRE_NORMS, **_SANDWICH), **_GEMMA,
                detect=("pre_feedforward_layernorm.weight",),
@@ -295,6 +295,15 @@ FAMILIES: dict[str, Family] = {
             "mlp.experts.{e}.{part}", router="mlp.gate.wg.weight", shared="mlp.shared_mlp.", norm_field=None,
             topk_field="moe_topk", inter_field="intermediate_size", shared_kind="same", shared_required=True, router_fp32=True,
         )),
+        Family(
+            "dots1", _rules(**_LLAMA_ATTN, **_QK_HEAD_NORMS, **_SWIGLU, **_PRE_NORMS),  # qwen3 attention, DeepSeek routing
+            moe=MoeLayout(
+                "mlp.experts.{e}.{part}", router_bias="mlp.gate.e_score_correction_bias", shared="mlp.shared_experts.",
+                scoring="sigmoid", experts_field="n_routed_experts", shared_field="n_shared_experts", shared_kind="multiple",
+                dense_rule="first_k", groups=True, attention_bias=False, sliding_window=False,
+                upcycle_config=(("routed_scaling_factor", 1.0), ("n_group", 1), ("topk_group", 1)),
+            ),
+        ),
         Family("granitemoe", _rules(**_LLAMA_ATTN, **_PRE_NORMS), moe=MoeLayout(  # always fused on disk: input_linear [E, 2I, d], output_linear [E, d, I]
             "block_sparse_moe.experts.{e}.{part}", router="block_sparse_moe.router.layer.weight", norm_field=None,
             fused_gate_up="block_sparse_moe.input_linear.weight", fused_down="block_sparse_moe.output_linear.weight",
