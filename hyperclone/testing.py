@@ -91,6 +91,28 @@ def save_tiny_model(family: str, path: str | os.PathLike, *, dtype: torch.dtype 
     return path
 
 
+def hub_cache_entry(model_dir: str | os.PathLike, cache: str | os.PathLike, repo_id: str, revision: str = "main") -> Path:
+    """Lay `model_dir` out in `cache` exactly as huggingface_hub lays out a download
+    (models--org--name/{blobs,refs,snapshots}: content-addressed blobs, refs/<revision> holding the
+    commit, the snapshot's files as relative symlinks to the blobs), so hf:// sources resolve offline."""
+    import hashlib
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    files = sorted(f for f in Path(model_dir).iterdir() if f.is_file())
+    commit = hashlib.sha1(b"".join(f.name.encode() + f.read_bytes() for f in files)).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    for f in files:
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return snapshot
+
+
 def run_measuring_rss(cmd: list[str], **popen):
     """Run cmd to the end; return (the finished process, its peak resident set size sampled every 20 ms)."""
     import psutil

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hyperclone.errors import UserError
+from hyperclone.io.resolve import resolve_source
 from hyperclone.progress import stderr
 from hyperclone.train.checkpoint import Checkpointer
 from hyperclone.train.config import TrainConfig, make_config
@@ -204,8 +205,11 @@ def setup(cfg: TrainConfig) -> Run:
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
-    out = Path(cfg.out or f"{Path(cfg.model).name}-trained")
-    model_dir = Path(cfg.model)
+    # hf://org/name[@rev] becomes its local snapshot here, through the resolver grow and verify use
+    source = cfg.model
+    model_dir = resolve_source(source, "model")
+    out = Path(cfg.out or f"{Path(source.split('@')[0]).name}-trained")
+    cfg = replace(cfg, model=str(model_dir))
     rundir = RunDirectory(out, model_dir if (model_dir / "config.json").is_file() else None, cfg.resume, cfg.force)
     if cfg.decay_from:
         Checkpointer.require_intact(Path(cfg.decay_from))
@@ -217,7 +221,7 @@ def setup(cfg: TrainConfig) -> Run:
     main = accelerator.is_main_process
     log = _Log(out, main, cfg.progress)
     if main:
-        rundir.open(cfg.as_dict())
+        rundir.open({**cfg.as_dict(), "model": source})
     try:
         accelerator.wait_for_everyone()
         run = _build(cfg, out, accelerator, rundir, log, trackers)
