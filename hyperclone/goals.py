@@ -190,6 +190,7 @@ class Solver:
         self.ckpt, self.goal = ckpt, goal
         self.src = spec_from_config(ckpt.config)
         self.fam = self.src.adapter
+        self.fam.check(ckpt.config, f"the source {ckpt.path}")
         self.layout = MOE_LAYOUTS.get(self.fam.model_type)
         if self.layout:
             expand_fused_experts(ckpt, self.layout, self.fam.layer_prefix)
@@ -250,12 +251,12 @@ class Solver:
             return total, total
         layout = MOE_LAYOUTS[c.arch]
         inner = self._expert_inner(c) * n * m
-        per_layer = c.experts * 3 * d * inner + c.experts * d
+        per_layer = c.experts * (layout.expert_params(d, inner) + d + layout.router_bias_param)
         shared_inner = self._shared_inner(c, layout) * n * m
         per_layer += 3 * d * shared_inner + (d if layout.shared_gate else 0)
         moe_layers = c.layers - c.dense
         total += c.dense * dense_ffn + moe_layers * per_layer
-        return total, total - moe_layers * (c.experts - c.top_k) * 3 * d * inner
+        return total, total - moe_layers * (c.experts - c.top_k) * layout.expert_params(d, inner)
 
     def _expert_inner(self, c: Candidate) -> int:
         base = self.moe_in.inter if self.moe_in else self.ckpt.config[self.fam.ffn_field]

@@ -37,7 +37,7 @@ def inspect_checkpoint(source: str | os.PathLike, **open_options) -> dict:
     layout = MOE_LAYOUTS.get(spec.family)
     if layout is not None:
         moe = moe_spec(ckpt.config, layout, spec.layers)
-        expert = 3 * spec.hidden * moe.inter
+        expert = layout.expert_params(spec.hidden, moe.inter)
         info.update(experts=moe.experts, top_k=moe.top_k, expert_inner=moe.inter, shared_inner=moe.shared_inter,
                     moe_layers=sum(moe.moe_layers), routing=f"{layout.scoring}{', renormalised' if moe.normalised else ''}")
         info["active_parameters"] = info["parameters"] - sum(moe.moe_layers) * (moe.experts - moe.top_k) * expert

@@ -120,7 +120,10 @@ def expand_fused_experts(ckpt: Checkpoint, layout: MoeLayout, layer_prefix: str)
         if info.offset < 0 or len(info.shape) != 3:
             raise UserError(f"{name}: fused experts are read from safetensors 3D tensors only; re-export the checkpoint")
         experts, rows, cols = info.shape
-        halves = [(0, rows // 2, 0), (rows // 2, rows // 2, 1)] if kind == layout.fused_gate_up else [(0, rows, 2)]
+        if kind != layout.fused_gate_up:
+            halves = [(0, rows, 2)]
+        else:  # [gate; up] rows, or gpt_oss's [d, 2I] whole (gate and up interleaved in its columns)
+            halves = [(0, rows, 0)] if layout.transposed else [(0, rows // 2, 0), (rows // 2, rows // 2, 1)]
         for e in range(experts):
             for start, count, part in halves:
                 offset = info.offset + (e * rows + start) * cols * info.dtype.itemsize
@@ -333,13 +336,28 @@ class MoePlanner:
         if not self.layout.write_fused:
             return [(*entry, None) for entry in out]
         segments = {name: segs for name, segs, _ in out}
-        experts = [[self.layout.expert_name(self.fam.layer_prefix, j, e, p) for p in range(3)] for e in range(self.spec_out.experts)]
         fused = []
-        for name, parts in ((self.layout.fused_gate_up, (0, 1)), (self.layout.fused_down, (2,))):
-            segs = [seg for names in experts for p in parts for seg in segments.pop(names[p])]
-            rows = sum(seg.out_rows for seg in segs) // len(experts)
-            fused.append((f"{self.fam.layer_prefix}{j}.{name}", segs, None, (len(experts), rows, segs[0].out_cols)))
+        for name, parts in self._fused_parts():
+            per_expert = [self._part_name(j, e, p) for e in range(self.spec_out.experts) for p in parts]
+            segs = [seg for part in per_expert for seg in segments.pop(part)]
+            rows = sum(seg.out_rows for seg in segs) // self.spec_out.experts
+            shape = (self.spec_out.experts, rows, segs[0].out_cols) if rows > 1 else (self.spec_out.experts, segs[0].out_cols)
+            fused.append((f"{self.fam.layer_prefix}{j}.{name}", segs, None, shape))
         return [(name, segs, dtype, None) for name, segs, dtype in out if name in segments] + fused
+
+    def _fused_parts(self) -> list[tuple[str, tuple]]:
+        """(fused tensor, the per-expert parts stacked in it): [gate; up] and down, or gpt_oss's four."""
+        layout = self.layout
+        if not layout.transposed:
+            return [(layout.fused_gate_up, (0, 1)), (layout.fused_down, (2,))]
+        return [(layout.fused_gate_up, (0,)), (layout.fused_down, (2,)),
+                (layout.expert_biases[0], ("bias0",)), (layout.expert_biases[1], ("bias1",))]
+
+    def _part_name(self, j: int, e: int, part: int | str) -> str:
+        """A per-expert output tensor before fusing; the biases of transposed layouts get private names."""
+        if isinstance(part, int):
+            return self.layout.expert_name(self.fam.layer_prefix, j, e, part)
+        return f"{self.fam.layer_prefix}{j}.experts.{e}.{part}"
 
     def _mlp_tensors(self, j: int, i: int, new: bool, dense_ffn: Ffn | None, init_std: float) -> list[tuple]:
         """(name, segments, dtype or None) of target layer j's MoE block, with experts one tensor per part."""
@@ -354,12 +372,15 @@ class MoePlanner:
                 for a in range(self.clone):
                     for s in range(self.split):
                         e_out = (e * self.clone + a) * self.split + s
+                        if src.transposed:
+                            out += self._ffn_transposed(j, i, e, ffn, e_out, s, a, new, fresh, init_std)
+                            continue
                         out += self._ffn(j, ffn, ("expert", e_out), s, self.split, a, self.clone, self.down_scale, new, fresh, init_std)
             out.append(self._router_rows(j, i, t, fresh, init_std))
             if src.router_bias:
                 name = f"{prefix}{i}.{src.router_bias}"
                 segs = [Segment("copy", 1, 1, name, start=e, repeat=t) for e in range(self.spec_in.experts)]
-                out.append((f"{prefix}{j}.{layout.router_bias}", segs, self.ckpt.tensors[name].dtype))
+                out.append((f"{prefix}{j}.{layout.router_bias}", segs, None if src.router_bias_param else self.ckpt.tensors[name].dtype))
             if src.shared and self.spec_in.shared_inter:
                 shared = Ffn(*(f"{prefix}{i}.{src.shared}{p}.weight" for p in SHARED_PARTS), self.spec_in.shared_inter)
                 out += self._ffn(j, shared, ("shared",), 0, 1, 0, 1, 1.0, new, fresh, init_std)
@@ -397,10 +418,48 @@ class MoePlanner:
 
     def _expert(self, layout: MoeLayout, i: int, e: int) -> Ffn:
         names = [layout.expert_name(self.fam.layer_prefix, i, e, p) for p in range(3)]
-        missing = [n for n in names if n not in self.ckpt.tensors]
+        if layout.transposed:  # one gate_up view, no separate up
+            names[1] = ""
+        missing = [n for n in names if n and n not in self.ckpt.tensors]
         if missing:
             raise UserError(f"{self.ckpt.path} misses {missing[0]}: the checkpoint is incomplete or config.json has the wrong expert count")
-        return Ffn(*names, self.ckpt.tensors[names[0]].shape[0])
+        inner = self.ckpt.tensors[names[2]].shape[0 if layout.transposed else 1]
+        return Ffn(*names, inner)
+
+    def _ffn_transposed(self, j: int, i: int, e: int, ffn: Ffn, e_out: int, s: int, a: int, new: bool, fresh: bool,
+                        init_std: float) -> list[tuple]:
+        """One output expert of a transposed layout (gpt_oss): `_ffn`'s maths with rows and columns swapped.
+
+        Stored [in, out], the residual copies are row blocks, each an exact part of a split of the
+        source rows, and the FFN copies are whole tiled columns (gate and up stay interleaved in pairs,
+        so a slice of the inner size is a window of whole pairs). Biases: gate_up's tiled like its
+        columns; down's tiled across the residual copies and kept whole for every copy and slice,
+        since the copies' routing weights sum to the original's.
+        """
+        layout, prefix, n, noise = self.layout, self.fam.layer_prefix, self.n, self.t.noise
+        tiles, clone = self.n * self.m_ffn, self.clone
+        d = self.ckpt.tensors[ffn.gate].shape[0]
+        rows = ffn.inner // self.split
+        lo, hi = s * rows, (s + 1) * rows
+        gate_up, down = self._part_name(j, e_out, 0), self._part_name(j, e_out, 2)
+        if fresh:
+            gate_up_segs = [Segment("normal", d, 2 * rows * tiles, value=init_std, key=gate_up, repeat=n)]
+        else:
+            gate_up_segs = [Segment("tile", d, 2 * rows, ffn.gate, cols=(2 * lo, 2 * hi), copies=tiles, share=n, part=c,
+                                    share_noise=noise, share_key=gate_up) for c in range(n)]
+        parts = tiles * clone
+        if new or self.down_scale == 0.0:
+            down_segs = [Segment("zeros", rows * tiles, d * n)]
+        else:
+            down_segs = [Segment("tile", rows, d, ffn.down, start=lo, copies=n, share=parts, part=a * tiles + k,
+                                 scale=self.down_scale * clone, share_noise=noise if parts > 1 else 0.0,
+                                 share_key=f"{ffn.down}#{s}") for k in range(tiles)]
+        up_bias, down_bias = (f"{prefix}{i}.{b}" for b in layout.expert_biases)
+        up_bias_seg = Segment("zeros", 1, 2 * rows * tiles) if fresh else \
+            Segment("tile", 1, 2 * rows, up_bias, start=e, cols=(2 * lo, 2 * hi), copies=tiles)
+        down_bias_seg = Segment("zeros", 1, d * n) if new else Segment("tile", 1, d, down_bias, start=e, copies=n)
+        return [(gate_up, gate_up_segs, None), (down, down_segs, None),
+                (self._part_name(j, e_out, "bias0"), [up_bias_seg], None), (self._part_name(j, e_out, "bias1"), [down_bias_seg], None)]
 
     def _router_rows(self, j: int, i: int, t: int, fresh: bool, init_std: float) -> tuple:
         src, dst = self.src_layout, self.layout

@@ -25,7 +25,6 @@ from hyperclone.spec import ModelSpec, config_for, spec_from_config
 from hyperclone.targets import Target
 
 BUFFERS = ("e_score_correction_bias",)  # saved with the weights, but buffers in transformers
-LAYER = re.compile(r"^(\d+)\.(.+)\.(weight|bias)$")
 
 
 @dataclass
@@ -190,6 +189,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
     src = spec_from_config(config)
     check_config_matches_weights(ckpt)
     fam = src.adapter
+    fam.check(config, f"the source {ckpt.path}")
     n = target.width
     target_layers = target.layer_count(src.layers)
     layout = depth_layout(src.layers, target_layers, target.insert_after)
@@ -217,6 +217,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
         dst = replace(dst, family=moe.arch)
 
     per_layer: dict[int, dict[str, str]] = {i: {} for i in range(src.layers)}
+    layer_name = re.compile(r"^(\d+)\.(.+)\.(" + "|".join(fam.param_names) + ")$")
     for name in ckpt.tensors:
         if name.endswith(fam.ignore_suffixes):
             continue
@@ -227,7 +228,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
         module, _, suffix = name.rpartition(".")
         if module in (fam.embed, fam.final_norm, fam.lm_head, *fam.extra_embeds) and suffix in ("weight", "bias"):
             continue  # emitted below
-        if name.startswith(fam.layer_prefix) and (m := LAYER.match(name[len(fam.layer_prefix) :])):
+        if name.startswith(fam.layer_prefix) and (m := layer_name.match(name[len(fam.layer_prefix) :])):
             i, rel, suffix = int(m.group(1)), m.group(2), m.group(3)
             if fam.rule_for(rel) is None:
                 raise UserError(f"tensor {name} is not part of a {fam.model_type} model hyperclone knows; is model_type right?")
@@ -285,7 +286,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
             ffn = [per_layer[i].get(f"{module}.weight") for module in fam.swiglu or ()]
             dense_ffn = Ffn(*ffn, ckpt.tensors[ffn[0]].shape[0]) if ffn and all(ffn) else None
             for name, segs, tensor_dtype, shape in moe.mlp_tensors(j, i, new, dense_ffn, init_std):
-                add(name, name.endswith(BUFFERS), segs, tensor_dtype, shape)  # the router's correction bias is the one vector
+                add(name, name.endswith((*BUFFERS, ".bias")), segs, tensor_dtype, shape)  # router biases are the vectors
 
     lm_head = fam.lm_head + ".weight"
     for suffix in ("weight", "bias"):
@@ -312,7 +313,7 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
         cfg = moe.config(cfg, dst)
         spec = moe.spec_out
         inner = spec.inter * n * target.ffn
-        inactive = sum(spec.moe_layers) * (spec.experts - spec.top_k) * 3 * dst.hidden * inner
+        inactive = sum(spec.moe_layers) * (spec.experts - spec.top_k) * moe.layout.expert_params(dst.hidden, inner)
         moe_summary = {
             "arch": moe.arch, "experts": spec.experts, "top_k": spec.top_k, "expert_inner": inner,
             "shared_inner": spec.shared_inter * n * target.ffn, "moe_layers": [j for j, x in enumerate(spec.moe_layers) if x],

@@ -45,7 +45,6 @@ def _need(config: dict, key: str, where: str) -> int:
 def spec_from_config(config: dict, where: str = "config.json") -> ModelSpec:
     """Read the growth-relevant shape of a model from its config dict."""
     fam = family_for(config.get("model_type"))
-    fam.check(config, where)
     hidden = _need(config, "hidden_size", where)
     heads = _need(config, "num_attention_heads", where)
     kv = config.get(fam.kv_heads_field) if fam.kv_heads_field else None

@@ -51,6 +51,8 @@ FAMILY_EXTRAS: dict[str, dict] = {
     "hunyuan_v1_moe": dict(num_key_value_heads=2, head_dim=8, num_experts=4, moe_topk=2, intermediate_size=16),
     "dots1": dict(num_key_value_heads=2, head_dim=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                   n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1, routed_scaling_factor=2.5),
+    "gpt_oss": dict(num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, intermediate_size=16,
+                    sliding_window=8, layer_types=["sliding_attention", "full_attention"]),
     "granitemoe": dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, intermediate_size=16,
                        embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0),
 }

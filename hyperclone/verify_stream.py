@@ -98,8 +98,14 @@ class StreamedModel:
         return next((d for d in self.fam.disk_names(whole, renames) if d in self.ckpt.tensors), None)
 
     def _expert_tensor(self, j: int, rel: str, experts: list[int]) -> torch.Tensor:
-        """A fused [E, 2I, d] gate_up or [E, d, I] down parameter, assembled from per-expert tensors."""
-        parts = (0, 1) if rel.endswith("gate_up_proj") else (2,)
+        """A fused [E, 2I, d] gate_up or [E, d, I] down parameter, assembled from per-expert tensors
+        (gpt_oss: [E, d, 2I] and [E, I, d], and its per-expert biases, rows of their stored tensors)."""
+        if rel.endswith("_bias"):
+            return self._read(f"{self.fam.layer_prefix}{j}.{self._experts}.{rel.rpartition('.')[2]}")[experts]
+        if rel.endswith("gate_up_proj"):
+            parts = (0,) if self.layout.transposed else (0, 1)
+        else:
+            parts = (2,)
         rows = []
         for e in experts:
             names = [self.layout.expert_name(self.fam.layer_prefix, j, e, p) for p in parts]

@@ -175,6 +175,10 @@ def test_upcycled_experts_diverge_through_the_random_router(tiny, tmp_path):
         ("hunyuan_v1_moe", dict(moe={"split": 2}), "clone them instead"),
         ("mixtral", dict(moe={"arch": "qwen3_moe"}), "stays mixtral"),
         ("llama", dict(moe={"arch": "deepseek_v3", "experts": 4, "top_k": 2}), "latent attention"),
+        ("qwen3", dict(moe={"arch": "gpt_oss", "experts": 4, "top_k": 2}), "attention sinks"),
+        ("stablelm", dict(width=2), "one LayerNorm module per head|per-head module lists"),
+        ("opt", dict(width=2), "word_embed_proj_dim"),
+        ("gemma3_text", dict(moe={"arch": "mixtral", "experts": 4, "top_k": 2}), "sandwich norms"),
         ("deepseek_v3", dict(moe={"clone": 2}), None),
     ],
 )
@@ -184,8 +188,9 @@ def test_moe_refusals(family, target, expected, tiny):
         with pytest.raises(UserError, match="grouped routing"):
             hyperclone.plan(tiny(family, topk_group=1), target)
         return
+    overrides = {"stablelm": dict(qk_layernorm=True), "opt": dict(word_embed_proj_dim=16)}.get(family, {})
     with pytest.raises(UserError, match=expected):
-        hyperclone.plan(tiny(family), target)
+        hyperclone.plan(tiny(family, **overrides), target)
 
 
 def test_mla_without_q_lora(tiny, tmp_path):

@@ -13,7 +13,7 @@ from tests.test_cli import run
 CASES = [("llama", "2x"), ("gemma2", "deep-2x"), ("gpt_neox", "2x"), ("qwen3", "3x"), ("phi3", "2x"),
          ("qwen3_moe", "clone-2x"), ("mixtral", "clone-2x"), ("deepseek_v3", "2x"), ("glm4_moe", "clone-2x"),
          ("qwen2_moe", "2x"), ("hunyuan_v1_moe", "clone-2x"), ("llama", "moe-64x8-shared"),
-         ("granitemoe", "clone-2x"), ("opt", "2x"), ("phi", "deep-2x")]
+         ("granitemoe", "clone-2x"), ("gpt_oss", "2x"), ("opt", "2x"), ("phi", "deep-2x")]
 
 
 @pytest.mark.parametrize("family,target", CASES)

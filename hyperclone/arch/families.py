@@ -100,6 +100,8 @@ class Family:
     ignore_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
     # Field in config.json giving the inner FFN size.
     ffn_field: str = "intermediate_size"
+    # parameter names a layer's modules end in (gpt_oss's attention also holds `sinks`)
+    param_names: tuple[str, ...] = ("weight", "bias")
     # other config.json fields that equal hidden_size and grow with it (OPT's word_embed_proj_dim)
     hidden_fields: tuple[str, ...] = ()
     # config.json lists with one entry per layer, remapped when layers are inserted
@@ -302,6 +304,18 @@ FAMILIES: dict[str, Family] = {
                 scoring="sigmoid", experts_field="n_routed_experts", shared_field="n_shared_experts", shared_kind="multiple",
                 dense_rule="first_k", groups=True, attention_bias=False, sliding_window=False,
                 upcycle_config=(("routed_scaling_factor", 1.0), ("n_group", 1), ("topk_group", 1)),
+            ),
+        ),
+        Family(
+            "gpt_oss",  # attention sinks, alternating sliding windows, clamped SwiGLU experts with biases
+            _rules(**_LLAMA_ATTN, self_attn=Role.PROJ_NORM, **_PRE_NORMS),  # self_attn.sinks: one value per head, tiled like them
+            param_names=("weight", "bias", "sinks"),
+            moe=MoeLayout(
+                "mlp.experts.{e}.{part}", parts=("gate_up_proj", "up_proj", "down_proj"), router="mlp.router.weight",
+                router_bias="mlp.router.bias", router_bias_param=True, norm_field=None, experts_field="num_local_experts",
+                inter_field="intermediate_size", transposed=True, write_fused=True,
+                expert_biases=("mlp.experts.gate_up_proj_bias", "mlp.experts.down_proj_bias"),
+                upcycle_refusal="gpt_oss's attention sinks and clamped SwiGLU experts have no dense family here",
             ),
         ),
         Family("granitemoe", _rules(**_LLAMA_ATTN, **_PRE_NORMS), moe=MoeLayout(  # always fused on disk: input_linear [E, 2I, d], output_linear [E, d, I]

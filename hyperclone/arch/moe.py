@@ -23,8 +23,13 @@ class MoeLayout:
     fused_down: str = "mlp.experts.down_proj"
     write_fused: bool = False  # transformers loads only the fused tensors (granitemoe), so they are written fused
     memory_experts: str = "mlp.experts"  # where transformers 5 keeps a layer's fused experts in memory
+    # gpt_oss: experts stored [in, out] (gate_up [E, d, 2I] with gate and up interleaved in the columns,
+    # down [E, I, d]) and with biases (gate_up [E, 2I], down [E, d])
+    transposed: bool = False
+    expert_biases: tuple[str, str] | None = None
     router: str = "mlp.gate.weight"
-    router_bias: str | None = None  # sigmoid routers' e_score_correction_bias
+    router_bias: str | None = None  # sigmoid routers' e_score_correction_bias (a buffer), or a router's own bias
+    router_bias_param: bool = False  # the router bias is a parameter (counted), not a buffer
     shared: str | None = None  # shared expert module prefix
     shared_gate: str | None = None  # qwen2_moe's sigmoid gate on the shared expert
     scoring: str = "softmax"  # or "sigmoid"
@@ -55,10 +60,15 @@ class MoeLayout:
         """One pattern for the experts, routers and shared experts of a layer (names relative to it):
         the tensors the MoE planner emits, so the dense planner and the goal counter skip them."""
         expert = re.escape(self.expert).replace(r"\{e\}", r"\d+").replace(r"\{part\}", "(" + "|".join(self.parts) + ")")
-        patterns = [expert + r"\.weight"] + [re.escape(n) for n in (self.router, self.router_bias, self.shared_gate) if n]
+        extra = (self.router, self.router_bias, self.shared_gate, *(self.expert_biases or ()))
+        patterns = [expert + r"\.weight"] + [re.escape(n) for n in extra if n]
         if self.shared:
             patterns.append(re.escape(self.shared) + "(" + "|".join(SHARED_PARTS) + r")\.weight")
         return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+    def expert_params(self, hidden: int, inner: int) -> int:
+        """Parameters of one routed expert: three matrices, and biases where the family has them."""
+        return 3 * hidden * inner + ((2 * inner + hidden) if self.expert_biases else 0)
 
     def experts_keys(self) -> tuple[str, ...]:
         return (self.experts_field, *self.experts_aliases)
