@@ -39,7 +39,7 @@ def plain_loop(model_dir: Path, blocks, steps: int, batch: int, seq: int) -> flo
 
 
 def optimizer_steps(model_dir: Path, repeats: int) -> dict:
-    from hyperclone.grow import load_model
+    from hyperclone.loading import load_model
     from hyperclone.train.optim import build_optimizer, split_parameters
 
     model = load_model(model_dir, dtype=torch.float32)

@@ -135,6 +135,9 @@ def grow(
     shard_size: str = typer.Option("5GB", "--shard-size", help="Largest shard, e.g. 5GB or 500MB."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Shards written in parallel (threads; default: the CPU cores)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted grow into the same -o, keeping its verified shards."),
+    check: bool = typer.Option(False, "--verify", help="Verify the output against SRC and put the figures in its model card."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Hub repo org/name: verify, then push the output there."),
+    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repo private."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     allow_pickle: bool = PickleOpt,
@@ -143,6 +146,10 @@ def grow(
     import hyperclone
 
     options = _plan_options(width, ffn, layers, noise, seed, dtype, config, set_, allow_pickle)
+    if push_to_hub:
+        from hyperclone.hub import check_repo_id
+
+        check_repo_id(push_to_hub)
     growth = hyperclone.plan(src, to, **options)
     summary = growth.summary()
     for warning in growth.warnings:
@@ -166,6 +173,13 @@ def grow(
 
     path = write_plan(growth, output, force=force, shard_size=shard_size, progress=True, workers=workers, resume=resume)
     err.print(f"[green]grown[/] {summary['total_params']:,} parameters → {path}")
+    if check or push_to_hub:
+        from hyperclone.grow import verify_into_card
+
+        result = verify_into_card(growth, src, path, options)
+        err.print(f"[green]verified[/] max |Δlogit| {result['max_abs_diff']:.3g}, argmax agreement {result['argmax_agreement']:.4f}")
+    if push_to_hub:
+        _report_push(hyperclone.push(path, push_to_hub, private=private))
 
 
 @app.command()
@@ -300,6 +314,33 @@ def inspect(
     out.print(table)
 
 
+def _report_push(result: dict, dry_run: bool = False) -> None:
+    for name, size in result["files"]:
+        out.print(f"  {size:>14,}  {name}", highlight=False)
+    total = sum(size for _, size in result["files"])
+    err.print(f"{'would send' if dry_run else 'pushed'} {len(result['files'])} files, {total:,} bytes from {result['folder']} "
+              f"to {result['repo']}" + (f": {result['url']}" if result["url"] else ""), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@command()
+def push(
+    directory: Path = typer.Argument(..., help="A grown model directory, a run's final/ or the run directory."),
+    repo: str = typer.Option(..., "--repo", help="Hub model id org/name (created if missing)."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to push to (created if missing)."),
+    message: Optional[str] = typer.Option(None, "--message", help="Commit message."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the files and print the model card; contact nothing."),
+) -> None:
+    """Publish a grown or trained model to the Hugging Face Hub, with its model card."""
+    import hyperclone
+
+    result = hyperclone.push(directory, repo, private=private, revision=revision, message=message, dry_run=dry_run)
+    if dry_run:
+        out.print(result["card"] or "(no README.md: the repo gets no model card)", markup=False, highlight=False)
+    _report_push(result, dry_run)
+
+
 @app.command()
 @command()
 def presets() -> None:
@@ -376,6 +417,8 @@ def train(
     force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a run."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     trackers: Optional[str] = typer.Option(None, "--trackers", help="tensorboard (default) | none | another Accelerate tracker."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Hub repo org/name: push the final model there, with its card."),
+    private: Optional[bool] = typer.Option(None, "--private", help="With --push-to-hub: create the repo private."),
 ) -> None:
     """Continue pretraining a (grown) model: Accelerate, MuonClip, Warmup-Stable-Decay, exact resume."""
     import hyperclone

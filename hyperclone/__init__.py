@@ -2,10 +2,12 @@
 from hyperclone.arch import families
 from hyperclone.errors import UserError
 from hyperclone.goals import Goal, load_target
-from hyperclone.grow import grow, load_model, plan
+from hyperclone.grow import grow, plan
+from hyperclone.hub import push
 from hyperclone.inspection import inspect_checkpoint as inspect
+from hyperclone.loading import load_model
 from hyperclone.targets import Target, presets
 from hyperclone.train import train, tune  # binds the function; `python -m hyperclone.train` still finds the package
 from hyperclone.verify import verify
 
-__all__ = ["grow", "plan", "verify", "inspect", "presets", "families", "load_target", "load_model", "train", "tune", "Target", "Goal", "UserError"]
+__all__ = ["grow", "plan", "verify", "inspect", "presets", "families", "load_target", "load_model", "push", "train", "tune", "Target", "Goal", "UserError"]

@@ -12,12 +12,14 @@ from typing import Any, Iterator
 
 import torch
 
+from hyperclone.card import CARD, grown_card
 from hyperclone.errors import UserError
 from hyperclone.goals import Goal, check_goal, load_target, solve_goal
 from hyperclone.io.guard import LOCK_INFO, MANIFEST, DirectoryLock
 from hyperclone.io.output import PROGRESS_FILE, TOKENIZER_FILES, copy_side_files, partial_directory, resumable_directory
 from hyperclone.io.reader import open_checkpoint
 from hyperclone.io.writer import Shard, TensorSlot, parse_size, plan_shards, write_shards
+from hyperclone.loading import load_model
 from hyperclone.manifest import build_manifest, sha256_file, source_files, tool_version
 from hyperclone.ops import chunk_tasks
 from hyperclone.plan import GrowthPlan, OutTensor, build_plan
@@ -166,6 +168,7 @@ def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size
                                    workers=workers, done=finished, on_shard=record)
         (tmp / "config.json").write_text(json.dumps(growth.config, indent=2, sort_keys=True) + "\n")
         copied = copy_side_files(growth.source.directory, tmp)
+        (tmp / CARD).write_text(str(grown_card(growth)))
         (tmp / PROGRESS_FILE).unlink()
         # Every file of the output is named, so a later --force knows what hyperclone wrote.
         files = sorted({p.name for p in tmp.iterdir() if p.name != LOCK_INFO} | {MANIFEST})
@@ -174,31 +177,25 @@ def write_plan(growth: GrowthPlan, out: Path, *, force: bool = False, shard_size
     return out
 
 
+def verify_into_card(growth: GrowthPlan, source, path: Path, plan_options: dict) -> dict:
+    """Verify the written output and put the figures into its card; a failure is a bug, never pushed."""
+    from hyperclone.verify import verify
+
+    options = {k: plan_options[k] for k in ("config", "overrides", "allow_pickle") if k in plan_options}
+    result = verify(source, path, **options)
+    card = path / CARD
+    card.with_name(CARD + ".tmp").write_text(str(grown_card(growth, result)))
+    os.replace(card.with_name(CARD + ".tmp"), card)
+    if not result["passed"]:
+        raise RuntimeError(f"{path} does not compute what its source computes (max |Δlogit| {result['max_abs_diff']:.3g}, "
+                           f"argmax agreement {result['argmax_agreement']:.4f}); it was not pushed")
+    return result
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
-
-
-def load_model(directory: str | os.PathLike, dtype: torch.dtype | None = None, reference: bool = False):
-    """Load a checkpoint with transformers' own class, strictly: missing or unexpected keys are an error.
-
-    `reference` picks transformers' eager attention and experts code: the plainest implementation,
-    and free of fused-kernel shape limits (grouped_mm wants 16-byte strides, for one).
-    """
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    options = dict(attn_implementation="eager", experts_implementation="eager") if reference else {}
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, output_loading_info=True, **options)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise UserError(f"transformers cannot load {directory}: {str(exc).splitlines()[0]}") from None
-    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if problems:
-        raise UserError(f"{directory} does not load strictly with transformers: {problems}")
-    return model
 
 
 def grow(
@@ -212,22 +209,41 @@ def grow(
     progress: bool = True,
     workers: int | None = None,
     resume: bool = False,
+    check: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
     **plan_options: Any,
 ):
     """Grow `source` to `target`.
+
+    With `check` (implied by `push_to_hub`), the written output is verified against the source and
+    the figures go into its model card; it is pushed to the Hub repo `push_to_hub` only if it passed.
 
     Returns the GrowthPlan when `dry_run`, the output Path when `out` is given, and otherwise a
     transformers model in memory. The in-memory model is produced by the same streaming writer
     into a temporary directory and loaded by transformers, so it goes through transformers' own
     on-disk-to-memory key mapping and is bit-identical to what `out` would hold.
     """
+    if push_to_hub:
+        from hyperclone.hub import check_repo_id
+
+        check_repo_id(push_to_hub)
     growth = plan(source, target, **plan_options)
     for message in growth.warnings:
         warnings.warn(message, stacklevel=2)
     if dry_run:
         return growth
     if out is not None:
-        return write_plan(growth, Path(out), force=force, shard_size=shard_size, progress=progress, workers=workers, resume=resume)
+        path = write_plan(growth, Path(out), force=force, shard_size=shard_size, progress=progress, workers=workers, resume=resume)
+        if check or push_to_hub:
+            verify_into_card(growth, source, path, plan_options)
+        if push_to_hub:
+            from hyperclone.hub import push
+
+            push(path, push_to_hub, private=private)
+        return path
+    if check or push_to_hub:
+        raise UserError("verifying and pushing need an output directory: give out (-o)")
     with tempfile.TemporaryDirectory(prefix="hyperclone-") as tmp:
         path = write_plan(growth, Path(tmp) / "grown", shard_size=shard_size, progress=progress, workers=workers)
         model = load_model(path)

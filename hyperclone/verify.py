@@ -49,7 +49,7 @@ def as_model_directory(ckpt: Checkpoint) -> Iterator[Path]:
 
 
 def _logits(directory: Path, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
-    from hyperclone.grow import load_model
+    from hyperclone.loading import load_model
 
     model = load_model(directory, dtype=torch.float32, reference=True)
     model.eval()

@@ -13,8 +13,8 @@ from hyperclone.testing import hub_cache_entry
 DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")
 
 
-def _run(cache: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+def _run(cache: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "COLUMNS": "200", "OMP_NUM_THREADS": "1", **(env or {})}
     env.pop("HF_HOME", None)
     return subprocess.run([shutil.which("hyperclone") or sys.executable, *args], capture_output=True, text=True,
                           env=env, timeout=300)
@@ -51,3 +51,71 @@ def test_a_revision_or_repo_not_in_the_cache_is_one_line(tiny, tmp_path):
             assert result.returncode == 2, (args, result.stderr)
             assert len(result.stderr.strip().splitlines()) == 1 and "Hub cache" in result.stderr, result.stderr
             assert not (tmp_path / "r").exists()
+
+
+TOKEN = "hf_doNotLeakThisTokenAnywhere1234567890"
+
+
+def _hub_source(tiny, tmp_path, family="qwen3", repo="someorg/tiny"):
+    """A tiny model with a licensed card, laid out in a fresh Hub cache."""
+    model = tmp_path / "published"
+    shutil.copytree(tiny(family), model)
+    (model / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# tiny\n")
+    cache = tmp_path / "hub"
+    hub_cache_entry(model, cache, repo)
+    return cache
+
+
+def _files_under(*folders: Path) -> list[Path]:
+    return [p for folder in folders for p in folder.rglob("*") if p.is_file()]
+
+
+def test_cards_of_a_grown_and_a_trained_model_say_where_they_came_from(tiny, tmp_path):
+    from huggingface_hub import ModelCard
+
+    cache = _hub_source(tiny, tmp_path)
+    out, run = tmp_path / "grown", tmp_path / "run"
+    grow = _run(cache, "grow", "hf://someorg/tiny", "--to", "2x", "-o", str(out), "--verify")
+    assert grow.returncode == 0, grow.stderr
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "someorg/tiny" and "base_model_relation" not in card.data.to_dict()
+    assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
+    assert {"hyperclone", "model-growth", "qwen3"} <= set(card.data.tags) and "mixture-of-experts" not in card.data.tags
+    assert "max |Δlogit|" in card.text and "64 tokens compared" in card.text and "width x2" in card.text
+    assert "README.md" in json.loads((out / "growth.json").read_text())["files"]
+
+    train = _run(cache, "train", "--model", str(out), "--data", DATA, "-o", str(run), "--max-steps", "2",
+                 "--seq-len", "32", "--batch-size", "2", "--trackers", "none")
+    assert train.returncode == 0, train.stderr
+    trained = ModelCard.load(run / "final" / "README.md")
+    assert trained.data.base_model is None  # the grown base is local: no Hub page to point at
+    assert trained.data.license == "apache-2.0"  # carried through the grown model's card
+    assert "finetune" not in str(trained.data.to_dict())
+    assert "tokens seen" in trained.text and "final eval loss" in trained.text and "![loss](loss.png)" in trained.text
+    assert (run / "final" / "loss.png").is_file()
+
+    direct = tmp_path / "direct"
+    train = _run(cache, "train", "--model", "hf://someorg/tiny", "--data", DATA, "-o", str(direct), "--max-steps", "1",
+                 "--seq-len", "32", "--batch-size", "2", "--trackers", "none")
+    assert train.returncode == 0, train.stderr
+    card = ModelCard.load(direct / "final" / "README.md")
+    assert (card.data.base_model, card.data.to_dict()["base_model_relation"]) == ("someorg/tiny", "finetune")
+
+
+def test_push_dry_run_lists_the_files_and_the_card_and_contacts_nothing(tiny, tmp_path):
+    cache = _hub_source(tiny, tmp_path, family="qwen3_moe")
+    out = tmp_path / "grown"
+    assert _run(cache, "grow", "hf://someorg/tiny", "--to", "clone-2x", "-o", str(out), env={"HF_TOKEN": TOKEN}).returncode == 0
+    dry = _run(cache, "push", str(out), "--repo", "me/grown", "--dry-run", env={"HF_TOKEN": TOKEN})
+    assert dry.returncode == 0, dry.stderr
+    listed = {line.split()[-1] for line in dry.stdout.splitlines() if line.startswith("  ") and line.split()[0].replace(",", "").isdigit()}
+    assert listed == {p.name for p in out.iterdir() if not p.name.startswith(".")} and "model.safetensors" in listed
+    assert "mixture-of-experts" in dry.stdout and "base_model: someorg/tiny" in dry.stdout
+    for text in (dry.stdout, dry.stderr, *(p.read_bytes().decode("utf-8", "replace") for p in _files_under(out))):
+        assert TOKEN not in text
+
+    # a real push with the network off is one line, exit 2; a bad repo id is refused before anything is grown
+    real = _run(cache, "push", str(out), "--repo", "me/grown", env={"HF_TOKEN": TOKEN})
+    assert real.returncode == 2 and len(real.stderr.strip().splitlines()) == 1 and TOKEN not in real.stderr, real.stderr
+    bad = _run(cache, "grow", "hf://someorg/tiny", "--to", "clone-2x", "-o", str(tmp_path / "never"), "--push-to-hub", "no-slash")
+    assert bad.returncode == 2 and "org/name" in bad.stderr and not (tmp_path / "never").exists()

@@ -56,6 +56,9 @@ def test_run_outputs_and_moe_logging(tiny, tmp_path):
     assert len(steps[-1]["expert_load"][0]) == 4  # tokens per expert, per MoE layer
     for png in ("loss.png", "expert_load.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+        assert (out / "final" / png).read_bytes() == (out / png).read_bytes()  # beside the card that shows it
+    card = (out / "final" / "README.md").read_text()
+    assert "- mixture-of-experts" in card and "![expert_load](expert_load.png)" in card and f"{12 * 4 * 64:,}" in card
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-12", "step-8"]
     assert any((out / "hyperclone").rglob("events.out.tfevents*"))
     # aux-loss-free balancing moved the routers' correction biases

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from hyperclone.errors import UserError
+from hyperclone.hub import check_repo_id
 from hyperclone.train.data import mixture
 from hyperclone.yamlio import parse_yaml, read_yaml
 
@@ -53,6 +54,8 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     trackers: str = "tensorboard"  # tensorboard | none | any Accelerate tracker name
     progress: bool = True
+    push_to_hub: str | None = None  # a Hub repo org/name: the final model is pushed there, with its card
+    private: bool = False  # create that repo private
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -159,5 +162,7 @@ def make_config(recipe: str | os.PathLike | None = None, **overrides) -> TrainCo
     if not config.model or not config.data:
         raise UserError("training needs --model DIR and --data PATH")
     _check_data(config)
+    if config.push_to_hub:
+        check_repo_id(config.push_to_hub)
     _warn_about_schedule(config)
     return config

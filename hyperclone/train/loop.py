@@ -90,7 +90,7 @@ def _load_model(directory: str):
         check_config_matches_weights(ckpt, "the model")
     finally:
         ckpt.close()
-    from hyperclone.grow import load_model
+    from hyperclone.loading import load_model
 
     return load_model(path, dtype=torch.float32)
 
@@ -375,20 +375,27 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
             last_eval = _evaluate(run)
         if cfg.save_every:
             run.checkpointer.save(asdict(state))
-        _finish(run)
+        result = {"out": str(run.out), "steps": state.step, "tokens": state.tokens, "loss": run.log.last.get("loss"),
+                  "eval_loss": last_eval, "skipped_steps": state.skipped_steps}
+        _finish(run, result)
     finally:
         run.rundir.close()
-    return {"out": str(run.out), "steps": state.step, "tokens": state.tokens, "loss": run.log.last.get("loss"),
-            "eval_loss": last_eval, "skipped_steps": state.skipped_steps}
+    if cfg.push_to_hub:
+        from hyperclone.hub import push
+
+        push(run.out / "final", cfg.push_to_hub, private=cfg.private)
+    return result
 
 
-def _finish(run: Run) -> None:
-    """The final model (transformers' own format, atomically), the plots, the trackers closed."""
+def _finish(run: Run, result: dict) -> None:
+    """The final model (transformers' own format, atomically) with its card and plots, the trackers closed."""
     acc, out = run.accelerator, run.out
     acc.wait_for_everyone()
     if acc.is_main_process:
         import shutil
 
+        from hyperclone.arch import MOE_LAYOUTS
+        from hyperclone.card import CARD, trained_card
         from hyperclone.io.output import copy_side_files
         from hyperclone.train.plots import plot_expert_load, plot_loss
 
@@ -396,11 +403,19 @@ def _finish(run: Run) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         acc.unwrap_model(run.model).save_pretrained(str(tmp), state_dict=acc.get_state_dict(run.model))
         copy_side_files(Path(run.cfg.model), tmp)
+        plots = [out / "loss.png"]
+        plot_loss(out / "metrics.jsonl", plots[0])
+        if run.balance is not None:
+            plots.append(out / "expert_load.png")
+            plot_expert_load(run.balance.total_counts.tolist(), run.balance.layers, plots[1])
+        for plot in plots:  # beside the card that shows them, so an upload of final/ carries them
+            shutil.copyfile(plot, tmp / plot.name)
+        model_type = run.model.config.model_type
+        card = trained_card(run.cfg.as_dict(), result, Path(run.cfg.model), [p.name for p in plots], model_type,
+                            model_type in MOE_LAYOUTS)
+        (tmp / CARD).write_text(str(card))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        plot_loss(out / "metrics.jsonl", out / "loss.png")
-        if run.balance is not None:
-            plot_expert_load(run.balance.total_counts.tolist(), run.balance.layers, out / "expert_load.png")
     acc.wait_for_everyone()
     acc.end_training()
 

@@ -1,0 +1,29 @@
+"""Loading a checkpoint with transformers' own classes, strictly: the one reference every check trusts."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from hyperclone.errors import UserError
+
+
+def load_model(directory: str | os.PathLike, dtype: torch.dtype | None = None, reference: bool = False):
+    """Load a checkpoint with transformers' own class, strictly: missing or unexpected keys are an error.
+
+    `reference` picks transformers' eager attention and experts code: the plainest implementation,
+    and free of fused-kernel shape limits (grouped_mm wants 16-byte strides, for one).
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    options = dict(attn_implementation="eager", experts_implementation="eager") if reference else {}
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, output_loading_info=True, **options)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise UserError(f"transformers cannot load {directory}: {str(exc).splitlines()[0]}") from None
+    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        raise UserError(f"{directory} does not load strictly with transformers: {problems}")
+    return model
