@@ -1,5 +1,6 @@
 """hyperclone: grow small pretrained language models into larger ones without changing what they compute."""
 from hyperclone.arch import families
+from hyperclone.compare import compare
 from hyperclone.errors import UserError
 from hyperclone.goals import Goal, load_target
 from hyperclone.grow import grow, plan
@@ -10,4 +11,4 @@ from hyperclone.targets import Target, presets
 from hyperclone.train import train, tune  # binds the function; `python -m hyperclone.train` still finds the package
 from hyperclone.verify import verify
 
-__all__ = ["grow", "plan", "verify", "inspect", "presets", "families", "load_target", "load_model", "push", "train", "tune", "Target", "Goal", "UserError"]
+__all__ = ["grow", "plan", "verify", "inspect", "presets", "families", "load_target", "load_model", "push", "compare", "train", "tune", "Target", "Goal", "UserError"]

@@ -60,16 +60,9 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
-def _shape_rows(source: dict, grown: dict, source_params: tuple[int, int], grown_params: tuple[int, int]) -> list[tuple]:
-    rows = [(label, source[key], grown[key]) for label, key in (
-        ("hidden size", "hidden"), ("attention heads", "heads"), ("key/value heads", "kv_heads"), ("head dim", "head_dim"),
-        ("FFN inner size", "intermediate"), ("layers", "layers"), ("tied embeddings", "tied"))]
-    rows.append(("parameters (total)", f"{source_params[0]:,}", f"{grown_params[0]:,}"))
-    rows.append(("parameters (active per token)", f"{source_params[1]:,}", f"{grown_params[1]:,}"))
-    return rows
-
-
 def verify_section(verified: dict | None, source: str) -> str:
+    if verified and "damaged_shards" in verified:
+        return "FAILED: the grown files changed after growth: " + "; ".join(verified["damaged_shards"])
     if not verified:
         return ("Not verified at grow time. `hyperclone verify " + source + " THIS_DIRECTORY` compares float32 logits "
                 "with transformers' own classes (exit 0: the same function).")
@@ -83,21 +76,12 @@ def grown_card(growth, verified: dict | None = None):
     """The card of a grown model: where it came from, the plan, the operators and the verify figures."""
     from huggingface_hub import ModelCard
 
-    from hyperclone.arch import MOE_LAYOUTS
-    from hyperclone.inspection import checkpoint_params
-    from hyperclone.moe import moe_spec
 
     source_dir = growth.source.directory
     name = hub_id(source_dir) or growth.source.path.name
     data = _metadata(growth.dst.family, growth.moe is not None, source_dir, None)
     summary = growth.summary()
-    rows = _shape_rows(summary["source_spec"], summary["target_spec"], checkpoint_params(growth.source, growth.src),
-                       (growth.total_params, growth.active_params))
-    if growth.moe:
-        layout = MOE_LAYOUTS.get(growth.src.family)
-        before = moe_spec(growth.source.config, layout, growth.src.layers) if layout else None
-        rows.insert(6, ("experts (top-k)", f"{before.experts} (top-{before.top_k})" if before else "dense",
-                        f"{growth.moe['experts']} (top-{growth.moe['top_k']})"))
+    rows = growth.rows()
     body = "\n\n".join([
         f"# {name}, grown by hyperclone",
         f"This model was grown by hyperclone from `{name}` ({growth.src.family}). At step 0 it computes the "

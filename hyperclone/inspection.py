@@ -7,6 +7,7 @@ from collections import Counter
 
 from hyperclone.arch import MOE_LAYOUTS
 from hyperclone.consistency import check_config_matches_weights
+from hyperclone.display import Inspection
 from hyperclone.dtypes import NAME_BY_DTYPE
 from hyperclone.io.reader import Checkpoint, open_checkpoint
 from hyperclone.moe import moe_spec
@@ -59,4 +60,4 @@ def inspect_checkpoint(source: str | os.PathLike, **open_options) -> dict:
     manifest = ckpt.directory / "growth.json"
     if manifest.exists():
         info["grown_by_hyperclone"] = True
-    return info
+    return Inspection(info)

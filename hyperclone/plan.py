@@ -19,7 +19,9 @@ from hyperclone.consistency import check_config_matches_weights
 from hyperclone.dtypes import DTYPE_BY_NAME, NAME_BY_DTYPE, dominant_dtype
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint
-from hyperclone.moe import Ffn, MoePlanner, expand_fused_experts
+from hyperclone.display import Table, shape_rows
+from hyperclone.inspection import checkpoint_params
+from hyperclone.moe import Ffn, MoePlanner, expand_fused_experts, moe_spec
 from hyperclone.ops import Segment
 from hyperclone.spec import ModelSpec, config_for, spec_from_config
 from hyperclone.targets import Target
@@ -36,7 +38,7 @@ class OutTensor:
 
 
 @dataclass
-class GrowthPlan:
+class GrowthPlan(Table):
     source: Checkpoint
     target: Target
     src: ModelSpec
@@ -69,6 +71,20 @@ class GrowthPlan:
     @property
     def nbytes(self) -> int:
         return sum(self.bytes_of(t) for t in self.tensors)
+
+    def rows(self) -> list[tuple]:
+        """Before/after rows (shapes, experts, total and active parameters): the notebook's table and the card's."""
+        rows = shape_rows(self.src.as_dict(), self.dst.as_dict(), checkpoint_params(self.source, self.src),
+                          (self.total_params, self.active_params))
+        if self.moe:
+            layout = MOE_LAYOUTS.get(self.src.family)
+            before = moe_spec(self.source.config, layout, self.src.layers) if layout else None
+            rows.insert(6, ("experts (top-k)", f"{before.experts} (top-{before.top_k})" if before else "dense",
+                            f"{self.moe['experts']} (top-{self.moe['top_k']})"))
+        return rows
+
+    def _table(self):
+        return f"{self.src.family} → {self.target.name} ({NAME_BY_DTYPE[self.dtype]})", ("", "source", "grown"), self.rows()
 
     def operators(self) -> list[str]:
         s, d, t = self.src, self.dst, self.target

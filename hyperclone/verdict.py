@@ -93,5 +93,6 @@ def verdict(source_logits: torch.Tensor, grown_logits: torch.Tensor, tolerance: 
         "embedding_rows": embedding_rows,
         "tolerance": tolerance,
         "tokens": source_logits.shape[0] * source_logits.shape[1],
+        "per_token_max_abs_diff": diff.amax(-1).flatten().tolist(),  # for the notebook's histogram
         **figures,
     }

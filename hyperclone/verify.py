@@ -12,6 +12,7 @@ from typing import Iterator
 import torch
 
 from hyperclone.consistency import check_config_matches_weights
+from hyperclone.display import VerifyResult
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint, open_checkpoint, read_config
 from hyperclone.io.resolve import resolve_source
@@ -94,7 +95,7 @@ def verify(
     progress: bool = False,
     experts: str = "auto",
     memory_budget: int | None = None,
-) -> dict:
+) -> VerifyResult:
     """Does `grown` compute what `source` computes? `passed` is the verdict, the rest its figures.
 
     In order: the grown shards against the sha256 growth.json records (`checksums`), both configs
@@ -110,8 +111,8 @@ def verify(
     if checksums:
         damaged, checked = damaged_shards(grown_path if grown_path.is_dir() else grown_path.parent, progress)
         if damaged:
-            return {"passed": False, "damaged_shards": damaged, "shards_checked": checked, "tolerance": tolerance,
-                    "seconds": round(time.perf_counter() - start, 3)}
+            return VerifyResult(passed=False, damaged_shards=damaged, shards_checked=checked, tolerance=tolerance,
+                                seconds=round(time.perf_counter() - start, 3))
     big = open_checkpoint(grown_path, role="grown model")
     small = open_checkpoint(source, config_path=config, overrides=overrides, allow_pickle=allow_pickle)
     for ckpt, what in ((small, "the source"), (big, "the grown model")):
@@ -127,5 +128,5 @@ def verify(
         with as_model_directory(small) as source_dir:
             source_logits, source_params = _logits(source_dir, tokens)
         figures = dict(source_params=source_params, grown_params=grown_params)
-    return verdict(source_logits, grown_logits, tolerance, embedding_max_abs_diff(small, big), seed=seed,
-                   shards_checked=checked, streamed=stream, **figures, seconds=round(time.perf_counter() - start, 3))
+    return VerifyResult(verdict(source_logits, grown_logits, tolerance, embedding_max_abs_diff(small, big), seed=seed,
+                                shards_checked=checked, streamed=stream, **figures, seconds=round(time.perf_counter() - start, 3)))

@@ -119,3 +119,20 @@ def test_push_dry_run_lists_the_files_and_the_card_and_contacts_nothing(tiny, tm
     assert real.returncode == 2 and len(real.stderr.strip().splitlines()) == 1 and TOKEN not in real.stderr, real.stderr
     bad = _run(cache, "grow", "hf://someorg/tiny", "--to", "clone-2x", "-o", str(tmp_path / "never"), "--push-to-hub", "no-slash")
     assert bad.returncode == 2 and "org/name" in bad.stderr and not (tmp_path / "never").exists()
+
+
+def test_a_pickle_only_repo_is_refused_unless_allowed(tiny, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    model = tmp_path / "pickled"
+    model.mkdir()
+    shutil.copy(tiny("llama") / "config.json", model / "config.json")
+    torch.save(load_file(tiny("llama") / "model.safetensors"), model / "pytorch_model.bin")
+    cache = tmp_path / "hub"
+    hub_cache_entry(model, cache, "someorg/pickled")
+    refused = _run(cache, "plan", "hf://someorg/pickled", "--to", "2x")
+    assert refused.returncode == 2 and "--allow-pickle" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    allowed = _run(cache, "plan", "hf://someorg/pickled", "--to", "2x", "--json", "--allow-pickle")
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["config"]["hidden_size"] == 64

@@ -115,7 +115,7 @@ def test_a_second_train_into_a_running_run_is_refused(tiny, tmp_path):
     model = tiny("llama", vocab_size=300)
     out = tmp_path / "run"
     first = _start(["train", "--model", str(model), *TRAIN, "--max-steps", "100000", "--save-every", "1000", "-o", str(out)],
-                   out / ".hyperclone-lock")
+                   out / "hyperclone_run.json")  # locked and marked: a running run
     try:
         refused(run("train", "--model", str(model), *TRAIN, "-o", str(out), "--resume"), f"pid {first.pid}")
         refused(run("train", "--model", str(model), *TRAIN, "-o", str(out), "--force"), f"pid {first.pid}")

@@ -29,7 +29,7 @@ LOCK_INFO = ".hyperclone-lock"  # who holds the lock: read only when the lock it
 MANIFEST = "growth.json"
 RUN_MARKER = "hyperclone_run.json"
 # What the training loop writes at the top of a run directory ("hyperclone" is tensorboard's project folder).
-RUN_ENTRIES = frozenset({RUN_MARKER, LOCK_INFO, "checkpoints", "final", ".final.tmp", "metrics.jsonl", "loss.png",
+RUN_ENTRIES = frozenset({RUN_MARKER, RUN_MARKER + ".tmp", LOCK_INFO, "checkpoints", "final", ".final.tmp", "metrics.jsonl", "loss.png",
                          "expert_load.png", "hyperclone", "README.md"})
 TUNE_MARKER = "hyperclone_tune.json"
 TUNE_ENTRIES = frozenset({TUNE_MARKER, LOCK_INFO, "tune.json", "tune.png", "recipe.yaml", "runs"})  # what `tune` writes

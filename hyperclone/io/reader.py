@@ -188,7 +188,7 @@ def open_checkpoint(
 
     `role` names the checkpoint in messages ("source", "grown model").
     """
-    path = resolve_source(source, role)
+    path = resolve_source(source, role, allow_pickle)
     if path.is_dir():
         files = _weight_files(path, allow_pickle)
         directory = path

@@ -20,11 +20,16 @@ PARQUET_SUFFIXES = {".parquet"}
 BINARY_SUFFIXES = {".pyc", ".so", ".png", ".jpg", ".gz", ".zip", ".bin", ".safetensors", ".pt", ".whl", ".o", ".a"}
 
 
+def _bytes_text(ids: list[int]) -> str:
+    return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
 @dataclass
 class Tokenizer:
     encode: Callable[[str], list[int]]
     eos: int
     description: str
+    decode: Callable[[list[int]], str] = _bytes_text
 
 
 def load_tokenizer(model_dir: str | os.PathLike, vocab_size: int) -> Tokenizer:
@@ -38,7 +43,8 @@ def load_tokenizer(model_dir: str | os.PathLike, vocab_size: int) -> Tokenizer:
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load the tokenizer in {directory}: {str(exc).splitlines()[0]}") from None
         eos = tok.eos_token_id if tok.eos_token_id is not None else 0
-        return Tokenizer(lambda text: tok(text, add_special_tokens=False)["input_ids"], eos, f"{type(tok).__name__} from {directory}")
+        return Tokenizer(lambda text: tok(text, add_special_tokens=False)["input_ids"], eos, f"{type(tok).__name__} from {directory}",
+                         lambda ids: tok.decode(ids))
     if vocab_size >= 257:
         return Tokenizer(lambda text: list(text.encode("utf-8")), 256, "no tokenizer in the model directory: UTF-8 bytes as token ids (EOS = 256)")
     return Tokenizer(lambda text: [b % vocab_size for b in text.encode("utf-8")], 0,

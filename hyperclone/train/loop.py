@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from hyperclone.display import TrainResult
 from hyperclone.errors import UserError
 from hyperclone.io.resolve import resolve_source
 from hyperclone.progress import stderr
@@ -375,8 +376,8 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
             last_eval = _evaluate(run)
         if cfg.save_every:
             run.checkpointer.save(asdict(state))
-        result = {"out": str(run.out), "steps": state.step, "tokens": state.tokens, "loss": run.log.last.get("loss"),
-                  "eval_loss": last_eval, "skipped_steps": state.skipped_steps}
+        result = TrainResult(out=str(run.out), steps=state.step, tokens=state.tokens, loss=run.log.last.get("loss"),
+                             eval_loss=last_eval, skipped_steps=state.skipped_steps)
         _finish(run, result)
     finally:
         run.rundir.close()
@@ -410,7 +411,7 @@ def _finish(run: Run, result: dict) -> None:
             plot_expert_load(run.balance.total_counts.tolist(), run.balance.layers, plots[1])
         for plot in plots:  # beside the card that shows them, so an upload of final/ carries them
             shutil.copyfile(plot, tmp / plot.name)
-        model_type = run.model.config.model_type
+        model_type = acc.unwrap_model(run.model).config.model_type
         card = trained_card(run.cfg.as_dict(), result, Path(run.cfg.model), [p.name for p in plots], model_type,
                             model_type in MOE_LAYOUTS)
         (tmp / CARD).write_text(str(card))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -49,7 +50,10 @@ class RunDirectory:
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         marker = {"hyperclone_version": tool_version(), "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   "settings": settings}
-        (self.out / RUN_MARKER).write_text(json.dumps(marker, indent=2, default=str) + "\n")
+        # whole or absent: a concurrent command reads it to decide what it may replace
+        tmp = self.out / (RUN_MARKER + ".tmp")
+        tmp.write_text(json.dumps(marker, indent=2, default=str) + "\n")
+        os.replace(tmp, self.out / RUN_MARKER)
 
     def close(self, failed_before_training: bool = False) -> None:
         """Release the lock; a directory this run created and failed to use is removed."""
