@@ -46,6 +46,47 @@ def test_experts_are_orthogonalised_one_by_one():
         assert torch.allclose(batched[e].float(), single, rtol=0, atol=2e-2 * float(single.abs().max()))
 
 
+def _per_parameter_step(params: list, groups: list[dict], buffers: dict) -> None:
+    """The reference: Muon one parameter (or fused half) at a time, Newton–Schulz in float32."""
+    for group in groups:
+        for p in group["params"]:
+            buf = buffers.setdefault(id(p), torch.zeros_like(p.grad))
+            buf.lerp_(p.grad, 1 - 0.95)
+            update = p.grad.lerp(buf, 0.95)
+            mats = update.chunk(2, dim=-2) if group.get("halves") else (update,)
+            update = torch.cat([newton_schulz(m, dtype=torch.float32) for m in mats], dim=-2)
+            with torch.no_grad():
+                p.mul_(1 - group["lr"] * 0.1)
+                p.add_(update, alpha=-group["lr"] * 0.2 * math.sqrt(max(mats[0].shape[-2:])))
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "llama"])
+def test_batched_newton_schulz_step_equals_the_per_parameter_step(family):
+    """All same-shape matrices of the model (experts of every layer, q_proj of every layer...) in one
+    Newton–Schulz call per shape gives the per-parameter update, to 1e-6 in float32."""
+    model = AutoModelForCausalLM.from_config(tiny_config(family, num_hidden_layers=3))
+    randomize_(model, seed=1)
+    opt = build_optimizer(model, "muon", lr=1e-2, expert_lr_scale=0.5)
+    opt.ns_dtype = torch.float32
+    muon_groups = [g for g in opt.param_groups if g["use_muon"]]
+    params = [p for g in muon_groups for p in g["params"]]
+    shapes = [m.shape[-2:] for g in muon_groups for p in g["params"] for m in (p.chunk(2, -2) if g["halves"] else (p,))]
+    assert len(set(shapes)) < len(shapes)  # matrices do share shapes: the batching is exercised
+    reference = [p.detach().clone().requires_grad_(True) for p in params]
+    ref_groups = [dict(params=reference[sum(len(h["params"]) for h in muon_groups[:k]):][:len(g["params"])], lr=g["lr"],
+                       halves=g["halves"]) for k, g in enumerate(muon_groups)]
+    buffers: dict = {}
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):  # two steps: the momentum buffers are exercised too
+        for p, r in zip(params, reference):
+            p.grad = torch.randn(p.shape, generator=gen)
+            r.grad = p.grad.clone()
+        opt.step()
+        _per_parameter_step(reference, ref_groups, buffers)
+    for p, r in zip(params, reference):
+        assert (p - r).abs().max() <= 1e-6, (p - r).abs().max()
+
+
 def test_fused_gate_up_halves_and_parameter_split():
     model = AutoModelForCausalLM.from_config(tiny_config("qwen3_moe"))
     opt = build_optimizer(model, "muon", lr=1e-3)

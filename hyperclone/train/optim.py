@@ -13,6 +13,9 @@ from typing import Callable, Iterable
 
 import torch
 
+from hyperclone.kernels import use_kernels
+from hyperclone.kernels.gram import gram_triton
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 ROUTER = re.compile(r"(^|\.)(gate(\.wg)?|shared_expert_gate)\.weight$")
 FUSED_HALVES = re.compile(r"gate_up_proj$")
@@ -30,13 +33,19 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS,
     if tall:
         x = x.mT
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    # one batched code path for a matrix and a stack; on CUDA the two symmetric products (X·Xᵀ and
+    # b·G + c·G·G) go through the one-triangle Triton kernel, elsewhere through torch
+    kernel = use_kernels(x)
+    x3 = x.reshape(-1, *x.shape[-2:])
     for _ in range(steps):
-        if x.dim() == 2:
-            gram = x @ x.T
-            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        if kernel:
+            gram = gram_triton(x3)
+            poly = gram_triton(gram, gram, alpha=c, beta=b)
         else:
-            gram = x @ x.mT
-            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+            gram = x3 @ x3.mT
+            poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x3 = torch.baddbmm(x3, poly, x3, beta=a)
+    x = x3.reshape(x.shape)
     if tall:
         x = x.mT
     return x.to(g.dtype)
@@ -53,12 +62,14 @@ class MuonClip(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, lr: float = 2e-3, weight_decay: float = 0.1, momentum: float = 0.95,
                  nesterov: bool = True, ns_steps: int = 5, ns_coefficients=NS_COEFFICIENTS, eps: float = 1e-7,
-                 betas: tuple[float, float] = (0.9, 0.95), adam_eps: float = 1e-8, qk_clip=None):
+                 betas: tuple[float, float] = (0.9, 0.95), adam_eps: float = 1e-8, qk_clip=None,
+                 ns_dtype: torch.dtype = torch.bfloat16):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                         ns_coefficients=tuple(ns_coefficients), eps=eps, betas=tuple(betas), adam_eps=adam_eps,
                         use_muon=True, halves=False)
         super().__init__(params, defaults)
         self.qk_clip = qk_clip
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -66,33 +77,50 @@ class MuonClip(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._muon_all([g for g in self.param_groups if g["use_muon"]])
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if group["use_muon"]:
-                    self._muon(p, group)
-                else:
-                    self._adamw(p, group)
+            if not group["use_muon"]:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._adamw(p, group)
         if self.qk_clip is not None:
             self.qk_clip.apply()
         return loss
 
-    def _muon(self, p: torch.Tensor, group: dict) -> None:
+    def _muon_all(self, groups: list[dict]) -> None:
+        """Muon for every matrix of every Muon group, with one batched Newton–Schulz call per matrix shape:
+        all experts of all layers, all q_proj of all layers... are orthogonalised together, so the step has
+        no loop over parameters around the iteration (on a GPU, one launch per shape instead of hundreds)."""
+        items = []  # (param, group, its matrices: the update, or a fused [gate; up]'s two halves)
+        for group in groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    update = self._momentum(p, group)
+                    items.append((p, group, update.chunk(2, dim=-2) if group["halves"] else (update,)))
+        stacks: dict[tuple, list[torch.Tensor]] = {}
+        for _, group, mats in items:
+            for m in mats:
+                stacks.setdefault(self._ns_key(m, group), []).append(m)
+        done: dict[tuple, list[torch.Tensor]] = {}
+        for key, mats in stacks.items():
+            shape, steps, coefficients, eps = key
+            flat = newton_schulz(torch.cat([m.reshape(-1, *shape) for m in mats]), steps, coefficients, eps, self.ns_dtype)
+            done[key] = list(reversed(flat.split([m.numel() // math.prod(shape) for m in mats])))
+        for p, group, mats in items:
+            update = torch.cat([done[self._ns_key(m, group)].pop().reshape(m.shape) for m in mats], dim=-2)
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(update, alpha=-rms_matched_lr(group["lr"], mats[0].shape))
+
+    @staticmethod
+    def _ns_key(m: torch.Tensor, group: dict) -> tuple:
+        return tuple(m.shape[-2:]), group["ns_steps"], group["ns_coefficients"], group["eps"]
+
+    def _momentum(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        """Nesterov momentum of the gradient: what Newton–Schulz orthogonalises."""
         grad, state = p.grad, self.state[p]
         buf = state.setdefault("momentum_buffer", torch.zeros_like(grad))
         buf.lerp_(grad, 1 - group["momentum"])
-        update = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-        ns = dict(steps=group["ns_steps"], coefficients=group["ns_coefficients"], eps=group["eps"])
-        if group["halves"]:  # fused [gate; up]: two matrices, orthogonalised apart
-            gate, up = update.chunk(2, dim=-2)
-            update = torch.cat([newton_schulz(gate, **ns), newton_schulz(up, **ns)], dim=-2)
-            shape = gate.shape
-        else:
-            update = newton_schulz(update, **ns)
-            shape = p.shape
-        p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(update, alpha=-rms_matched_lr(group["lr"], shape))
+        return grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
 
     def _adamw(self, p: torch.Tensor, group: dict) -> None:
         grad, state = p.grad, self.state[p]

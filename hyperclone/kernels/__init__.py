@@ -1,0 +1,19 @@
+"""GPU kernels for the hot paths, each beside the PyTorch reference it must match.
+
+A kernel is chosen automatically for CUDA tensors when Triton is installed (HYPERCLONE_KERNELS=0
+turns them off); everywhere else the reference runs, and nothing here imports a GPU package until a
+CUDA tensor asks for it, so CPU training never does.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+
+def use_kernels(x: torch.Tensor) -> bool:
+    """Whether `x` should go through a Triton kernel: a CUDA tensor, kernels not turned off, Triton present."""
+    if not x.is_cuda or os.environ.get("HYPERCLONE_KERNELS", "1") == "0":
+        return False
+    return importlib.util.find_spec("triton") is not None
