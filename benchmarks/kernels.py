@@ -3,9 +3,11 @@
 1. One Muon step over the matrices of a MoE model (every expert of every layer, and the attention
    projections): batched Newton–Schulz, one call per matrix shape (MuonClip), against the
    per-parameter loop it replaced (the baseline, written out below). On any machine.
-2. On CUDA only: the one-triangle Triton X·Xᵀ (hyperclone.kernels.gram) against torch's bf16 matmul
-   at square sizes up to 8192, and a whole Newton–Schulz with and without the kernel
-   (HYPERCLONE_KERNELS=0).
+2. On CUDA only: Newton–Schulz at 1024², 4096², 8192² and an expert stack [128, 768, 2048] with the
+   one-triangle Triton kernel, against torch.optim.Muon's own iteration and the plain batched torch
+   loop (HYPERCLONE_KERNELS=0); causal attention forward + backward with the max-logit capture
+   against the same without it, at seq 2048 and 8192. (The training-step MFU and Liger figures of
+   issue 18 are not measured here yet.)
 
     python benchmarks/kernels.py [--layers 4] [--experts 32] [--hidden 256] [--expert-inner 128] [--record]
 """
@@ -76,26 +78,50 @@ def muon_step(args, device: str) -> dict:
             "batched_s": round(ours, 4), "speedup": round(base / ours, 2)}
 
 
-def gram_sizes(repeats: int) -> list[dict]:
-    from hyperclone.kernels.gram import gram_triton
+def newton_schulz_sizes(repeats: int) -> list[dict]:
+    """Ours (batched, one-triangle kernel) against torch.optim.Muon's own iteration and the plain batched
+    torch loop (HYPERCLONE_KERNELS=0), at the issue's sizes."""
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    from hyperclone.train.optim import NS_COEFFICIENTS
 
     rows = []
-    for n in (1024, 2048, 4096, 8192):
-        x = torch.randn(1, n, n, device="cuda", dtype=torch.bfloat16)
-        torch_s = timed(lambda: x @ x.mT, repeats)
-        kernel_s = timed(lambda: gram_triton(x), repeats)
-        rows.append({"n": n, "torch_ms": round(torch_s * 1e3, 3), "triton_ms": round(kernel_s * 1e3, 3),
-                     "speedup": round(torch_s / kernel_s, 2), "tflops_triton": round(n**3 / kernel_s / 1e12, 1)})
+    for shape in ((1024, 1024), (4096, 4096), (8192, 8192), (128, 768, 2048)):
+        g = torch.randn(shape, device="cuda")
+        os.environ["HYPERCLONE_KERNELS"] = "1"
+        ours = timed(lambda: newton_schulz(g), repeats)
+        os.environ["HYPERCLONE_KERNELS"] = "0"
+        plain = timed(lambda: newton_schulz(g), repeats)
+        os.environ["HYPERCLONE_KERNELS"] = "1"
+        mats = [g] if g.dim() == 2 else list(g)  # torch's Muon orthogonalises one matrix at a time
+        muon = timed(lambda: [_zeropower_via_newtonschulz(m, NS_COEFFICIENTS, 5, 1e-7) for m in mats], repeats)
+        rows.append({"shape": list(shape), "ours_ms": round(ours * 1e3, 2), "plain_torch_ms": round(plain * 1e3, 2),
+                     "torch_muon_ms": round(muon * 1e3, 2), "vs_torch_muon": round(muon / ours, 2), "vs_plain": round(plain / ours, 2)})
     return rows
 
 
-def ns_with_and_without_kernel(args) -> dict:
-    stack = torch.randn(args.layers * args.experts, args.expert_inner, args.hidden, device="cuda")
-    os.environ["HYPERCLONE_KERNELS"] = "0"
-    off = timed(lambda: newton_schulz(stack), args.repeats)
-    os.environ["HYPERCLONE_KERNELS"] = "1"
-    on = timed(lambda: newton_schulz(stack), args.repeats)
-    return {"stack": list(stack.shape), "torch_s": round(off, 4), "kernel_s": round(on, 4), "speedup": round(off / on, 2)}
+def capture_overhead(repeats: int) -> list[dict]:
+    """Causal attention forward + backward with the max-logit capture against the same without it."""
+    import torch.nn.functional as F
+
+    from hyperclone.kernels.max_logit import max_logit_triton
+
+    rows = []
+    for seq in (2048, 8192):
+        q, k, v = (torch.randn(1, 32, seq, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+
+        def plain():
+            F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+
+        def captured():
+            with torch.no_grad():
+                max_logit_triton(q, k, 128 ** -0.5)
+            plain()
+
+        base, ours = timed(plain, repeats), timed(captured, repeats)
+        rows.append({"seq": seq, "attention_ms": round(base * 1e3, 2), "with_capture_ms": round(ours * 1e3, 2),
+                     "overhead": round(ours / base - 1, 3)})
+    return rows
 
 
 def main() -> None:
@@ -112,12 +138,16 @@ def main() -> None:
     step = result["muon_step"]
     print(f"Muon step over {step['matrices']} matrices of {step['shapes']} shapes on {device}: per-parameter "
           f"{step['per_parameter_s']:.3f} s, batched {step['batched_s']:.3f} s -> {step['speedup']:.2f}x")
-    if device == "cuda":
-        result["gram"] = gram_sizes(args.repeats)
-        for row in result["gram"]:
-            print(f"X·Xᵀ bf16 {row['n']}²: torch {row['torch_ms']} ms, one-triangle Triton {row['triton_ms']} ms -> {row['speedup']}x")
-        result["newton_schulz"] = ns_with_and_without_kernel(args)
-        print(f"Newton–Schulz on {result['newton_schulz']['stack']}: {result['newton_schulz']['speedup']}x with the kernel")
+    if device != "cuda":
+        print("the kernel figures need CUDA: this machine has none, so only the batched Muon step was measured")
+    else:
+        result["newton_schulz"] = newton_schulz_sizes(args.repeats)
+        for row in result["newton_schulz"]:
+            print(f"Newton–Schulz {row['shape']}: ours {row['ours_ms']} ms, torch Muon {row['torch_muon_ms']} ms "
+                  f"({row['vs_torch_muon']}x), plain batched torch {row['plain_torch_ms']} ms ({row['vs_plain']}x)")
+        result["capture"] = capture_overhead(args.repeats)
+        for row in result["capture"]:
+            print(f"attention fwd+bwd at seq {row['seq']}: +{row['overhead']:.1%} with the max-logit capture")
     if args.record:
         out = Path(__file__).resolve().parent / "results" / f"kernels-{'gpu' if device == 'cuda' else 'cpu'}.json"
         out.write_text(json.dumps(result, indent=1) + "\n")

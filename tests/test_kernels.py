@@ -66,3 +66,50 @@ def test_gram_kernel_on_the_gpu(shape, monkeypatch):
     off = optim.newton_schulz(x)
     monkeypatch.setenv("HYPERCLONE_KERNELS", "1")
     assert _relative(optim.newton_schulz(x), off) <= 3e-2  # two bf16 iterations of different rounding
+
+
+def _exact_max(q, k, scale, window=None, mask=None):
+    """Every score materialised (what the streamed paths must equal), in float32."""
+    keys = k.float().repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = (q.float() @ keys.mT) * scale
+    q_len, k_len = scores.shape[-2:]
+    i, j = torch.arange(q_len)[:, None] + (k_len - q_len), torch.arange(k_len)[None, :]
+    visible = (j <= i) & ((j > i - window) if window else True) if mask is None else mask
+    return scores.masked_fill(~visible, float("-inf")), scores.masked_fill(~visible, float("-inf")).amax(dim=(0, 2, 3))
+
+
+ATTENTION = [  # batch, heads, kv heads, query length, key length, head dim, sliding window
+    (2, 4, 2, 37, 37, 8, None), (1, 4, 1, 50, 50, 16, 7), (3, 2, 2, 20, 45, 8, None), (1, 6, 3, 70, 70, 12, 16),
+]
+
+
+@pytest.mark.parametrize("case", ATTENTION)
+def test_max_logit_kernel_is_the_exact_max(case, interpreter):
+    from hyperclone.kernels.max_logit import max_logit_reference, max_logit_triton
+
+    b, h, kvh, lq, lk, d, window = case
+    gen = torch.Generator().manual_seed(lq)
+    q, k = torch.randn(b, h, lq, d, generator=gen), torch.randn(b, kvh, lk, d, generator=gen) * 0.3
+    scores, exact = _exact_max(q, k, 0.3, window)
+    for got in (max_logit_triton(q, k, 0.3, window, block_q=16, block_k=16), max_logit_reference(q, k, 0.3, None, window)):
+        assert (got - exact).abs().max() <= 1e-5 * exact.abs().max(), (got, exact)
+    # flash attention's log-sum-exp only bounds the max from above (by up to log of the keys seen): not the max
+    lse = torch.logsumexp(scores, dim=-1).amax(dim=(0, 2))
+    assert (lse - exact).min() > 0.1
+    qb, kb = q.bfloat16(), k.bfloat16()
+    got = max_logit_triton(qb, kb, 0.3, window, block_q=16, block_k=16)
+    assert (got - _exact_max(qb, kb, 0.3, window)[1]).abs().max() <= 1e-5 * exact.abs().max()  # float32 products of bf16 inputs
+
+
+def test_streamed_reference_takes_transformers_masks():
+    """Bool and additive masks (padding, as transformers passes them) on the CPU path, block by block."""
+    from hyperclone.kernels import max_logit as module
+
+    q, k = torch.randn(2, 4, 300, 8), torch.randn(2, 2, 300, 8)
+    mask = torch.ones(300, 300, dtype=torch.bool).tril().expand(2, 1, 300, 300).clone()
+    mask[0, :, :, :40] = False  # left padding in the first sequence
+    exact = _exact_max(q, k, 0.5, mask=mask)[1]
+    assert module.QUERY_BLOCK < 300  # more than one block
+    assert torch.allclose(module.max_logit_reference(q, k, 0.5, mask), exact, rtol=1e-6, atol=0)
+    additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    assert torch.allclose(module.max_logit_reference(q, k, 0.5, additive), exact, rtol=1e-6, atol=0)

@@ -1,8 +1,8 @@
 """QK-Clip: keep every head's maximum pre-softmax attention logit at or below tau.
 
 The maximum is recorded during the forward pass by an attention function registered with
-transformers (it computes the logits' max, then runs transformers' own SDPA), so it costs nothing
-unless clipping is on. After the optimizer step, a head whose max S_h exceeds tau has its query
+transformers (it streams the logits' exact max, see hyperclone.kernels.max_logit, then runs
+transformers' own SDPA), so it costs nothing unless clipping is on. After the optimizer step, a head whose max S_h exceeds tau has its query
 and key rows scaled so that the product shrinks by gamma = tau / S_h (Kimi K2):
   - grouped-query attention: a kv head shared by several query heads is scaled by sqrt(min gamma)
     of its group, and each query head by min(1, gamma_h / that) — every head ends at or below tau;
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from hyperclone.kernels.max_logit import max_logit
+
 NAME = "hyperclone_qk_capture"
 _registered = False
 
@@ -23,17 +25,8 @@ def _capture_attention(module, query, key, value, attention_mask, dropout=0.0, s
 
     with torch.no_grad():
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        keys = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
-        scores = torch.matmul(query.float(), keys.float().transpose(-1, -2)) * scale
-        if attention_mask is None:  # causal, left implicit by the mask builder
-            q_len, k_len = scores.shape[-2:]
-            allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
-            scores = scores.masked_fill(~allowed, float("-inf"))
-        elif attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask[..., : scores.shape[-1]], float("-inf"))
-        else:
-            scores = scores + attention_mask[..., : scores.shape[-1]].float()
-        per_head = scores.amax(dim=(0, 2, 3))
+        # streamed, never the whole QKᵀ: a Triton kernel on CUDA, query blocks elsewhere
+        per_head = max_logit(query, key, scale, attention_mask, kwargs.get("sliding_window"))
         seen = getattr(module, "_hc_max_logit", None)
         module._hc_max_logit = per_head if seen is None else torch.maximum(seen, per_head)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
