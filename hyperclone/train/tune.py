@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hyperclone.errors import UserError
 from hyperclone.io.guard import TUNE_MARKER, check_replaceable, refuse_overlap
+from hyperclone.io.resolve import resolve_source
 from hyperclone.progress import stderr
 from hyperclone.train.config import TrainConfig, make_config
 from hyperclone.train.loop import train
@@ -111,14 +112,16 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
 
     When the best lies at an edge of the grid, up to `extend` more learning rates are tried beyond it
     (a factor 2 apart), so a grid that missed the optimum does not hand back its edge as the answer."""
+    source = str(model)
+    model = resolve_source(source, "model")  # hf://org/name[@rev]: its snapshot, resolved once for every run
     base = make_config(recipe, model=str(model), data=data, **settings)
     tokens_per_step = base.batch_size * base.seq_len * base.grad_accum
     total = budget_tokens // tokens_per_step if budget_tokens else base.max_steps
     branches = Branches.plan(total, tuple(budgets), base.decay_fraction)
     grid = _grid(lrs, base.lr)
     warmup = TrainConfig(**{**base.as_dict(), "max_steps": branches.steps(max(branches.budgets))}).warmup_steps()
-    target = Path(out or f"{Path(model).name}-tune")
-    _prepare(target, Path(model), force)
+    target = Path(out or f"{Path(source.split('@')[0]).name}-tune")
+    _prepare(target, model, force)
     results: dict[float, dict[int, float]] = {}
     full = branches.steps(max(branches.budgets))
     while grid:
