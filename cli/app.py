@@ -419,6 +419,16 @@ def train(
     trackers: Optional[str] = typer.Option(None, "--trackers", help="tensorboard (default) | none | another Accelerate tracker."),
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Hub repo org/name: push the final model there, with its card."),
     private: Optional[bool] = typer.Option(None, "--private", help="With --push-to-hub: create the repo private."),
+    diloco: Optional[bool] = typer.Option(None, "--diloco", help="DiLoCo across replica groups (torchft): this process is one group."),
+    sync_every: Optional[int] = typer.Option(None, "--sync-every", help="DiLoCo: inner steps between outer syncs (default 100)."),
+    outer_lr: Optional[float] = typer.Option(None, "--outer-lr", help="DiLoCo: outer Nesterov SGD learning rate (default 0.7)."),
+    outer_momentum: Optional[float] = typer.Option(None, "--outer-momentum", help="DiLoCo: outer momentum (default 0.9)."),
+    lighthouse: Optional[str] = typer.Option(None, "--lighthouse", help="DiLoCo: the torchft lighthouse, HOST:PORT."),
+    replica_id: Optional[str] = typer.Option(None, "--replica-id", help="DiLoCo: this group's name (default group-<index>)."),
+    replica_index: Optional[int] = typer.Option(None, "--replica-index", help="DiLoCo: this group's data shard, 0..replicas-1."),
+    replicas: Optional[int] = typer.Option(None, "--replicas", help="DiLoCo: how many shards the training data is cut into."),
+    min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="DiLoCo: groups a sync waits for (default 1)."),
+    hostname: Optional[str] = typer.Option(None, "--hostname", help="DiLoCo: the name other groups reach this machine by."),
 ) -> None:
     """Continue pretraining a (grown) model: Accelerate, MuonClip, Warmup-Stable-Decay, exact resume."""
     import hyperclone

@@ -55,6 +55,18 @@ class TrainConfig:
     trackers: str = "tensorboard"  # tensorboard | none | any Accelerate tracker name
     progress: bool = True
     push_to_hub: str | None = None  # a Hub repo org/name: the final model is pushed there, with its card
+    # DiLoCo across replica groups (hyperclone.train.diloco): one process per group, torchft between them
+    diloco: bool = False
+    sync_every: int = 100  # inner steps between outer syncs (H)
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+    lighthouse: str | None = None  # torchft lighthouse HOST:PORT
+    replica_id: str | None = None  # default: group-<replica_index>
+    replica_index: int = 0  # this group's shard of the training data
+    replicas: int = 1  # how many shards the training data is cut into
+    min_replicas: int = 1  # groups the quorum waits for
+    hostname: str = "localhost"  # how the other groups reach this one (its machine's name when they run elsewhere)
+    diloco_timeout: float = 60.0  # seconds a quorum or an all-reduce may take
     private: bool = False  # create that repo private
 
     def as_dict(self) -> dict:
@@ -102,7 +114,9 @@ RANGES = (
     ("lr", 0, None, False), ("warmup", 0, None, True), ("decay_fraction", 0, 1, True), ("min_lr_ratio", 0, 1, True),
     ("weight_decay", 0, None, True), ("grad_clip", 0, None, True), ("qk_clip_tau", 0, None, False),
     ("save_every", 0, None, True), ("keep", 0, None, True), ("eval_every", 0, None, True), ("eval_fraction", 0, 1, True),
-    ("eval_batches", 1, None, True), ("max_bad_steps", 1, None, True),
+    ("eval_batches", 1, None, True), ("max_bad_steps", 1, None, True), ("sync_every", 1, None, True),
+    ("outer_lr", 0, None, False), ("outer_momentum", 0, 1, True), ("replica_index", 0, None, True), ("replicas", 1, None, True),
+    ("min_replicas", 1, None, True), ("diloco_timeout", 0, None, False),
 )
 
 
@@ -123,6 +137,16 @@ def _warn_about_schedule(config: TrainConfig) -> None:
     elif config.schedule == "wsd" and warmup + config.decay_fraction * config.max_steps > config.max_steps:
         warnings.warn(f"the warmup ({warmup} steps) and the decay ({config.decay_fraction:.0%} of {config.max_steps}) "
                       "overlap: the run has no stable phase", UserWarning, stacklevel=3)
+
+
+def _check_diloco(config: TrainConfig) -> None:
+    if config.replica_index >= config.replicas:
+        raise UserError(f"--replica-index {config.replica_index} must be below --replicas {config.replicas}")
+    if config.diloco and not config.lighthouse:
+        raise UserError("--diloco needs --lighthouse HOST:PORT (start one with `torchft_lighthouse --min_replicas N`)")
+    if config.diloco and config.max_steps % config.sync_every:
+        raise UserError(f"--max-steps {config.max_steps} is not a multiple of --sync-every {config.sync_every}: the run would "
+                        "end between outer syncs, with a model no other replica group has")
 
 
 def _check_data(config: TrainConfig) -> None:
@@ -164,5 +188,6 @@ def make_config(recipe: str | os.PathLike | None = None, **overrides) -> TrainCo
     _check_data(config)
     if config.push_to_hub:
         check_repo_id(config.push_to_hub)
+    _check_diloco(config)
     _warn_about_schedule(config)
     return config

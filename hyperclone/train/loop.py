@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,8 @@ def _data(cfg: TrainConfig, model, accelerator, log: "_Log", sources: list[Sourc
     settings = (tokenizer, cfg.seq_len, cfg.text_field, cfg.streaming, cfg.seed, cfg.eval_fraction)
     with accelerator.main_process_first():
         train_blocks, eval_blocks = mixed_blocks(sources, *settings)
+        if cfg.replicas > 1:  # DiLoCo: each replica group trains on its own shard (eval stays common)
+            train_blocks = train_blocks.shard(num_shards=cfg.replicas, index=cfg.replica_index)
         decay_blocks = mixed_blocks(decay_sources, *settings)[0] if decay_sources else None
     log.say(f"tokenizer: {tokenizer.description}")
     loaders = []
@@ -360,17 +363,18 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
         if cfg.eval_at_start and state.step == 0:
             _evaluate(run)
         run.log.start(cfg.max_steps, state.step)
-        while state.step < cfg.max_steps:
-            record = train_step(run)
-            if record is None:
-                continue
-            run.log.metrics(record)
-            run.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.step)
-            if cfg.eval_every and state.step % cfg.eval_every == 0:
-                last_eval = _evaluate(run)
-            if run.checkpointer.due(state.step, cfg.max_steps):
-                run.checkpointer.save(asdict(state))
-            run.log.advance(record)
+        with _replica_groups(run):
+            while state.step < cfg.max_steps:
+                record = train_step(run)
+                if record is None:
+                    continue
+                run.log.metrics(record)
+                run.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.step)
+                if cfg.eval_every and state.step % cfg.eval_every == 0:
+                    last_eval = _evaluate(run)
+                if run.checkpointer.due(state.step, cfg.max_steps):
+                    run.checkpointer.save(asdict(state))
+                run.log.advance(record)
         run.log.stop()
         if last_eval is None or (cfg.eval_every and cfg.max_steps % cfg.eval_every):
             last_eval = _evaluate(run)
@@ -386,6 +390,23 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
 
         push(run.out / "final", cfg.push_to_hub, private=cfg.private)
     return result
+
+
+def _replica_groups(run: Run):
+    """DiLoCo's context when --diloco (the outer syncs happen inside the optimizer's steps), else nothing."""
+    if not run.cfg.diloco:
+        return nullcontext()
+    from hyperclone.train.diloco import diloco
+
+    if run.accelerator.num_processes > 1:
+        raise UserError("--diloco runs one process per replica group: start each group without `accelerate launch`")
+    model, inner = run.accelerator.unwrap_model(run.model), run.optimizer.optimizer
+
+    def load(state: dict) -> None:  # a (re)joining group takes a live peer's weights and optimizer state
+        model.load_state_dict(state["model"])
+        inner.load_state_dict(state["optimizer"])
+
+    return diloco(run.cfg, model, inner, lambda: {"model": model.state_dict(), "optimizer": inner.state_dict()}, load)
 
 
 def _finish(run: Run, result: dict) -> None:

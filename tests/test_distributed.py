@@ -1,0 +1,60 @@
+"""Training beyond one process: DiLoCo across replica groups on torchft (a real lighthouse, real
+processes talking over gloo on the loopback)."""
+import json
+import os
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+import hyperclone
+
+DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+def test_diloco_replica_groups_end_with_the_same_model(tiny, tmp_path):
+    pytest.importorskip("torchft")
+    from torchft.coordination import LighthouseServer
+
+    model = tiny("llama", vocab_size=300)
+    lighthouse = LighthouseServer(bind="[::]:0", min_replicas=2)
+    try:
+        groups = [subprocess.Popen(
+            [shutil.which("hyperclone"), "train", "--model", str(model), "--data", DATA, "-o", str(tmp_path / f"group{i}"),
+             "--max-steps", "6", "--seq-len", "32", "--batch-size", "2", "--trackers", "none", "--optimizer", "adamw",
+             "--lr", "3e-3", "--diloco", "--sync-every", "3", "--lighthouse", lighthouse.address(), "--replicas", "2",
+             "--replica-index", str(i), "--min-replicas", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for i in range(2)]
+        outputs = [g.communicate(timeout=300) for g in groups]
+    finally:
+        lighthouse.shutdown()
+    for group, (_, err) in zip(groups, outputs):
+        assert group.returncode == 0, err[-3000:]
+    first, second = (hyperclone.load_model(tmp_path / f"group{i}" / "final") for i in range(2))
+    start = hyperclone.load_model(model)
+    moved = 0.0
+    for (name, a), (_, b), (_, s) in zip(first.state_dict().items(), second.state_dict().items(), start.state_dict().items()):
+        assert torch.equal(a, b), name  # the outer step made them one model again
+        moved = max(moved, float((a - s).abs().max()))
+    assert moved > 1e-4  # and it trained
+    # each group read its own half of the data: their first losses differ
+    firsts = [next(json.loads(line)["loss"] for line in (tmp_path / f"group{i}" / "metrics.jsonl").read_text().splitlines()
+                   if "loss" in json.loads(line)) for i in range(2)]
+    assert firsts[0] != firsts[1]
+
+
+def test_diloco_bad_settings_are_one_line(tiny, tmp_path):
+    from tests.test_cli import run
+
+    model = tiny("llama", vocab_size=300)
+    base = ["train", "--model", str(model), "--data", DATA, "-o", str(tmp_path / "r"), "--diloco"]
+    base += ["--lighthouse", "localhost:1"]
+    for extra, words in ((["--max-steps", "10", "--sync-every", "3"], "multiple of --sync-every"),
+                         (["--replicas", "2", "--replica-index", "2"], "below --replicas"),
+                         (["--max-steps", "6", "--sync-every", "3", "--lighthouse", ""], "--lighthouse")):
+        result = run(*base, *extra)
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
