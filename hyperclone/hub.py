@@ -11,10 +11,6 @@ from pathlib import Path
 
 from hyperclone.card import CARD
 from hyperclone.errors import UserError
-from hyperclone.io.guard import LOCK_INFO
-
-# hyperclone's own bookkeeping, never published
-PRIVATE = (LOCK_INFO, ".hyperclone-progress.json")
 
 
 def check_repo_id(repo: str) -> str:
@@ -37,13 +33,14 @@ def publishable(directory: Path) -> Path:
 
 
 def upload_list(folder: Path) -> list[tuple[str, int]]:
-    """(relative path, bytes) of every file a push sends, in upload order."""
+    """(relative path, bytes) of every file a push sends, in upload order: not hidden files (hyperclone's
+    lock and progress files among them) nor half-written `.tmp` ones."""
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
             path = Path(root) / name
-            if name in PRIVATE or name.startswith(".") or name.endswith(".tmp"):
+            if name.startswith(".") or name.endswith(".tmp"):
                 continue
             files.append((path.relative_to(folder).as_posix(), path.stat().st_size))
     return files
