@@ -15,9 +15,11 @@ from hyperclone.spec import ModelSpec, spec_from_config
 
 
 def counted_tensors(ckpt: Checkpoint, spec: ModelSpec) -> dict:
-    """The tensors transformers counts as parameters: no cached tables, no tied lm_head."""
-    fam = spec.adapter
-    counted = {n: t for n, t in ckpt.tensors.items() if not n.endswith(fam.ignore_suffixes)}
+    """The tensors transformers counts as parameters: no cached tables, no tied lm_head, no buffers saved
+    with the weights (sigmoid routers' correction biases)."""
+    fam, layout = spec.adapter, MOE_LAYOUTS.get(spec.family)
+    skip = fam.ignore_suffixes + ((layout.router_bias,) if layout and layout.router_bias and not layout.router_bias_param else ())
+    counted = {n: t for n, t in ckpt.tensors.items() if not n.endswith(skip)}
     if spec.tied:
         counted.pop(fam.lm_head + ".weight", None)
     return counted

@@ -107,7 +107,10 @@ def test_every_family_is_counted_in_closed_form(family, tiny):
     """The solver's closed form equals the plan's count (check_goal raises otherwise), and the plan's
     count equals what transformers builds — for every entry of the family table."""
     src = tiny(family)
-    total = hyperclone.inspect(src)["parameters"]
+    info = hyperclone.inspect(src)
+    source_config = json.loads((src / "config.json").read_text())
+    assert meta_counts(source_config) == (info["parameters"], info.get("active_parameters", info["parameters"]))
+    total = info["parameters"]
     goals = [dict(total_params=8 * total)]
     if family_for(family).upcycle_to:  # dense -> MoE: the experts are counted too
         goals.append(dict(total_params=24 * total, active_params=6 * total))
