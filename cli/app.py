@@ -440,9 +440,11 @@ def train(
     settings["resume"] = resume or None
     settings["force"] = force or None
     result = hyperclone.train(recipe=recipe, **settings)
-    err.print(f"[green]trained[/] {result['steps']} steps, {result['tokens']:,} tokens: loss {result['loss']:.4f}, "
-              f"eval loss {result['eval_loss'] if result['eval_loss'] is None else round(result['eval_loss'], 4)} → {result['out']}/final",
-              soft_wrap=True)
+    def figure(value) -> str:  # None: no step ran in this call (a finished run resumed), or no eval
+        return "-" if value is None else f"{value:.4f}"
+
+    err.print(f"[green]trained[/] {result['steps']} steps, {result['tokens']:,} tokens: loss {figure(result['loss'])}, "
+              f"eval loss {figure(result['eval_loss'])} → {result['out']}/final", soft_wrap=True)
 
 
 @app.command()

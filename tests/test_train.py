@@ -95,6 +95,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path):
     a, b = losses(tmp_path / "full"), losses(killed)
     assert len(b) == 30  # the steps redone after the checkpoint are not counted twice
     assert abs(a[-1] - b[-1]) <= 1e-6 * abs(a[-1]), (a[-1], b[-1])  # same machine, same kernels: equal up to rounding
+    again = cli(*args, "-o", str(tmp_path / "full"), "--resume")  # a finished run resumed: nothing to do, no crash
+    assert again.returncode == 0 and "internal error" not in again.stderr, again.stderr
+    assert losses(tmp_path / "full") == a
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path):
