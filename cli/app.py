@@ -101,23 +101,6 @@ def _plan_options(width, ffn, layers, noise, seed, dtype, config, set_, allow_pi
                 config=config, overrides=_overrides(set_), allow_pickle=allow_pickle)
 
 
-def _plan_table(summary: dict) -> Table:
-    from hyperclone.io.writer import format_size
-
-    s, d = summary["source_spec"], summary["target_spec"]
-    table = Table(title=f"{summary['family']} → target {summary['target']['name']}")
-    table.add_column("")
-    table.add_column("source", justify="right")
-    table.add_column("grown", justify="right")
-    for key in ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "layers", "vocab", "tied"):
-        table.add_row(key, str(s[key]), str(d[key]))
-    table.add_row("parameters", "", f"{summary['total_params']:,}")
-    if summary["moe"]:
-        table.add_row("active parameters", "", f"{summary['active_params']:,}")
-    table.add_row("bytes", "", f"{format_size(summary['bytes'])} ({summary['dtype']})")
-    return table
-
-
 @app.command()
 @command("the output was not written; continue an interrupted grow with the same command and --resume")
 def grow(
@@ -163,7 +146,7 @@ def grow(
         from hyperclone.grow import output_figures
         from hyperclone.throughput import estimate
 
-        _print_plan(summary, output_figures(growth, shard_size))
+        _print_plan(growth, output_figures(growth, shard_size))
         rate = estimate(growth, output, workers)
         out.print(f"  ETA {_duration(rate['eta_seconds'])} with {workers} worker{'s' if workers > 1 else ''} "
                   f"(measured here: {rate['produce_bytes_per_s'] / 1e6:.0f} MB/s per worker, disk {rate['disk_bytes_per_s'] / 1e6:.0f} MB/s)",
@@ -211,18 +194,19 @@ def plan(
         return
     for warning in growth.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    _print_plan(summary, figures)
+    _print_plan(growth, figures)
 
 
-def _print_plan(summary: dict, figures: dict) -> None:
+def _print_plan(growth, figures: dict) -> None:
+    """The plan's own before/after table (what a notebook shows), its operators, shards and goal."""
     from hyperclone.io.writer import format_size
 
-    out.print(_plan_table(summary))
-    for op in summary["operators"]:
+    out.print(growth)
+    for op in growth.operators():
         out.print(f"  • {op}", highlight=False, soft_wrap=True)
     out.print(f"  {figures['shards']} shard{'s' if figures['shards'] > 1 else ''}, needs {format_size(figures['free_bytes_needed'])} free",
               highlight=False)
-    goal = summary.get("goal")
+    goal = growth.goal
     if goal:
         g = goal["goal"]
         active = f", active {goal['active_error']:+.1%} of {g['active_params']:,}" if g["active_params"] else ""

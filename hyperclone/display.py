@@ -3,7 +3,6 @@ a terminal, a plain dict (or object) everywhere else, so scripts and `--json` se
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 
@@ -35,7 +34,7 @@ def shape_rows(source: dict, grown: dict, source_params: tuple[int, int], grown_
     """Before/after rows of a growth: the shapes, then total and active parameters."""
     rows = [(label, source[key], grown[key]) for label, key in (
         ("hidden size", "hidden"), ("attention heads", "heads"), ("key/value heads", "kv_heads"), ("head dim", "head_dim"),
-        ("FFN inner size", "intermediate"), ("layers", "layers"), ("tied embeddings", "tied"))]
+        ("FFN inner size", "intermediate"), ("layers", "layers"), ("vocabulary", "vocab"), ("tied embeddings", "tied"))]
     rows.append(("parameters (total)", f"{source_params[0]:,}", f"{grown_params[0]:,}"))
     rows.append(("parameters (active per token)", f"{source_params[1]:,}", f"{grown_params[1]:,}"))
     return rows
@@ -96,8 +95,9 @@ class TrainResult(dict):
 
     @property
     def metrics(self) -> list[dict]:
-        path = Path(self["out"]) / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        from hyperclone.train.metrics import read_metrics
+
+        return read_metrics(Path(self["out"]) / "metrics.jsonl")
 
     def to_pandas(self):
         import pandas as pd

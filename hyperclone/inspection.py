@@ -5,7 +5,7 @@ import math
 import os
 from collections import Counter
 
-from hyperclone.arch import MOE_LAYOUTS
+from hyperclone.arch import BUFFERS, MOE_LAYOUTS
 from hyperclone.consistency import check_config_matches_weights
 from hyperclone.display import Inspection
 from hyperclone.dtypes import NAME_BY_DTYPE
@@ -17,9 +17,8 @@ from hyperclone.spec import ModelSpec, spec_from_config
 def counted_tensors(ckpt: Checkpoint, spec: ModelSpec) -> dict:
     """The tensors transformers counts as parameters: no cached tables, no tied lm_head, no buffers saved
     with the weights (sigmoid routers' correction biases)."""
-    fam, layout = spec.adapter, MOE_LAYOUTS.get(spec.family)
-    skip = fam.ignore_suffixes + ((layout.router_bias,) if layout and layout.router_bias and not layout.router_bias_param else ())
-    counted = {n: t for n, t in ckpt.tensors.items() if not n.endswith(skip)}
+    fam = spec.adapter
+    counted = {n: t for n, t in ckpt.tensors.items() if not n.endswith(fam.ignore_suffixes + BUFFERS)}
     if spec.tied:
         counted.pop(fam.lm_head + ".weight", None)
     return counted

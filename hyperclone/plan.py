@@ -12,13 +12,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from hyperclone.arch import Family, Role
+from hyperclone.arch import BUFFERS, MOE_LAYOUTS, Family, Role
 from hyperclone.arch.families import FFN_ROLES, NORMS, WRITES, role_tiling
-from hyperclone.arch import MOE_LAYOUTS
 from hyperclone.consistency import check_config_matches_weights
 from hyperclone.dtypes import DTYPE_BY_NAME, NAME_BY_DTYPE, dominant_dtype
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint
+from hyperclone.io.writer import format_size
 from hyperclone.display import Table, shape_rows
 from hyperclone.inspection import checkpoint_params
 from hyperclone.moe import Ffn, MoePlanner, expand_fused_experts, moe_spec
@@ -26,7 +26,6 @@ from hyperclone.ops import Segment
 from hyperclone.spec import ModelSpec, config_for, spec_from_config
 from hyperclone.targets import Target
 
-BUFFERS = ("e_score_correction_bias",)  # saved with the weights, but buffers in transformers
 
 
 @dataclass
@@ -84,7 +83,8 @@ class GrowthPlan(Table):
         return rows
 
     def _table(self):
-        return f"{self.src.family} → {self.target.name} ({NAME_BY_DTYPE[self.dtype]})", ("", "source", "grown"), self.rows()
+        rows = self.rows() + [("bytes", "", f"{format_size(self.nbytes)} ({NAME_BY_DTYPE[self.dtype]})")]
+        return f"{self.src.family} → target {self.target.name}", ("", "source", "grown"), rows
 
     def operators(self) -> list[str]:
         s, d, t = self.src, self.dst, self.target

@@ -331,6 +331,8 @@ FAMILIES: dict[str, Family] = {
 }
 MOE_LAYOUTS: dict[str, MoeLayout] = {name: f.moe for name, f in FAMILIES.items() if f.moe is not None}
 DENSE_FAMILIES: tuple[str, ...] = tuple(name for name, f in FAMILIES.items() if f.moe is None)
+# saved with the weights, but buffers in transformers (sigmoid routers' correction biases): never counted as parameters
+BUFFERS: tuple[str, ...] = tuple(sorted({m.router_bias for m in MOE_LAYOUTS.values() if m.router_bias and not m.router_bias_param}))
 
 
 def families() -> list[dict]:

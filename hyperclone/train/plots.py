@@ -1,8 +1,9 @@
 """PNG plots of a run: loss against tokens, how many tokens each expert received, and a learning-rate search."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from hyperclone.train.metrics import read_metrics
 
 
 def _pyplot():
@@ -15,7 +16,7 @@ def _pyplot():
 
 
 def plot_loss(metrics: Path, out: Path) -> None:
-    lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    lines = read_metrics(metrics)
     train = [(m["tokens"], m["loss"]) for m in lines if "loss" in m and m["loss"] is not None]
     evals = [(m["tokens"], m["eval_loss"]) for m in lines if "eval_loss" in m]
     plt = _pyplot()

@@ -23,6 +23,7 @@ from hyperclone.progress import stderr
 from hyperclone.train.config import TrainConfig, make_config
 from hyperclone.train.loop import train
 from hyperclone.train.plots import plot_lr_sweep
+from hyperclone.train.metrics import read_metrics
 
 DEFAULT_BUDGETS = (1, 2, 4, 8)  # in eighths of the budget: 1/8, 1/4, 1/2 and all of it
 LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # the default grid around the recipe's learning rate
@@ -83,8 +84,7 @@ def _prepare(out: Path, model: Path, force: bool) -> None:
 
 
 def _final_eval(run: Path) -> float:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r["eval_loss"] for r in records if "eval_loss" in r][-1]
+    return [r["eval_loss"] for r in read_metrics(run / "metrics.jsonl") if "eval_loss" in r][-1]
 
 
 def _one_lr(base: TrainConfig, lr: float, branches: Branches, warmup: int, folder: Path) -> dict[int, float]:
