@@ -6,10 +6,14 @@
 2. On CUDA only: Newton–Schulz at 1024², 4096², 8192² and an expert stack [128, 768, 2048] with the
    one-triangle Triton kernel, against torch.optim.Muon's own iteration and the plain batched torch
    loop (HYPERCLONE_KERNELS=0); causal attention forward + backward with the max-logit capture
-   against the same without it, at seq 2048 and 8192. (The training-step MFU and Liger figures of
-   issue 18 are not measured here yet.)
+   against the same without it, at seq 2048 and 8192.
+3. On CUDA only (--steps): training steps of a ~1.2 B dense llama (Llama-3.2-1B's shape, seq 4096) and a
+   small qwen3_moe, kernels on (Liger, Triton) and off (HYPERCLONE_KERNELS=0), AdamW and MuonClip: tokens/s,
+   peak memory and MFU; the MoE's routed experts as transformers' eager loop, its grouped_mm, and Liger's
+   fused experts. Each arm runs in its own process: Liger patches module globals, which would leak
+   into the arms measured after it.
 
-    python benchmarks/kernels.py [--layers 4] [--experts 32] [--hidden 256] [--expert-inner 128] [--record]
+    python benchmarks/kernels.py [--layers 4] [--experts 32] [--hidden 256] [--expert-inner 128] [--steps] [--record]
 """
 from __future__ import annotations
 
@@ -86,17 +90,16 @@ def newton_schulz_sizes(repeats: int) -> list[dict]:
     from hyperclone.train.optim import NS_COEFFICIENTS
 
     rows = []
-    for shape in ((1024, 1024), (4096, 4096), (8192, 8192), (128, 768, 2048)):
+    for shape in ((1024, 1024), (2048, 2048), (4096, 4096), (8192, 8192), (32, 1024, 1024), (128, 768, 2048)):
         g = torch.randn(shape, device="cuda")
-        os.environ["HYPERCLONE_KERNELS"] = "1"
-        ours = timed(lambda: newton_schulz(g), repeats)
-        os.environ["HYPERCLONE_KERNELS"] = "0"
-        plain = timed(lambda: newton_schulz(g), repeats)
-        os.environ["HYPERCLONE_KERNELS"] = "1"
+        kernel = timed(lambda: newton_schulz(g, kernel=True), repeats)
+        plain = timed(lambda: newton_schulz(g, kernel=False), repeats)
+        ours = timed(lambda: newton_schulz(g), repeats)  # as MuonClip runs it: the kernel where it pays
         mats = [g] if g.dim() == 2 else list(g)  # torch's Muon orthogonalises one matrix at a time
         muon = timed(lambda: [_zeropower_via_newtonschulz(m, NS_COEFFICIENTS, 5, 1e-7) for m in mats], repeats)
-        rows.append({"shape": list(shape), "ours_ms": round(ours * 1e3, 2), "plain_torch_ms": round(plain * 1e3, 2),
-                     "torch_muon_ms": round(muon * 1e3, 2), "vs_torch_muon": round(muon / ours, 2), "vs_plain": round(plain / ours, 2)})
+        rows.append({"shape": list(shape), "ours_ms": round(ours * 1e3, 2), "triton_ms": round(kernel * 1e3, 2),
+                     "plain_torch_ms": round(plain * 1e3, 2), "torch_muon_ms": round(muon * 1e3, 2),
+                     "vs_torch_muon": round(muon / ours, 2), "triton_vs_plain": round(plain / kernel, 2)})
     return rows
 
 
@@ -124,6 +127,92 @@ def capture_overhead(repeats: int) -> list[dict]:
     return rows
 
 
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM: the MFU denominator
+DENSE_1B = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=8192)
+SMALL_MOE = dict(model_type="qwen3_moe", hidden_size=1024, moe_intermediate_size=512, intermediate_size=3072, num_hidden_layers=12,
+                 num_attention_heads=16, num_key_value_heads=4, head_dim=64, num_experts=64, num_experts_per_tok=8,
+                 vocab_size=151936, max_position_embeddings=8192, tie_word_embeddings=False)
+STEP_ARMS = {  # name: (model, optimizer, kernels on, experts implementation, Liger's fused experts)
+    "dense_adamw_off": (DENSE_1B, "adamw", False, None, False),
+    "dense_adamw_on": (DENSE_1B, "adamw", True, None, False),
+    "dense_muonclip_off": (DENSE_1B, "muonclip", False, None, False),
+    "dense_muonclip_on": (DENSE_1B, "muonclip", True, None, False),
+    "moe_eager_off": (SMALL_MOE, "adamw", False, "eager", False),
+    "moe_grouped_mm_off": (SMALL_MOE, "adamw", False, "grouped_mm", False),
+    "moe_grouped_mm_on": (SMALL_MOE, "adamw", True, "grouped_mm", False),
+    "moe_liger_experts_on": (SMALL_MOE, "adamw", True, "grouped_mm", True),
+}
+
+
+def flops_per_token(config, seq: int) -> float:
+    """6 x the parameters a token passes through (active experts only, the lm_head, not the input lookup),
+    plus causal attention's 6·layers·hidden·seq (the 12·L·d·T of PaLM's appendix, halved for the mask)."""
+    d, layers = config.hidden_size, config.num_hidden_layers
+    heads, kv, head_dim = config.num_attention_heads, config.num_key_value_heads, getattr(config, "head_dim", None) or d // config.num_attention_heads
+    attention = d * head_dim * (2 * heads + 2 * kv)
+    mlp = 3 * d * (config.moe_intermediate_size * config.num_experts_per_tok if hasattr(config, "num_experts") else config.intermediate_size)
+    router = d * getattr(config, "num_experts", 0)
+    return 6 * (layers * (attention + mlp + router) + d * config.vocab_size) + 6 * layers * heads * head_dim * seq
+
+
+def step_arm(name: str, seq: int, batch: int, steps: int) -> dict:
+    """One arm, in this process: build the model on the GPU, then time `steps` optimizer steps after 3 warm-ups."""
+    spec, optimizer_kind, kernels, experts, liger_experts = STEP_ARMS[name]
+    os.environ["HYPERCLONE_KERNELS"] = "1" if kernels else "0"
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hyperclone.kernels.liger import apply_liger
+    from hyperclone.train.optim import build_optimizer
+    from hyperclone.train.qkclip import QKClip
+
+    config = AutoConfig.for_model(**spec)
+    extra = {"experts_implementation": experts} if experts else {}
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **extra)  # fp32 masters, bf16 autocast
+    applied = apply_liger(model, fused_experts=liger_experts)
+    qk = QKClip(model) if optimizer_kind == "muonclip" else None
+    optimizer = build_optimizer(model, optimizer_kind, lr=1e-4, qk_clip=qk)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):  # what Accelerate's mixed_precision="bf16" does
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    per_step = (time.perf_counter() - start) / steps
+    tokens_per_s = batch * seq / per_step
+    return {"arm": name, "optimizer": optimizer_kind, "kernels": kernels, "liger": applied, "experts": experts,
+            "liger_experts": liger_experts, "parameters": sum(p.numel() for p in model.parameters()), "seq": seq, "batch": batch,
+            "step_s": round(per_step, 4), "tokens_per_s": round(tokens_per_s), "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "mfu": round(tokens_per_s * flops_per_token(config, seq) / H100_BF16_PEAK, 3)}
+
+
+def training_steps(seq: int, batch: int, steps: int, arms: list[str]) -> list[dict]:
+    """Each arm in a fresh process (an arm that fails, out of memory say, is recorded as such)."""
+    import subprocess
+
+    rows = []
+    for name in arms:
+        done = subprocess.run([sys.executable, __file__, "--arm", name, "--seq", str(seq), "--batch", str(batch),
+                               "--step-count", str(steps)], capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        row = json.loads(lines[-1]) if done.returncode == 0 and lines else {"arm": name, "failed": done.stderr.strip().splitlines()[-1:]}
+        print(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=4)
@@ -131,10 +220,26 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--expert-inner", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", action="store_true", help="also the training-step arms (CUDA; several minutes)")
+    parser.add_argument("--seq", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--step-count", type=int, default=8)
+    parser.add_argument("--arms", default=",".join(STEP_ARMS), help="comma-separated training-step arms (default: all)")
+    parser.add_argument("--arm", choices=list(STEP_ARMS), help=argparse.SUPPRESS)  # one training-step arm, in a child process
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/kernels-<cpu|gpu>.json")
     args = parser.parse_args()
+    if args.arm:
+        print(json.dumps(step_arm(args.arm, args.seq, args.batch, args.step_count)))
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = Path(__file__).resolve().parent / "results" / f"kernels-{'gpu' if device == 'cuda' else 'cpu'}.json"
+
+    def save() -> None:  # after every section: a run cut short keeps what it measured
+        if args.record:
+            out.write_text(json.dumps(result, indent=1) + "\n")
+
     result = {"machine": machine(), "settings": vars(args), "muon_step": muon_step(args, device)}
+    save()
     step = result["muon_step"]
     print(f"Muon step over {step['matrices']} matrices of {step['shapes']} shapes on {device}: per-parameter "
           f"{step['per_parameter_s']:.3f} s, batched {step['batched_s']:.3f} s -> {step['speedup']:.2f}x")
@@ -142,15 +247,18 @@ def main() -> None:
         print("the kernel figures need CUDA: this machine has none, so only the batched Muon step was measured")
     else:
         result["newton_schulz"] = newton_schulz_sizes(args.repeats)
+        save()
         for row in result["newton_schulz"]:
             print(f"Newton–Schulz {row['shape']}: ours {row['ours_ms']} ms, torch Muon {row['torch_muon_ms']} ms "
-                  f"({row['vs_torch_muon']}x), plain batched torch {row['plain_torch_ms']} ms ({row['vs_plain']}x)")
+                  f"({row['vs_torch_muon']}x); Triton products {row['triton_ms']} ms against plain batched torch "
+                  f"{row['plain_torch_ms']} ms ({row['triton_vs_plain']}x)")
         result["capture"] = capture_overhead(args.repeats)
+        save()
         for row in result["capture"]:
             print(f"attention fwd+bwd at seq {row['seq']}: +{row['overhead']:.1%} with the max-logit capture")
-    if args.record:
-        out = Path(__file__).resolve().parent / "results" / f"kernels-{'gpu' if device == 'cuda' else 'cpu'}.json"
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        if args.steps:
+            result["training_steps"] = training_steps(args.seq, args.batch, args.step_count, args.arms.split(","))
+            save()
     print(json.dumps(result))
 
 

@@ -343,8 +343,9 @@ def presets() -> None:
     table.add_column("family")
     table.add_column("kind")
     table.add_column("growth")
+    table.add_column("Liger on GPU")
     for row in hyperclone.families():
-        table.add_row(row["family"], row["kind"], row["moves"])
+        table.add_row(row["family"], row["kind"], row["moves"], "yes" if row["liger"] else "")
     out.print(table)
 
 

@@ -45,9 +45,8 @@ def test_newton_schulz_through_the_kernel_matches_torch(interpreter, monkeypatch
     """The whole iteration with the kernel's products (forced on for CPU tensors) against torch's, in float32."""
     g = torch.randn(4, 24, 40, generator=torch.Generator().manual_seed(0))
     reference = optim.newton_schulz(g, dtype=torch.float32)
-    monkeypatch.setattr(optim, "use_kernels", lambda x: True)
     monkeypatch.setattr(optim, "gram_triton", lambda *a, **k: gram_triton(*a, **k, block=16, block_k=16))
-    assert _relative(optim.newton_schulz(g, dtype=torch.float32), reference) <= 1e-4
+    assert _relative(optim.newton_schulz(g, dtype=torch.float32, kernel=True), reference) <= 1e-4
 
 
 def test_cpu_tensors_never_take_the_kernel(monkeypatch):
@@ -59,13 +58,11 @@ def test_cpu_tensors_never_take_the_kernel(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("shape", [(1, 1024, 4096), (8, 768, 2048), (3, 517, 301)])
-def test_gram_kernel_on_the_gpu(shape, monkeypatch):
+def test_gram_kernel_on_the_gpu(shape):
     x = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
     assert _relative(gram_triton(x), gram_reference(x.float())) <= 1e-2
-    monkeypatch.setenv("HYPERCLONE_KERNELS", "0")
-    off = optim.newton_schulz(x)
-    monkeypatch.setenv("HYPERCLONE_KERNELS", "1")
-    assert _relative(optim.newton_schulz(x), off) <= 3e-2  # two bf16 iterations of different rounding
+    off = optim.newton_schulz(x, kernel=False)
+    assert _relative(optim.newton_schulz(x, kernel=True), off) <= 3e-2  # two bf16 iterations of different rounding
 
 
 def _exact_max(q, k, scale, window=None, mask=None):
@@ -80,6 +77,7 @@ def _exact_max(q, k, scale, window=None, mask=None):
 
 ATTENTION = [  # batch, heads, kv heads, query length, key length, head dim, sliding window
     (2, 4, 2, 37, 37, 8, None), (1, 4, 1, 50, 50, 16, 7), (3, 2, 2, 20, 45, 8, None), (1, 6, 3, 70, 70, 12, 16),
+    (2, 2, 1, 100, 100, 8, 40), (1, 2, 2, 30, 90, 8, 25),  # windows wider than a tile: unmasked tiles between masked ones
 ]
 
 
@@ -113,3 +111,28 @@ def test_streamed_reference_takes_transformers_masks():
     assert torch.allclose(module.max_logit_reference(q, k, 0.5, mask), exact, rtol=1e-6, atol=0)
     additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
     assert torch.allclose(module.max_logit_reference(q, k, 0.5, additive), exact, rtol=1e-6, atol=0)
+
+
+def test_the_family_table_claims_liger_only_where_liger_has_kernels():
+    """Each family marked `liger` has an entry in Liger's own table (and is checked on a GPU in test_gpu.py)."""
+    liger = pytest.importorskip("liger_kernel.transformers.monkey_patch")
+    from hyperclone.arch import FAMILIES
+
+    claimed = {name for name, family in FAMILIES.items() if family.liger}
+    assert claimed <= set(liger.MODEL_TYPE_TO_APPLY_LIGER_FN)
+    assert {"llama", "qwen3", "qwen3_moe", "mixtral"} <= claimed and "glm4_moe" not in claimed
+
+
+def test_liger_is_never_applied_off_the_gpu_or_when_turned_off(monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from hyperclone.kernels import liger
+    from hyperclone.testing import tiny_config
+
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"))
+    forward = model.forward
+    if not torch.cuda.is_available():
+        assert liger.apply_liger(model, fused_experts=True) is None and model.forward == forward
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # even where CUDA is, HYPERCLONE_KERNELS=0 wins
+    monkeypatch.setenv("HYPERCLONE_KERNELS", "0")
+    assert not liger.liger_applies(model) and liger.apply_liger(model, fused_experts=True) is None

@@ -82,3 +82,12 @@ def test_no_model_type_outside_the_family_table():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in known:
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.value!r}")
     assert not offenders, "family knowledge outside hyperclone/arch/: " + ", ".join(offenders)
+
+
+def test_every_subpackage_is_installed():
+    """pyproject lists packages by hand: a package missing there imports from a checkout but not from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, found - listed

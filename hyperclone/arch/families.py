@@ -119,6 +119,9 @@ class Family:
     upcycle_to: tuple[str, ...] = ()
     no_upcycle: str = "no MoE family here shares its maths"
     moe: MoeLayout | None = None  # this family's experts, when it is a mixture of experts
+    # Liger Kernel has fused kernels for it (RMSNorm, SwiGLU, RoPE, linear cross-entropy): training on a
+    # GPU applies them; each such family is checked against plain transformers on the GPU
+    liger: bool = False
     # (in memory, on disk) name prefixes where transformers renames on load (the lm_head of gpt_neox)
     renames: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -169,27 +172,27 @@ _MIXTRAL_TARGETS = ("mixtral", "glm4_moe")
 FAMILIES: dict[str, Family] = {
     f.model_type: f
     for f in [
-        Family("llama", _LLAMA, detect=(), upcycle_to=_MIXTRAL_TARGETS),
-        Family("mistral", _LLAMA, sliding_flag=None, upcycle_to=_MIXTRAL_TARGETS),
-        Family("qwen2", _LLAMA, detect=("self_attn.q_proj.bias",), upcycle_to=("qwen2_moe",)),
+        Family("llama", _LLAMA, detect=(), upcycle_to=_MIXTRAL_TARGETS, liger=True),
+        Family("mistral", _LLAMA, sliding_flag=None, upcycle_to=_MIXTRAL_TARGETS, liger=True),
+        Family("qwen2", _LLAMA, detect=("self_attn.q_proj.bias",), upcycle_to=("qwen2_moe",), liger=True),
         Family("qwen3", _rules(**_LLAMA_ATTN, **_QK_HEAD_NORMS, **_SWIGLU, **_PRE_NORMS), detect=("self_attn.q_norm.weight",),
-               head_norm="self_attn.q_norm", upcycle_to=("qwen3_moe", "glm4_moe", "dots1")),
-        Family("gemma", _LLAMA, **_GEMMA, no_upcycle="gemma's (1 + w) norms and scaled embeddings have no MoE family here"),
+               head_norm="self_attn.q_norm", upcycle_to=("qwen3_moe", "glm4_moe", "dots1"), liger=True),
+        Family("gemma", _LLAMA, **_GEMMA, no_upcycle="gemma's (1 + w) norms and scaled embeddings have no MoE family here", liger=True),
         Family("gemma2", _rules(**_LLAMA_ATTN, **_SWIGLU, **_PRE_NORMS, **_SANDWICH), **_GEMMA,
                detect=("pre_feedforward_layernorm.weight",),
-               no_upcycle="gemma2's (1 + w) norms, soft-capping and sandwich norms have no MoE family here"),
+               no_upcycle="gemma2's (1 + w) norms, soft-capping and sandwich norms have no MoE family here", liger=True),
         Family("gemma3_text", _rules(**_LLAMA_ATTN, **_QK_HEAD_NORMS, **_SWIGLU, **_PRE_NORMS, **_SANDWICH), **_GEMMA,
                detect=("pre_feedforward_layernorm.weight", "self_attn.q_norm.weight"), head_norm="self_attn.q_norm",
-               no_upcycle="gemma3's (1 + w) norms and sandwich norms have no MoE family here"),
+               no_upcycle="gemma3's (1 + w) norms and sandwich norms have no MoE family here", liger=True),
         Family("olmo", _rules(**_LLAMA_ATTN, **_SWIGLU),  # its LayerNorms have no parameters
                no_upcycle="olmo's parameter-free LayerNorms have no MoE family here"),
         Family("olmo2", _rules(**_LLAMA_ATTN, **_QK_PROJ_NORMS, **_SWIGLU, **_POST_NORMS), detect=("self_attn.q_norm.weight",),
-               no_upcycle="olmo2 normalises after each sublayer while olmoe normalises before, so no MoE family computes its attention block"),
+               no_upcycle="olmo2 normalises after each sublayer while olmoe normalises before, so no MoE family computes its attention block", liger=True),
         Family("olmo3", _rules(**_LLAMA_ATTN, **_QK_PROJ_NORMS, **_SWIGLU, **_POST_NORMS),
-               no_upcycle="olmo3 normalises after each sublayer while olmoe normalises before, so no MoE family computes its attention block"),
+               no_upcycle="olmo3 normalises after each sublayer while olmoe normalises before, so no MoE family computes its attention block", liger=True),
         Family("smollm3", _LLAMA, tied_default=True, layer_lists=("layer_types", "no_rope_layers"),
-               no_upcycle="smollm3's layers without rotary embeddings have no MoE family here"),
-        Family("granite", _LLAMA, upcycle_to=("granitemoe",)),
+               no_upcycle="smollm3's layers without rotary embeddings have no MoE family here", liger=True),
+        Family("granite", _LLAMA, upcycle_to=("granitemoe",), liger=True),
         Family(
             "stablelm", _LLAMA, detect=("input_layernorm.bias", "mlp.gate_proj.weight"),
             refusals=(Refusal("qk_layernorm", lambda v, cfg: not v,
@@ -200,7 +203,7 @@ FAMILIES: dict[str, Family] = {
             "phi3",
             _rules(self_attn__qkv_proj=Role.QKV_FUSED, self_attn__o_proj=Role.WRITE_ATTN,
                    mlp__gate_up_proj=Role.GATE_UP_FUSED, mlp__down_proj=Role.WRITE_FFN, **_PRE_NORMS),
-            detect=("self_attn.qkv_proj.weight",), no_upcycle="no MoE family here shares phi3's fused attention",
+            detect=("self_attn.qkv_proj.weight",), no_upcycle="no MoE family here shares phi3's fused attention", liger=True,
         ),
         Family(
             "phi",  # Phi-2: attention and MLP in parallel from one LayerNorm, partial rotary, an lm_head bias
@@ -253,7 +256,7 @@ FAMILIES: dict[str, Family] = {
         ),
         # MoE families: attention and norms as their dense kin, experts and routers from their MoeLayout;
         # the SwiGLU rules serve their dense layers (first_k_dense_replace, mlp_only_layers).
-        Family("qwen3_moe", _rules(**_LLAMA_ATTN, **_QK_HEAD_NORMS, **_SWIGLU, **_PRE_NORMS), moe=MoeLayout("mlp.experts.{e}.{part}", dense_rule="qwen", experts_aliases=("num_local_experts",))),
+        Family("qwen3_moe", _rules(**_LLAMA_ATTN, **_QK_HEAD_NORMS, **_SWIGLU, **_PRE_NORMS), moe=MoeLayout("mlp.experts.{e}.{part}", dense_rule="qwen", experts_aliases=("num_local_experts",)), liger=True),
         Family("qwen2_moe", _LLAMA, moe=MoeLayout(
             "mlp.experts.{e}.{part}", shared="mlp.shared_expert.", shared_gate="mlp.shared_expert_gate.weight",
             shared_field="shared_expert_intermediate_size", dense_rule="qwen", shared_required=True, any_activation=True,
@@ -263,7 +266,7 @@ FAMILIES: dict[str, Family] = {
             "block_sparse_moe.experts.{e}.{part}", parts=("w1", "w3", "w2"), router="block_sparse_moe.gate.weight",
             norm_field=None, experts_field="num_local_experts", inter_field="intermediate_size",
             renames=(("mlp.", "block_sparse_moe."),), attention_bias=False,
-        )),
+        ), liger=True),
         Family("olmoe", _rules(**_LLAMA_ATTN, **_QK_PROJ_NORMS, **_PRE_NORMS), moe=MoeLayout("mlp.experts.{e}.{part}", inter_field="intermediate_size")),
         Family("glm4_moe", _rules(**_LLAMA_ATTN, **_QK_HEAD_NORMS, **_SWIGLU, **_PRE_NORMS), moe=MoeLayout(
             "mlp.experts.{e}.{part}", router_bias="mlp.gate.e_score_correction_bias", shared="mlp.shared_experts.",
@@ -290,13 +293,13 @@ FAMILIES: dict[str, Family] = {
                 scoring="sigmoid", experts_field="n_routed_experts", shared_field="n_shared_experts", shared_kind="multiple",
                 dense_rule="first_k", groups=True,
                 upcycle_refusal="deepseek_v3 uses multi-head latent attention, which no dense family's attention maps onto exactly",
-            ),
+            ), liger=True,
         ),
         Family("hunyuan_v1_moe", _rules(**_LLAMA_ATTN, self_attn__query_layernorm=Role.HEAD_NORM,
                                         self_attn__key_layernorm=Role.HEAD_NORM, **_PRE_NORMS), moe=MoeLayout(
             "mlp.experts.{e}.{part}", router="mlp.gate.wg.weight", shared="mlp.shared_mlp.", norm_field=None,
             topk_field="moe_topk", inter_field="intermediate_size", shared_kind="same", shared_required=True, router_fp32=True,
-        )),
+        ), liger=True),
         Family(
             "dots1", _rules(**_LLAMA_ATTN, **_QK_HEAD_NORMS, **_SWIGLU, **_PRE_NORMS),  # qwen3 attention, DeepSeek routing
             moe=MoeLayout(
@@ -316,7 +319,7 @@ FAMILIES: dict[str, Family] = {
                 inter_field="intermediate_size", transposed=True, write_fused=True,
                 expert_biases=("mlp.experts.gate_up_proj_bias", "mlp.experts.down_proj_bias"),
                 upcycle_refusal="gpt_oss's attention sinks and clamped SwiGLU experts have no dense family here",
-            ),
+            ), liger=True,
         ),
         Family("granitemoe", _rules(**_LLAMA_ATTN, **_PRE_NORMS), moe=MoeLayout(  # always fused on disk: input_linear [E, 2I, d], output_linear [E, d, I]
             "block_sparse_moe.experts.{e}.{part}", router="block_sparse_moe.router.layer.weight", norm_field=None,
@@ -344,7 +347,7 @@ def families() -> list[dict]:
         else:
             moves = "width, ffn, depth; " + (f"upcycle to {', '.join(f.upcycle_to)}" if f.upcycle_to else f"no upcycling: {f.no_upcycle}")
         rows.append({"family": f.model_type, "kind": "moe" if f.moe else "dense", "moves": moves,
-                     "upcycle_to": list(f.upcycle_to), "tied_default": f.tied_default})
+                     "upcycle_to": list(f.upcycle_to), "tied_default": f.tied_default, "liger": f.liger})
     return rows
 
 

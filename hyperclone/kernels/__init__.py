@@ -12,8 +12,11 @@ import os
 import torch
 
 
+def kernels_enabled() -> bool:
+    """False when HYPERCLONE_KERNELS=0 asks for the PyTorch references everywhere."""
+    return os.environ.get("HYPERCLONE_KERNELS", "1") != "0"
+
+
 def use_kernels(x: torch.Tensor) -> bool:
     """Whether `x` should go through a Triton kernel: a CUDA tensor, kernels not turned off, Triton present."""
-    if not x.is_cuda or os.environ.get("HYPERCLONE_KERNELS", "1") == "0":
-        return False
-    return importlib.util.find_spec("triton") is not None
+    return x.is_cuda and kernels_enabled() and importlib.util.find_spec("triton") is not None

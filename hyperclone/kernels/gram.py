@@ -47,25 +47,37 @@ def _kernel():
             tl.store(out_ptr + b * sob + rn[:, None] * som + rm[None, :] * son, tl.trans(out),
                      mask=(rn[:, None] < M) & (rm[None, :] < M))
 
-    return gram_kernel
+    # On a GPU the tile sizes are tuned per (M, K) once per process; Hopper's tensor cores want
+    # 128-wide tiles and a few pipeline stages, small matrices want small tiles to fill the SMs.
+    configs = [triton.Config({"BLOCK": b, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+               for b, bk, w, s in ((128, 64, 8, 3), (128, 64, 4, 4), (128, 32, 8, 4), (64, 64, 4, 4), (64, 32, 4, 3))]
+    return gram_kernel, triton.autotune(configs, key=["M", "K"])(gram_kernel)
 
 
-_KERNEL = None
+_KERNELS = None
 
 
 def gram_triton(x: torch.Tensor, c: torch.Tensor | None = None, alpha: float = 1.0, beta: float = 0.0,
-                block: int = 64, block_k: int = 32) -> torch.Tensor:
-    """The Triton kernel for `gram_reference` (on CUDA, or on CPU under TRITON_INTERPRET=1 for tests)."""
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _kernel()
+                block: int | None = None, block_k: int = 32) -> torch.Tensor:
+    """The Triton kernel for `gram_reference` (on CUDA, or on CPU under TRITON_INTERPRET=1 for tests).
+
+    `block` fixes the tile (the interpreter tests use small ones); None lets the autotuner choose."""
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = _kernel()
     import triton
 
     batch_shape, (m, k) = x.shape[:-2], x.shape[-2:]
     x3 = x.reshape(-1, m, k)
     out = torch.empty((x3.shape[0], m, m), dtype=x.dtype, device=x.device)
     c3 = c.reshape(-1, m, m) if c is not None else out  # a placeholder pointer when there is no C
-    grid = (triton.cdiv(m, block), triton.cdiv(m, block), x3.shape[0])
-    _KERNEL[grid](x3, c3, out, m, k, *x3.stride(), *c3.stride(), *out.stride(), float(alpha), float(beta),
-                  HAS_C=c is not None, BLOCK=block, BLOCK_K=block_k, UPCAST=not x.is_cuda)
+    args = (x3, c3, out, m, k, *x3.stride(), *c3.stride(), *out.stride(), float(alpha), float(beta))
+    fixed, tuned = _KERNELS
+    if block is None and x.is_cuda:
+        tuned[lambda meta: (triton.cdiv(m, meta["BLOCK"]), triton.cdiv(m, meta["BLOCK"]), x3.shape[0])](
+            *args, HAS_C=c is not None, UPCAST=False)
+    else:
+        block = block or 64
+        fixed[(triton.cdiv(m, block), triton.cdiv(m, block), x3.shape[0])](
+            *args, HAS_C=c is not None, BLOCK=block, BLOCK_K=block_k, UPCAST=not x.is_cuda)
     return out.reshape(*batch_shape, m, m)

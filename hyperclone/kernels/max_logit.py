@@ -84,29 +84,39 @@ def _kernel():
             if WINDOW:
                 visible &= rk[None, :] > pos[:, None] - window
             best = tl.maximum(best, tl.max(tl.where(visible, s, float("-inf")), axis=1))
-        tl.store(out_ptr + bh * tl.num_programs(0) + pid_q, tl.max(best, axis=0))
+        tl.atomic_max(out_ptr + bh, tl.max(best, axis=0))  # one running max per (batch, head)
 
-    return max_logit_kernel
+    # Tiles tuned per shape once per process on a GPU (the interpreter tests fix small ones).
+    configs = [triton.Config({"BLOCK_Q": bq, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+               for bq, bk, w, s in ((128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3))]
+    return max_logit_kernel, triton.autotune(configs, key=["Lq", "Lk", "D", "WINDOW"])(max_logit_kernel)
 
 
-_KERNEL = None
+_KERNELS = None
 
 
 def max_logit_triton(query: torch.Tensor, key: torch.Tensor, scale: float, window: int | None = None,
-                     block_q: int = 64, block_k: int = 64) -> torch.Tensor:
-    """The Triton kernel for causal (optionally sliding-window) attention: `max_logit_reference` with no mask."""
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _kernel()
+                     block_q: int | None = None, block_k: int = 64) -> torch.Tensor:
+    """The Triton kernel for causal (optionally sliding-window) attention: `max_logit_reference` with no mask.
+
+    `block_q` fixes the tiles (the interpreter tests use small ones); None lets the autotuner choose."""
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = _kernel()
     import triton
 
     batch, heads, q_len, dim = query.shape
-    grid = (triton.cdiv(q_len, block_q), batch * heads)
-    partial = torch.empty((batch * heads, grid[0]), dtype=torch.float32, device=query.device)
-    _KERNEL[grid](query, key, partial, heads, key.shape[1], q_len, key.shape[2], dim, *query.stride(), *key.stride(),
-                  float(scale), int(window or 0), BLOCK_Q=block_q, BLOCK_K=block_k,
-                  BLOCK_D=max(16, triton.next_power_of_2(dim)), WINDOW=bool(window), UPCAST=not query.is_cuda)
-    return partial.view(batch, heads, -1).amax(dim=(0, 2))
+    best = torch.full((batch * heads,), float("-inf"), dtype=torch.float32, device=query.device)
+    args = (query, key, best, heads, key.shape[1], q_len, key.shape[2], dim, *query.stride(), *key.stride(),
+            float(scale), int(window or 0))
+    flags = dict(BLOCK_D=max(16, triton.next_power_of_2(dim)), WINDOW=bool(window), UPCAST=not query.is_cuda)
+    fixed, tuned = _KERNELS
+    if block_q is None and query.is_cuda:
+        tuned[lambda meta: (triton.cdiv(q_len, meta["BLOCK_Q"]), batch * heads)](*args, **flags)
+    else:
+        block_q = block_q or 64
+        fixed[(triton.cdiv(q_len, block_q), batch * heads)](*args, BLOCK_Q=block_q, BLOCK_K=block_k, **flags)
+    return best.view(batch, heads).amax(dim=0)
 
 
 def max_logit(query: torch.Tensor, key: torch.Tensor, scale: float, attention_mask: torch.Tensor | None = None,

@@ -22,6 +22,7 @@ import torch
 from hyperclone.display import TrainResult
 from hyperclone.errors import UserError
 from hyperclone.io.resolve import resolve_source
+from hyperclone.kernels.liger import apply_liger
 from hyperclone.progress import stderr
 from hyperclone.train.checkpoint import Checkpointer
 from hyperclone.train.config import TrainConfig, make_config
@@ -242,6 +243,9 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
     checkpointer = Checkpointer(out, accelerator, cfg.save_every, cfg.keep, log.say)
     start_from = checkpointer.resume_point() if cfg.resume else (Path(cfg.decay_from) if cfg.decay_from else None)
     model = _load_model(cfg.model)
+    kernels = apply_liger(model, fused_experts=cfg.mixed_precision != "no")  # on a GPU, for the families Liger supports
+    if kernels:
+        log.say(kernels)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and cfg.seq_len > limit:
         raise UserError(f"--seq-len {cfg.seq_len} is beyond the model's max_position_embeddings {limit}")

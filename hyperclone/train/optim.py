@@ -17,15 +17,19 @@ from hyperclone.kernels import use_kernels
 from hyperclone.kernels.gram import gram_triton
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+# batch·M²·K below which cuBLAS beats the one-triangle kernel on an H100 (benchmarks/results/kernels-gpu.md:
+# through the kernel 2048² ran at 0.43-0.5x, [32, 1024, 1024] at 0.97-1.04x, 4096² at 1.13-1.3x)
+KERNEL_MIN_WORK = 2 ** 36
 ROUTER = re.compile(r"(^|\.)(gate(\.wg)?|shared_expert_gate)\.weight$")
 FUSED_HALVES = re.compile(r"gate_up_proj$")
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS, eps: float = 1e-7,
-                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+                  dtype: torch.dtype = torch.bfloat16, kernel: bool | None = None) -> torch.Tensor:
     """Approximately orthogonalise the last two dims of `g` (batched over leading dims).
 
     Same iteration and operation order as torch.optim.Muon (bfloat16 by default), so 2D results match it.
+    `kernel`: the Triton products or torch's; None chooses (CUDA, and enough work to pay, see KERNEL_MIN_WORK).
     """
     a, b, c = coefficients
     x = g.to(dtype)
@@ -35,8 +39,9 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS,
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
     # one batched code path for a matrix and a stack; on CUDA the two symmetric products (X·Xᵀ and
     # b·G + c·G·G) go through the one-triangle Triton kernel, elsewhere through torch
-    kernel = use_kernels(x)
     x3 = x.reshape(-1, *x.shape[-2:])
+    if kernel is None:
+        kernel = use_kernels(x) and x3.shape[0] * x3.shape[1] ** 2 * x3.shape[2] >= KERNEL_MIN_WORK
     for _ in range(steps):
         if kernel:
             gram = gram_triton(x3)
