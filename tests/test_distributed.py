@@ -58,3 +58,21 @@ def test_diloco_bad_settings_are_one_line(tiny, tmp_path):
                          (["--max-steps", "6", "--sync-every", "3", "--lighthouse", ""], "--lighthouse")):
         result = run(*base, *extra)
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_muonclip_on_fsdp2_shards_equals_one_process(tmp_path):
+    """2 processes over gloo (torchrun, as a user launches them), each holding half of every matrix
+    (FSDP2's fully_shard) and half of each batch: after two MuonClip steps with QK-Clip scaling heads,
+    the parameters are those of one process on the whole batch - Newton–Schulz saw every matrix whole
+    (spread over the ranks), the max logits were all-reduced. llama (GQA) and deepseek_v3 (MLA, fused
+    experts orthogonalised by halves)."""
+    out = tmp_path / "found.json"
+    worker = Path(__file__).with_name("fsdp_muonclip_worker.py")
+    done = subprocess.run([shutil.which("torchrun"), "--standalone", "--nproc_per_node", "2", str(worker), str(out)],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for family, found in json.loads(out.read_text()).items():
+        assert found["sharded"] > 10, family  # the parameters really were DTensor shards
+        assert found["max_logit"] > 2.0, family  # above tau: QK-Clip scaled heads on the shards
+        assert abs(found["max_logit"] - found["reference_max_logit"]) <= 1e-5 * found["reference_max_logit"]
+        assert found["worst_relative"] <= 1e-5, (family, found)  # float reduction order only

@@ -12,6 +12,12 @@ import re
 from typing import Callable, Iterable
 
 import torch
+import torch.distributed as dist
+
+try:  # FSDP2's sharded parameters
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # a torch built without distributed: nothing is ever sharded
+    DTensor, distribute_tensor = (), None
 
 from hyperclone.kernels import use_kernels
 from hyperclone.kernels.gram import gram_triton
@@ -56,6 +62,21 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS,
     return x.to(g.dtype)
 
 
+def _spread(stack: torch.Tensor, orthogonalise: Callable, group) -> torch.Tensor:
+    """`orthogonalise(stack)`, the matrices spread over the ranks of `group` (Moonlight's distributed Muon):
+    each rank runs Newton–Schulz on its share of the stack, then all ranks gather every result. Each
+    matrix is still orthogonalised whole and by one rank, so the update is the single-process one."""
+    if group is None or dist.get_world_size(group) == 1:
+        return orthogonalise(stack)
+    world, rank, count = dist.get_world_size(group), dist.get_rank(group), stack.shape[0]
+    share = -(-count // world)
+    padded = torch.cat([stack, stack.new_zeros(share * world - count, *stack.shape[1:])])  # zeros stay zeros
+    mine = orthogonalise(padded[rank * share:(rank + 1) * share]).contiguous()
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine, group=group)
+    return torch.cat(parts)[:count]
+
+
 def rms_matched_lr(lr: float, shape: torch.Size) -> float:
     """AdamW-matched update RMS for an [A, B] matrix: lr * 0.2 * sqrt(max(A, B))."""
     return lr * 0.2 * math.sqrt(max(shape[-2], shape[-1]))
@@ -97,10 +118,14 @@ class MuonClip(torch.optim.Optimizer):
         all experts of all layers, all q_proj of all layers... are orthogonalised together, so the step has
         no loop over parameters around the iteration (on a GPU, one launch per shape instead of hundreds)."""
         items = []  # (param, group, its matrices: the update, or a fused [gate; up]'s two halves)
+        mesh_group = None  # sharded (FSDP2) parameters: the process group their shards live on
         for group in groups:
             for p in group["params"]:
                 if p.grad is not None:
                     update = self._momentum(p, group)
+                    if isinstance(update, DTensor):  # orthogonalised whole, never shard by shard
+                        mesh_group = mesh_group or update.device_mesh.get_group()
+                        update = update.full_tensor()
                     items.append((p, group, update.chunk(2, dim=-2) if group["halves"] else (update,)))
         stacks: dict[tuple, list[torch.Tensor]] = {}
         for _, group, mats in items:
@@ -109,10 +134,13 @@ class MuonClip(torch.optim.Optimizer):
         done: dict[tuple, list[torch.Tensor]] = {}
         for key, mats in stacks.items():
             shape, steps, coefficients, eps = key
-            flat = newton_schulz(torch.cat([m.reshape(-1, *shape) for m in mats]), steps, coefficients, eps, self.ns_dtype)
+            stack = torch.cat([m.reshape(-1, *shape) for m in mats])
+            flat = _spread(stack, lambda x: newton_schulz(x, steps, coefficients, eps, self.ns_dtype), mesh_group)
             done[key] = list(reversed(flat.split([m.numel() // math.prod(shape) for m in mats])))
         for p, group, mats in items:
             update = torch.cat([done[self._ns_key(m, group)].pop().reshape(m.shape) for m in mats], dim=-2)
+            if isinstance(p, DTensor):  # back to this rank's shard (every rank holds the whole update)
+                update = distribute_tensor(update, p.device_mesh, p.placements, src_data_rank=None)
             p.mul_(1 - group["lr"] * group["weight_decay"])
             p.add_(update, alpha=-rms_matched_lr(group["lr"], mats[0].shape))
 

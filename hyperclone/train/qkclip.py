@@ -12,9 +12,13 @@ Heads behind q/k norms are bounded by the norms' weights and left alone.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
 from hyperclone.kernels.max_logit import max_logit
+from hyperclone.train.optim import DTensor, distribute_tensor
 
 NAME = "hyperclone_qk_capture"
 _registered = False
@@ -30,6 +34,18 @@ def _capture_attention(module, query, key, value, attention_mask, dropout=0.0, s
         seen = getattr(module, "_hc_max_logit", None)
         module._hc_max_logit = per_head if seen is None else torch.maximum(seen, per_head)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+@contextmanager
+def whole(param: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The whole tensor to scale in place: a sharded (FSDP2) parameter is gathered, then its shard written
+    back. Heads' rows cross shard boundaries, and clipping is rare enough for the gather not to matter."""
+    if not isinstance(param, DTensor):
+        yield param
+        return
+    full = param.full_tensor()
+    yield full
+    param.copy_(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None))
 
 
 def _register() -> None:
@@ -89,17 +105,19 @@ class QKClip:
         k_scale = gamma.view(kv_heads, group).amin(1).sqrt()
         q_scale = (gamma / k_scale.repeat_interleave(group)).clamp(max=1.0)
         for linear, scale, count in ((module.q_proj, q_scale, heads), (module.k_proj, k_scale, kv_heads)):
-            linear.weight.view(count, -1, linear.weight.shape[-1]).mul_(scale.to(linear.weight.dtype)[:, None, None])
+            with whole(linear.weight) as weight:
+                weight.view(count, -1, weight.shape[-1]).mul_(scale.to(weight.dtype)[:, None, None])
             if linear.bias is not None:
-                linear.bias.view(count, -1).mul_(scale.to(linear.bias.dtype)[:, None])
+                with whole(linear.bias) as bias:
+                    bias.view(count, -1).mul_(scale.to(bias.dtype)[:, None])
 
     def _clip_mla(self, module, gamma: torch.Tensor) -> None:
         nope, rope = module.qk_nope_head_dim, module.qk_rope_head_dim
         heads = gamma.numel()
         root = gamma.sqrt()
-        q = (module.q_b_proj if getattr(module, "q_b_proj", None) is not None else module.q_proj).weight
-        q = q.view(heads, nope + rope, q.shape[-1])
-        q[:, :nope].mul_(root.to(q.dtype)[:, None, None])
-        q[:, nope:].mul_(gamma.to(q.dtype)[:, None, None])
-        kv = module.kv_b_proj.weight
-        kv.view(heads, -1, kv.shape[-1])[:, :nope].mul_(root.to(kv.dtype)[:, None, None])
+        with whole((module.q_b_proj if getattr(module, "q_b_proj", None) is not None else module.q_proj).weight) as q:
+            q = q.view(heads, nope + rope, q.shape[-1])
+            q[:, :nope].mul_(root.to(q.dtype)[:, None, None])
+            q[:, nope:].mul_(gamma.to(q.dtype)[:, None, None])
+        with whole(module.kv_b_proj.weight) as kv:
+            kv.view(heads, -1, kv.shape[-1])[:, :nope].mul_(root.to(kv.dtype)[:, None, None])
