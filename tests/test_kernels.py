@@ -136,3 +136,41 @@ def test_liger_is_never_applied_off_the_gpu_or_when_turned_off(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # even where CUDA is, HYPERCLONE_KERNELS=0 wins
     monkeypatch.setenv("HYPERCLONE_KERNELS", "0")
     assert not liger.liger_applies(model) and liger.apply_liger(model, fused_experts=True) is None
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2"])
+def test_sliding_window_layers_take_the_kernel(family, interpreter, monkeypatch):
+    """transformers hands sliding-window layers a mask tensor: the capture recognises it as structural
+    (causal within the window, no padding) and takes the tiled kernel, with the maxima the streamed
+    reference reads from the mask. A padded batch keeps the reference."""
+    from transformers import AutoModelForCausalLM
+
+    import hyperclone.kernels
+    from hyperclone.kernels import max_logit as module
+    from hyperclone.testing import randomize_, tiny_config
+    from hyperclone.train.qkclip import QKClip
+
+    model = AutoModelForCausalLM.from_config(tiny_config(family, sliding_window=5))
+    randomize_(model, seed=0)
+    qk = QKClip(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+
+    def maxima(**inputs):
+        with torch.no_grad():
+            model(input_ids=ids, **inputs)
+        found = torch.stack([m._hc_max_logit for m in qk.modules])
+        qk.reset()
+        return found
+
+    reference = maxima()
+    calls, kernel = [], module.max_logit_triton
+    monkeypatch.setattr(hyperclone.kernels, "use_kernels", lambda x: True)  # as on CUDA, the interpreter standing in
+    monkeypatch.setattr(module, "max_logit_triton",
+                        lambda q, k, scale, window=None: calls.append(window) or kernel(q, k, scale, window, block_q=16, block_k=16))
+    assert torch.allclose(maxima(), reference, rtol=1e-5, atol=0)
+    assert len(calls) == len(qk.modules) and 5 in calls  # every layer, the sliding ones with their window
+    calls.clear()
+    padded = torch.ones_like(ids)
+    padded[0, :3] = 0
+    maxima(attention_mask=padded)
+    assert calls == []  # padding: no mask is structural, every layer reads its mask

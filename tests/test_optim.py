@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from hyperclone.arch import FAMILIES
 from hyperclone.testing import randomize_, tiny_config
 from hyperclone.train.optim import MuonClip, build_optimizer, newton_schulz
 from hyperclone.train.qkclip import QKClip
@@ -148,3 +149,18 @@ def test_wsd_shapes():
     assert lr_factor(39, total, warmup, decay_start=40) == 1.0
     assert lr_factor(99, total, warmup, decay_start=40) == pytest.approx(0.0, abs=1e-12)
     assert lr_factor(69, total, warmup, decay_start=40) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_max_logit_capture_leaves_the_model_computing_the_same(family):
+    """QK-Clip swaps in its attention function: with it attached, every family's logits are those of the
+    model as transformers builds it (soft-capping, sinks, sliding windows and all)."""
+    model = AutoModelForCausalLM.from_config(tiny_config(family))
+    randomize_(model, 0)
+    model.eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        QKClip(model, tau=100.0)
+        captured = model(input_ids=ids).logits
+    assert (captured - plain).abs().max() <= 1e-5 * plain.abs().max(), family

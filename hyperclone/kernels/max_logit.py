@@ -14,7 +14,7 @@ import torch
 QUERY_BLOCK = 256  # rows of scores the reference holds at once, per batch and head
 
 
-def _visible(q_len: int, k_len: int, rows: slice, window: int | None, device) -> torch.Tensor:
+def visible(q_len: int, k_len: int, rows: slice, window: int | None, device) -> torch.Tensor:
     """Causal (and sliding-window) visibility of keys for query rows `rows`, queries aligned to the end."""
     i = torch.arange(rows.start, rows.stop, device=device)[:, None] + (k_len - q_len)
     j = torch.arange(k_len, device=device)[None, :]
@@ -40,7 +40,7 @@ def max_logit_reference(query: torch.Tensor, key: torch.Tensor, scale: float, at
         rows = slice(start, min(q_len, start + QUERY_BLOCK))
         scores = torch.matmul(query[:, :, rows].float(), keys.transpose(-1, -2)) * scale
         if attention_mask is None:
-            scores = scores.masked_fill(~_visible(q_len, k_len, rows, window, scores.device), float("-inf"))
+            scores = scores.masked_fill(~visible(q_len, k_len, rows, window, scores.device), float("-inf"))
         elif attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask[..., rows, :k_len], float("-inf"))
         else:
@@ -119,11 +119,30 @@ def max_logit_triton(query: torch.Tensor, key: torch.Tensor, scale: float, windo
     return best.view(batch, heads).amax(dim=0)
 
 
-def max_logit(query: torch.Tensor, key: torch.Tensor, scale: float, attention_mask: torch.Tensor | None = None,
-              window: int | None = None) -> torch.Tensor:
-    """The kernel where it applies (CUDA, causal or sliding, no explicit mask), the streaming reference elsewhere."""
+def tag_structural(mask: torch.Tensor | None, config=None) -> torch.Tensor | None:
+    """Mark a bool attention mask that is exactly causal, or causal within the config's sliding window (no
+    padding, queries ending where the keys end), with that window (0: none): `max_logit` then takes the
+    tiled kernel instead of reading the mask. Checked element by element, once per mask rather than per
+    layer, and only where the kernel would run."""
     from hyperclone.kernels import use_kernels
 
-    if attention_mask is None and use_kernels(query):
-        return max_logit_triton(query, key, scale, window)
+    if mask is None or mask.dtype != torch.bool or mask.dim() != 4 or not use_kernels(mask):
+        return mask
+    q_len, k_len = mask.shape[-2:]
+    for window in (0, getattr(config, "sliding_window", None)):
+        if window is not None and torch.equal(mask, visible(q_len, k_len, slice(0, q_len), window, mask.device).expand_as(mask)):
+            mask.hc_window = window
+            break
+    return mask
+
+
+def max_logit(query: torch.Tensor, key: torch.Tensor, scale: float, attention_mask: torch.Tensor | None = None,
+              window: int | None = None) -> torch.Tensor:
+    """The kernel where it applies (CUDA; causal or sliding, no mask or a mask `tag_structural` recognised),
+    the streaming reference elsewhere."""
+    from hyperclone.kernels import use_kernels
+
+    structural = attention_mask is None or hasattr(attention_mask, "hc_window")
+    if structural and use_kernels(query):
+        return max_logit_triton(query, key, scale, window if attention_mask is None else attention_mask.hc_window or None)
     return max_logit_reference(query, key, scale, attention_mask, window)

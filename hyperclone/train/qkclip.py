@@ -2,7 +2,8 @@
 
 The maximum is recorded during the forward pass by an attention function registered with
 transformers (it streams the logits' exact max, see hyperclone.kernels.max_logit, then runs
-transformers' own SDPA), so it costs nothing unless clipping is on. After the optimizer step, a head whose max S_h exceeds tau has its query
+transformers' own SDPA, or the model's eager attention where SDPA cannot compute it: soft-capping,
+sinks), so it costs nothing unless clipping is on. After the optimizer step, a head whose max S_h exceeds tau has its query
 and key rows scaled so that the product shrinks by gamma = tau / S_h (Kimi K2):
   - grouped-query attention: a kv head shared by several query heads is scaled by sqrt(min gamma)
     of its group, and each query head by min(1, gamma_h / that) — every head ends at or below tau;
@@ -12,12 +13,13 @@ Heads behind q/k norms are bounded by the norms' weights and left alone.
 """
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 
-from hyperclone.kernels.max_logit import max_logit
+from hyperclone.kernels.max_logit import max_logit, tag_structural, visible
 from hyperclone.train.optim import DTensor, distribute_tensor
 
 NAME = "hyperclone_qk_capture"
@@ -33,7 +35,20 @@ def _capture_attention(module, query, key, value, attention_mask, dropout=0.0, s
         per_head = max_logit(query, key, scale, attention_mask, kwargs.get("sliding_window"))
         seen = getattr(module, "_hc_max_logit", None)
         module._hc_max_logit = per_head if seen is None else torch.maximum(seen, per_head)
+    if kwargs.get("softcap") is not None or hasattr(module, "sinks"):
+        return _model_eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _model_eager(module, query, key, value, attention_mask, **kwargs):
+    """What SDPA cannot compute — soft-capped logits (gemma2), attention sinks (gpt_oss) — goes to the
+    model's own eager attention. That one adds the mask to the scores, so the boolean mask meant for
+    SDPA (or the causal one SDPA was left to apply itself) becomes additive here."""
+    if attention_mask is None or attention_mask.dtype == torch.bool:
+        q_len, k_len = query.shape[-2], key.shape[-2]
+        allowed = attention_mask if attention_mask is not None else visible(q_len, k_len, slice(0, q_len), kwargs.get("sliding_window"), query.device)
+        attention_mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(~allowed, float("-inf"))
+    return sys.modules[type(module).__module__].eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
 @contextmanager
@@ -55,7 +70,7 @@ def _register() -> None:
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
         AttentionInterface.register(NAME, _capture_attention)
-        AttentionMaskInterface.register(NAME, sdpa_mask)
+        AttentionMaskInterface.register(NAME, lambda **kwargs: tag_structural(sdpa_mask(**kwargs), kwargs.get("config")))
         _registered = True
 
 
