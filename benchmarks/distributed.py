@@ -1,0 +1,115 @@
+"""Bytes communicated per training token: data parallelism (DDP through Accelerate, 2 processes) against
+DiLoCo (2 replica groups on torchft) syncing every H = 10, 50, 100 inner steps.
+
+Measured, not computed: the bytes that crossed the loopback interface (/proc/net/dev) while real
+`hyperclone train` processes ran on this machine, over gloo. Each setting runs twice, for n and 3n steps;
+the difference in bytes over the difference in tokens is what training costs per token, with start-up
+traffic (rendezvous, quorum set-up, loading) cancelled out. Every process's loopback traffic counts, so
+run it on an otherwise idle machine. The parameter bytes a ring all-reduce would move are printed beside
+the measurement as a check, never in its place.
+
+    python benchmarks/distributed.py [--hidden 128] [--record]
+
+Not measured yet: time per step with asynchronous against blocking checkpoints (the DCP checkpointer of
+issue 19 does not exist yet).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks_machine import machine  # noqa: E402
+
+DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")  # real text, no download
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+SEQ, BATCH = 64, 4  # per process (DDP) or per replica group (DiLoCo)
+
+
+def loopback_bytes() -> int:
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, counters = line.partition(":")
+        if name.strip() == "lo":
+            return int(counters.split()[0])  # received on lo = sent on lo
+    raise SystemExit("this benchmark reads the loopback interface's counters from /proc/net/dev (Linux)")
+
+
+def _train_args(model: Path, out: Path, steps: int) -> list[str]:
+    return ["--model", str(model), "--data", DATA, "-o", str(out), "--max-steps", str(steps), "--seq-len", str(SEQ),
+            "--batch-size", str(BATCH), "--trackers", "none", "--optimizer", "adamw", "--save-every", "0", "--force"]
+
+
+def ddp_run(model: Path, work: Path, steps: int) -> None:
+    accelerate = shutil.which("accelerate")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+           "-m", "hyperclone.train", *_train_args(model, work / "ddp", steps)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    if done.returncode:
+        raise SystemExit(f"the DDP run failed:\n{done.stderr[-2000:]}")
+
+
+def diloco_run(model: Path, work: Path, steps: int, sync_every: int) -> None:
+    from torchft.coordination import LighthouseServer
+
+    lighthouse = LighthouseServer(bind="[::]:0", min_replicas=2)
+    try:
+        groups = [subprocess.Popen([shutil.which("hyperclone"), "train", *_train_args(model, work / f"group{i}", steps),
+                                    "--diloco", "--sync-every", str(sync_every), "--lighthouse", lighthouse.address(),
+                                    "--replicas", "2", "--replica-index", str(i), "--min-replicas", "2"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for i in range(2)]
+        failed = [err for g in groups for _, err in [g.communicate()] if g.returncode]
+    finally:
+        lighthouse.shutdown()
+    if failed:
+        raise SystemExit(f"a DiLoCo group failed:\n{failed[0][-2000:]}")
+
+
+def per_token(run, steps: int) -> float:
+    """Bytes per token between a run of `steps` and one of 3 x `steps` (2 processes or groups, BATCH x SEQ each)."""
+    counts = []
+    for n in (steps, 3 * steps):
+        before = loopback_bytes()
+        run(n)
+        counts.append(loopback_bytes() - before)
+    return (counts[1] - counts[0]) / (2 * steps * 2 * BATCH * SEQ)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--record", action="store_true", help="write benchmarks/results/distributed.json")
+    args = parser.parse_args()
+    from hyperclone.testing import save_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = save_tiny_model("llama", work / "model", vocab_size=300, hidden_size=args.hidden,
+                                intermediate_size=2 * args.hidden, num_hidden_layers=4)
+        import hyperclone
+
+        params = hyperclone.load_model(model).num_parameters()
+        ring = 2 * params * 4 / (2 * BATCH * SEQ)  # float32 gradients, ring all-reduce over 2: each sends the whole once
+        rows = [{"setting": "DDP (every step)", "bytes_per_token": per_token(lambda n: ddp_run(model, work, n), 10),
+                 "ring_allreduce_bytes_per_token": ring}]
+        for h in (10, 50, 100):
+            rows.append({"setting": f"DiLoCo H={h}", "bytes_per_token": per_token(lambda n: diloco_run(model, work, n, h), h),
+                         "ring_allreduce_bytes_per_token": ring / h})
+    for row in rows:
+        row["ddp_over_this"] = round(rows[0]["bytes_per_token"] / row["bytes_per_token"], 1)
+        print(f"{row['setting']:>18}: {row['bytes_per_token']:>10,.0f} bytes/token measured "
+              f"({row['ring_allreduce_bytes_per_token']:,.0f} for the parameters alone); DDP sends {row['ddp_over_this']}x this")
+    result = {"machine": machine(), "model_parameters": params, "seq": SEQ, "batch_per_process": BATCH, "processes": 2, "rows": rows}
+    if args.record:
+        (Path(__file__).resolve().parent / "results" / "distributed.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
