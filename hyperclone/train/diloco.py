@@ -33,6 +33,9 @@ def diloco(cfg, model: torch.nn.Module, inner_optimizer: torch.optim.Optimizer, 
     manager = Manager(
         pg=ProcessGroupGloo(timeout=timeout), load_state_dict=load_state_dict, state_dict=state_dict,
         min_replica_size=cfg.min_replicas, use_async_quorum=False,  # DiLoCo requires a synchronous quorum
+        # every group starts from the same --model: with torchft's default step-0 sync, all but one group
+        # would "heal" at the first outer step, their pseudo-gradients dropped from its average
+        init_sync=False,
         timeout=timeout, quorum_timeout=timeout, connect_timeout=timeout,
         store_addr="localhost", store_port=store.port, rank=0, world_size=1,
         replica_id=cfg.replica_id or f"group-{cfg.replica_index}", lighthouse_addr=_http(cfg.lighthouse),
