@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from hyperclone.card import hub_id
 from hyperclone.plan import GrowthPlan
 
 
@@ -34,6 +35,15 @@ def source_files(plan: GrowthPlan) -> list[Path]:
     return files
 
 
+def source_name(path: Path) -> str:
+    """hf://org/name@commit for a snapshot in the Hub cache (or a file in one), else the file or directory's name."""
+    repo = hub_id(path)
+    if not repo:
+        return path.name
+    parts = path.parts
+    return f"hf://{repo}@{parts[parts.index('snapshots') + 1]}"
+
+
 def build_manifest(plan: GrowthPlan, source_hashes: dict[Path, str], shards: list[dict], copied: list[str], files: list[str]) -> dict:
     summary = plan.summary()
     summary.pop("config")
@@ -41,8 +51,8 @@ def build_manifest(plan: GrowthPlan, source_hashes: dict[Path, str], shards: lis
     return {
         "hyperclone_version": tool_version(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {
-            "path": str(plan.source.path),
+        "source": {  # its files' sha256 identify it; its local path is not recorded, since push publishes growth.json
+            "name": source_name(plan.source.path),
             "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": h} for p, h in source_hashes.items()],
         },
         **summary,

@@ -8,6 +8,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import hyperclone
 from hyperclone.testing import hub_cache_entry
 
 DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")
@@ -136,3 +137,13 @@ def test_a_pickle_only_repo_is_refused_unless_allowed(tiny, tmp_path):
     allowed = _run(cache, "plan", "hf://someorg/pickled", "--to", "2x", "--json", "--allow-pickle")
     assert allowed.returncode == 0, allowed.stderr
     assert json.loads(allowed.stdout)["config"]["hidden_size"] == 64
+
+
+def test_growth_json_records_no_local_path(tiny, tmp_path):
+    """growth.json is published with the model: the source is named and hashed, its directory never written."""
+    out = tmp_path / "grown"
+    hyperclone.grow(str(tiny("llama")), "2x", out=str(out))
+    text = (out / "growth.json").read_text()
+    assert str(tiny("llama").parent) not in text and str(tmp_path) not in text
+    source = json.loads(text)["source"]
+    assert source["name"] == tiny("llama").name and all(len(f["sha256"]) == 64 for f in source["files"])
