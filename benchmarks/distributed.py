@@ -10,8 +10,9 @@ the measurement as a check, never in its place.
 
     python benchmarks/distributed.py [--hidden 128] [--record]
 
-Not measured yet: time per step with asynchronous against blocking checkpoints (the DCP checkpointer of
-issue 19 does not exist yet).
+Then the cost of checkpoints to training: one process trains a larger model (`--checkpoint-hidden`) for
+20 steps with a torch.distributed.checkpoint save every 5, blocking or asynchronous, against the same run
+without checkpoints; the extra wall-clock time per checkpoint is what training waited.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,7 +45,7 @@ def loopback_bytes() -> int:
 
 def _train_args(model: Path, out: Path, steps: int) -> list[str]:
     return ["--model", str(model), "--data", DATA, "-o", str(out), "--max-steps", str(steps), "--seq-len", str(SEQ),
-            "--batch-size", str(BATCH), "--trackers", "none", "--optimizer", "adamw", "--save-every", "0", "--force"]
+            "--batch-size", str(BATCH), "--trackers", "none", "--optimizer", "adamw", "--force"]
 
 
 def ddp_run(model: Path, work: Path, steps: int) -> None:
@@ -81,9 +83,27 @@ def per_token(run, steps: int) -> float:
     return (counts[1] - counts[0]) / (2 * steps * 2 * BATCH * SEQ)
 
 
+def checkpoint_cost(model: Path, work: Path, steps: int = 20, every: int = 5) -> dict:
+    """Seconds training waits per checkpoint, blocking and asynchronous (DCP), against no checkpoints."""
+    walls = {}
+    for mode, extra in (("none", []), ("blocking", ["--save-every", str(every), "--checkpoint-format", "dcp"]),
+                        ("async", ["--save-every", str(every), "--checkpoint-format", "dcp", "--async-checkpoint"])):
+        start = time.perf_counter()
+        done = subprocess.run([shutil.which("hyperclone"), "train", *_train_args(model, work / f"ckpt-{mode}", steps), *extra],
+                              capture_output=True, text=True, env=ENV)
+        walls[mode] = time.perf_counter() - start
+        if done.returncode:
+            raise SystemExit(f"the {mode} run failed:\n{done.stderr[-2000:]}")
+    saves = steps // every
+    return {"steps": steps, "checkpoints": saves, "wall_s": {k: round(v, 2) for k, v in walls.items()},
+            "blocking_s_per_checkpoint": round((walls["blocking"] - walls["none"]) / saves, 3),
+            "async_s_per_checkpoint": round((walls["async"] - walls["none"]) / saves, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--checkpoint-hidden", type=int, default=512)
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/distributed.json")
     args = parser.parse_args()
     from hyperclone.testing import save_tiny_model
@@ -101,11 +121,18 @@ def main() -> None:
         for h in (10, 50, 100):
             rows.append({"setting": f"DiLoCo H={h}", "bytes_per_token": per_token(lambda n: diloco_run(model, work, n, h), h),
                          "ring_allreduce_bytes_per_token": ring / h})
+        big = save_tiny_model("llama", work / "big", vocab_size=300, hidden_size=args.checkpoint_hidden,
+                              intermediate_size=2 * args.checkpoint_hidden, num_hidden_layers=8)
+        checkpoints = checkpoint_cost(big, work)
+        checkpoints["model_parameters"] = hyperclone.load_model(big).num_parameters()
     for row in rows:
         row["ddp_over_this"] = round(rows[0]["bytes_per_token"] / row["bytes_per_token"], 1)
         print(f"{row['setting']:>18}: {row['bytes_per_token']:>10,.0f} bytes/token measured "
               f"({row['ring_allreduce_bytes_per_token']:,.0f} for the parameters alone); DDP sends {row['ddp_over_this']}x this")
-    result = {"machine": machine(), "model_parameters": params, "seq": SEQ, "batch_per_process": BATCH, "processes": 2, "rows": rows}
+    print(f"checkpoints of a {checkpoints['model_parameters'] / 1e6:.1f} M-parameter model: training waited "
+          f"{checkpoints['blocking_s_per_checkpoint']:.2f} s per blocking save, {checkpoints['async_s_per_checkpoint']:.2f} s per asynchronous one")
+    result = {"machine": machine(), "model_parameters": params, "seq": SEQ, "batch_per_process": BATCH, "processes": 2, "rows": rows,
+              "checkpoints": checkpoints}
     if args.record:
         (Path(__file__).resolve().parent / "results" / "distributed.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))

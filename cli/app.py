@@ -326,6 +326,19 @@ def push(
 
 
 @app.command()
+@command("nothing was written: the output appears only when complete")
+def consolidate(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written with --checkpoint-format dcp (run/checkpoints/step-N)."),
+    output: Path = typer.Option(..., "-o", "--output", help="New model directory (safetensors, config, tokenizer)."),
+) -> None:
+    """Gather a sharded torch.distributed.checkpoint checkpoint into one model directory transformers loads."""
+    import hyperclone
+
+    path = hyperclone.consolidate(checkpoint, output)
+    err.print(f"[green]consolidated[/] {checkpoint} → {path}", soft_wrap=True)
+
+
+@app.command()
 @command()
 def presets() -> None:
     """List the growth presets shipped in recipes/."""
@@ -394,6 +407,10 @@ def train(
     warmup: Optional[float] = typer.Option(None, "--warmup", help="Fraction of steps (< 1) or a step count."),
     save_every: Optional[int] = typer.Option(None, "--save-every"),
     keep: Optional[int] = typer.Option(None, "--keep"),
+    checkpoint_format: Optional[str] = typer.Option(None, "--checkpoint-format", help="accelerate (default) | dcp: "
+                                                    "torch.distributed.checkpoint shards, resumable on any number of processes."),
+    async_checkpoint: Optional[bool] = typer.Option(None, "--async-checkpoint", help="With dcp: write checkpoints in the "
+                                                    "background while training goes on."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every"),
     moe_balance: Optional[str] = typer.Option(None, "--moe-balance", help="auto | aux | aux_free | none"),
     text_field: Optional[str] = typer.Option(None, "--text-field"),

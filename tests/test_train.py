@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import hyperclone
 
@@ -118,6 +119,39 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path):
     assert tokens[-1] == 8 * 4 * 64  # the global batch counts both processes
 
 
+def test_async_dcp_checkpoint_from_two_processes_resumes_on_one_and_consolidates(tiny, tmp_path):
+    """Two processes write a torch.distributed.checkpoint checkpoint in the background (each its own
+    shard file) while they train; one process resumes from it with the same global batch and takes the
+    same next steps; `hyperclone consolidate` turns the last one into the trained model."""
+    model = tiny("llama", vocab_size=300)
+    common = ["--model", str(model), "--data", DATA, "--max-steps", "4", "--save-every", "2", "--seq-len", "32",
+              "--trackers", "none", "--checkpoint-format", "dcp", "--async-checkpoint"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hyperclone.train"]
+    two = subprocess.run([*launcher, *common, "--batch-size", "2", "-o", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    step2 = tmp_path / "two" / "checkpoints" / "step-2"
+    assert sorted(p.name for p in step2.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # a shard file per rank
+    one = tmp_path / "one"  # the same run, cut back to step 2, continued by one process
+    shutil.copytree(tmp_path / "two", one)
+    shutil.rmtree(one / "checkpoints" / "step-4")
+    shutil.rmtree(one / "final")
+    resumed = cli("train", *common, "--batch-size", "4", "-o", str(one), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = losses(tmp_path / "two"), losses(one)
+    assert len(a) == len(b) == 4 and a[:2] == b[:2]
+    assert max(abs(x - y) / abs(x) for x, y in zip(a[2:], b[2:])) < 1e-5, (a, b)  # two processes sum in another order
+
+    out = tmp_path / "consolidated"
+    done = cli("consolidate", str(tmp_path / "two" / "checkpoints" / "step-4"), "-o", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    merged, trained = hyperclone.load_model(out).state_dict(), hyperclone.load_model(tmp_path / "two" / "final").state_dict()
+    assert merged.keys() == trained.keys() and all(torch.equal(merged[k], trained[k]) for k in merged)
+    again = cli("consolidate", str(tmp_path / "two" / "checkpoints" / "step-4"), "-o", str(out))
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
 def test_decay_branches_from_a_stable_checkpoint(tiny, tmp_path):
     model = tiny("llama", vocab_size=300)
     stable = tmp_path / "stable"
@@ -186,11 +220,12 @@ def bad_inputs(tiny, tmp_path):
         "no_config": (["--model", str(tmp_path), "--data", DATA, *base], "not a model directory"),
         "existing_output": (["--model", str(model), "--data", DATA, *base, "-o", str(occupied)], "--resume"),
         "non_finite_loss": (["--model", str(model), "--data", DATA, *base, "--recipe", str(exploding)], "not finite"),
+        "async_without_dcp": (["--model", str(model), "--data", DATA, *base, "--async-checkpoint"], "--checkpoint-format dcp"),
     }
 
 
 @pytest.mark.parametrize("case", ["empty_data", "unreadable_data", "seq_len_beyond_positions", "not_a_causal_lm",
-                                  "no_config", "existing_output", "non_finite_loss"])
+                                  "no_config", "existing_output", "non_finite_loss", "async_without_dcp"])
 def test_bad_training_input_is_one_clear_line(case, bad_inputs, tmp_path):
     args, expected = bad_inputs[case]
     if "-o" not in args:

@@ -1,14 +1,19 @@
 """The run's checkpoints: when to save, how many to keep, atomic writes, checksums, and what to resume from.
 
-A checkpoint is Accelerate's save_state written into a hidden sibling, then our state file (the
-step, tokens and data position, plus the size and sha256 of every file beside it) written last,
-then one rename: a directory named step-N is complete, and its checksums tell a later resume
-whether its bytes are still the ones written.
+A checkpoint is written into a hidden sibling — Accelerate's save_state, or with `--checkpoint-format
+dcp` torch.distributed.checkpoint's sharded files (each rank writes its own shards; a later run on any
+number of processes reshards them on load; `hyperclone consolidate` turns one into a model directory)
+— then our state file (the step, tokens and data position, plus the size and sha256 of every file
+beside it) written last, then one rename: a directory named step-N is complete, and its checksums tell
+a later resume whether its bytes are still the ones written. With `--async-checkpoint` a DCP save
+copies the state and returns; the files are written in the background while training goes on, and
+the state file and rename follow when they are done (at the next save or the end of the run).
 """
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +21,10 @@ from hyperclone.errors import UserError
 from hyperclone.manifest import sha256_file
 
 STATE_FILE = "hyperclone_state.json"  # written last: a checkpoint without it is incomplete
+SCHEDULE_FILE = "schedule.json"  # DCP checkpoints: the learning-rate schedule's position
+# DCP warns, from its background writer too, that it works in one process whenever no process group
+# exists: that is the intent in a single-process run, not news to the user
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
 
 def _files(directory: Path) -> list[Path]:
@@ -45,8 +54,17 @@ class Checkpointer:
     """Saves every `every` steps into out/checkpoints/step-N, keeps the newest `keep`, and picks the
     newest intact one to resume from."""
 
-    def __init__(self, out: Path, accelerator, every: int, keep: int, say: Callable[[str], None]):
+    def __init__(self, out: Path, accelerator, every: int, keep: int, say: Callable[[str], None], fmt: str = "accelerate",
+                 async_save: bool = False):
         self.root, self.accelerator, self.every, self.keep, self.say = out / "checkpoints", accelerator, every, keep, say
+        self.fmt, self.async_save = fmt, async_save
+        self.parts = None  # DCP: (model, optimizer, scheduler, model directory), see track()
+        self.pending = None  # an asynchronous DCP save still writing: (future, tmp, final, state)
+        self._group = None
+
+    def track(self, model, optimizer, scheduler, model_dir: Path) -> None:
+        """What a DCP checkpoint holds (Accelerate's own saves know their registered objects)."""
+        self.parts = (model, optimizer, scheduler, model_dir)
 
     def complete(self) -> list[Path]:
         """Checkpoints whose state file was written (so the rename happened), oldest first."""
@@ -57,14 +75,33 @@ class Checkpointer:
         return bool(self.every) and step % self.every == 0 and step < last_step
 
     def save(self, state: dict) -> None:
-        """accelerate's save_state into a temporary sibling, our state file last, then a rename."""
+        """The checkpoint's files into a temporary sibling, our state file last, then a rename."""
+        self.wait()
         acc = self.accelerator
         final, tmp = self.root / f"step-{state['step']}", self.root / f".step-{state['step']}.tmp"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             self.root.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        if self.fmt == "dcp":
+            future = self._save_dcp(tmp)
+            if future is not None:
+                self.pending = (future, tmp, final, state)
+                return
+        else:
+            acc.save_state(str(tmp))
+        self._seal(tmp, final, state)
+
+    def wait(self) -> None:
+        """Finish an asynchronous save still writing (before the next one, and before the run ends)."""
+        if self.pending is not None:
+            future, tmp, final, state = self.pending
+            self.pending = None
+            future.result()
+            self._seal(tmp, final, state)
+
+    def _seal(self, tmp: Path, final: Path, state: dict) -> None:
+        acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
             files = {str(p.relative_to(tmp)): [p.stat().st_size, sha256_file(p)] for p in _files(tmp)}
@@ -74,6 +111,27 @@ class Checkpointer:
             for old in self.complete()[:-self.keep] if self.keep > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
+
+    def _save_dcp(self, tmp: Path):
+        """Each rank writes its shards; the main process adds the schedule and what consolidate needs to
+        rebuild the model (config, tokenizer). Returns the future of an asynchronous save, else None."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        model, optimizer, scheduler, model_dir = self.parts
+        if self.accelerator.is_main_process:
+            from hyperclone.io.output import copy_side_files
+
+            self.accelerator.unwrap_model(model).config.save_pretrained(str(tmp))
+            copy_side_files(model_dir, tmp)
+            (tmp / SCHEDULE_FILE).write_text(json.dumps(scheduler.state_dict()))
+        payload = _payload(model, optimizer)
+        if not self.async_save:
+            dcp.save(payload, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
+            return None
+        if dist.is_initialized() and self._group is None:  # its own group: the background writer's collectives
+            self._group = dist.new_group(backend="gloo")  # never interleave with training's
+        return dcp.async_save(payload, checkpoint_id=str(tmp), process_group=self._group, no_dist=not dist.is_initialized())
 
     def resume_point(self) -> Path:
         """The newest intact checkpoint; a damaged newer one is named, and skipped only when an older one is intact."""
@@ -113,9 +171,62 @@ class Checkpointer:
         return state
 
     def load(self, checkpoint: Path) -> None:
-        """Restore model, optimizer, schedule and RNG from an intact `checkpoint`."""
+        """Restore model, optimizer and schedule (and RNG, from Accelerate's) from an intact `checkpoint`,
+        in the format it was written in: a DCP checkpoint loads on any number of processes."""
         try:
-            self.accelerator.load_state(str(checkpoint))
+            if (checkpoint / SCHEDULE_FILE).is_file():
+                _load_dcp(checkpoint, *self.parts[:3])
+            else:
+                self.accelerator.load_state(str(checkpoint))
         except Exception as exc:  # torch and accelerate raise many types for unreadable files
             raise UserError(f"checkpoint {checkpoint} cannot be loaded ({type(exc).__name__}: "
                             f"{' '.join(str(exc).split())[:200]}): resume from an older one or start over with --force") from None
+
+
+def _payload(model, optimizer) -> dict:
+    """Model and optimizer state keyed by parameter name, as DCP saves and reshards them (DDP or FSDP alike)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state}
+
+
+def _load_dcp(checkpoint: Path, model, optimizer, scheduler) -> None:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    payload = _payload(model, optimizer)  # the shapes to read into (this run's sharding)
+    dcp.load(payload, checkpoint_id=str(checkpoint), no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=payload["model"], optim_state_dict=payload["optimizer"])
+    scheduler.load_state_dict(json.loads((checkpoint / SCHEDULE_FILE).read_text()))
+
+
+def consolidate(checkpoint: str | Path, out: str | Path) -> Path:
+    """A DCP checkpoint as a model directory transformers loads (safetensors, config, tokenizer), in one process."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hyperclone.io.output import copy_side_files
+
+    checkpoint, out = Checkpointer.require_intact(Path(checkpoint)), Path(out)
+    if out.exists():
+        raise UserError(f"{out} already exists: consolidate writes a new directory, give another -o")
+    if not (checkpoint / SCHEDULE_FILE).is_file():
+        raise UserError(f"{checkpoint} was not written with --checkpoint-format dcp: its final/ directory, "
+                        "or Accelerate's own tools, give the model")
+    config = AutoConfig.from_pretrained(str(checkpoint))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.to_empty(device="cpu")
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+    model.load_state_dict(state["model"])
+    model.tie_weights()
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    copy_side_files(checkpoint, tmp)
+    tmp.rename(out)
+    return out

@@ -39,6 +39,8 @@ class TrainConfig:
     force: bool = False
     save_every: int = 0  # 0: only the final model
     keep: int = 3
+    checkpoint_format: str = "accelerate"  # accelerate | dcp (torch.distributed.checkpoint: sharded, reshards on load)
+    async_checkpoint: bool = False  # dcp: write in the background while training goes on
     eval_every: int = 0  # 0: only at the end
     eval_fraction: float = 0.05
     eval_batches: int = 8
@@ -83,6 +85,7 @@ CHOICES = {
     "moe_balance": ("auto", "aux", "aux_free", "none"),
     "expert_lr": ("hunyuan", "none"),
     "mixed_precision": ("no", "bf16", "fp16"),
+    "checkpoint_format": ("accelerate", "dcp"),
 }
 
 
@@ -139,6 +142,11 @@ def _warn_about_schedule(config: TrainConfig) -> None:
                       "overlap: the run has no stable phase", UserWarning, stacklevel=3)
 
 
+def _check_checkpoints(config: TrainConfig) -> None:
+    if config.async_checkpoint and config.checkpoint_format != "dcp":
+        raise UserError("--async-checkpoint writes torch.distributed.checkpoint files: add --checkpoint-format dcp")
+
+
 def _check_diloco(config: TrainConfig) -> None:
     if config.replica_index >= config.replicas:
         raise UserError(f"--replica-index {config.replica_index} must be below --replicas {config.replicas}")
@@ -189,5 +197,6 @@ def make_config(recipe: str | os.PathLike | None = None, **overrides) -> TrainCo
     if config.push_to_hub:
         check_repo_id(config.push_to_hub)
     _check_diloco(config)
+    _check_checkpoints(config)
     _warn_about_schedule(config)
     return config

@@ -240,7 +240,7 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
-    checkpointer = Checkpointer(out, accelerator, cfg.save_every, cfg.keep, log.say)
+    checkpointer = Checkpointer(out, accelerator, cfg.save_every, cfg.keep, log.say, cfg.checkpoint_format, cfg.async_checkpoint)
     start_from = checkpointer.resume_point() if cfg.resume else (Path(cfg.decay_from) if cfg.decay_from else None)
     model = _load_model(cfg.model)
     kernels = apply_liger(model, fused_experts=cfg.mixed_precision != "no")  # on a GPU, for the families Liger supports
@@ -267,6 +267,7 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
     model, optimizer, loader, eval_loader = accelerator.prepare(model, optimizer, loader, eval_loader)
     decay_loader = accelerator.prepare(decay_loader) if decay_loader is not None else None
     accelerator.register_for_checkpointing(scheduler)
+    checkpointer.track(model, optimizer, scheduler, Path(cfg.model))
     if start_from is not None:
         checkpointer.load(start_from)
         if cfg.resume:
@@ -384,6 +385,7 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
             last_eval = _evaluate(run)
         if cfg.save_every:
             run.checkpointer.save(asdict(state))
+        run.checkpointer.wait()  # an asynchronous checkpoint still writing is finished and sealed
         result = TrainResult(out=str(run.out), steps=state.step, tokens=state.tokens, loss=run.log.last.get("loss"),
                              eval_loss=last_eval, skipped_steps=state.skipped_steps)
         _finish(run, result)
