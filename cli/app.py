@@ -431,6 +431,8 @@ def train(
     replicas: Optional[int] = typer.Option(None, "--replicas", help="DiLoCo: how many shards the training data is cut into."),
     min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="DiLoCo: groups a sync waits for (default 1)."),
     hostname: Optional[str] = typer.Option(None, "--hostname", help="DiLoCo: the name other groups reach this machine by."),
+    diloco_timeout: Optional[float] = typer.Option(None, "--diloco-timeout", help="DiLoCo: seconds a quorum or all-reduce "
+                                                   "may take before a group is given up on (default 60)."),
 ) -> None:
     """Continue pretraining a (grown) model: Accelerate, MuonClip, Warmup-Stable-Decay, exact resume."""
     import hyperclone
