@@ -51,6 +51,9 @@ class Scale:
     small_lr: float = 2e-3
     lrs: tuple[float, ...] = (2e-3, 4e-3, 8e-3)  # the wind tunnel's grid for every large arm (extended past an edge)
     noise: float = 0.5  # the after-growth recipe's noise (recipes/after-growth.yaml)
+    # --sizes: hidden (and ffn) x these; budgets grow with the parameters, so on 2 CPU cores the sweep
+    # goes down from the main size (x2 would take 16x the main run's compute per arm), on a GPU up
+    sweep: tuple[float, ...] = (0.5, 0.75, 1)
 
     def small_config(self) -> dict:
         return dict(vocab_size=260, hidden_size=self.hidden, intermediate_size=self.ffn, num_hidden_layers=self.layers,
@@ -61,7 +64,7 @@ class Scale:
 SCALES = {
     "cpu": Scale(),
     # about 10 minutes of one H100 for every arm (sized from CPU timings, not yet measured on the GPU)
-    "gpu": Scale(hidden=128, ffn=352, layers=6, heads=4, seq=256, batch=64),
+    "gpu": Scale(hidden=128, ffn=352, layers=6, heads=4, seq=256, batch=64, sweep=(1, 1.5, 2)),
 }
 
 
@@ -276,9 +279,9 @@ def _count(config: dict) -> list[int]:
 
 def sizes_sweep(base: Scale, main: dict, data: Path | None, work: Path) -> list[dict]:
     """The key arms (random init, x2 width with noise) at three sizes, the same tokens per parameter;
-    the smallest is the main run's."""
+    factor 1 is the main run's."""
     rows = []
-    for factor in (1, 1.5, 2):  # hidden x factor: the blocks' parameters grow about factor^2
+    for factor in base.sweep:  # hidden x factor: the blocks' parameters grow about factor^2
         scale = replace(base, hidden=round(base.hidden * factor), ffn=round(base.ffn * factor))
         result = main if factor == 1 else run(scale, data, work / f"hidden-{scale.hidden}", {"random_init", "hyperclone_noise"})
         arm = result["arms"]["hyperclone_noise"]
