@@ -80,10 +80,10 @@ def _kernel():
             if UPCAST:
                 kt = kt.to(tl.float32)
             s = tl.dot(q, kt) * scale
-            visible = (rk[None, :] <= pos[:, None]) & (rk[None, :] < Lk) & (rq[:, None] < Lq)
+            allowed = (rk[None, :] <= pos[:, None]) & (rk[None, :] < Lk) & (rq[:, None] < Lq)
             if WINDOW:
-                visible &= rk[None, :] > pos[:, None] - window
-            best = tl.maximum(best, tl.max(tl.where(visible, s, float("-inf")), axis=1))
+                allowed &= rk[None, :] > pos[:, None] - window
+            best = tl.maximum(best, tl.max(tl.where(allowed, s, float("-inf")), axis=1))
         tl.atomic_max(out_ptr + bh, tl.max(best, axis=0))  # one running max per (batch, head)
 
     # Tiles tuned per shape once per process on a GPU (the interpreter tests fix small ones).

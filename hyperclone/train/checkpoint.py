@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -220,13 +221,16 @@ def consolidate(checkpoint: str | Path, out: str | Path) -> Path:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.to_empty(device="cpu")
-    state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
-    model.load_state_dict(state["model"])
+    dcp.load({"model": model.state_dict()}, checkpoint_id=str(checkpoint), no_dist=True)  # in place, into the parameters
     model.tie_weights()
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    copy_side_files(checkpoint, tmp)
-    tmp.rename(out)
+    # a fresh hidden sibling of our own (never a name that may already hold someone's files), renamed when complete
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        copy_side_files(checkpoint, tmp)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out

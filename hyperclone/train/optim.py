@@ -62,6 +62,11 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS,
     return x.to(g.dtype)
 
 
+def shard_like(whole: torch.Tensor, param: DTensor) -> DTensor:
+    """`whole`, which every rank holds, cut into `param`'s sharding: each rank keeps its own slice, nothing is sent."""
+    return distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None)
+
+
 def _spread(stack: torch.Tensor, orthogonalise: Callable, group) -> torch.Tensor:
     """`orthogonalise(stack)`, the matrices spread over the ranks of `group` (Moonlight's distributed Muon):
     each rank runs Newton–Schulz on its share of the stack, then all ranks gather every result. Each
@@ -139,8 +144,8 @@ class MuonClip(torch.optim.Optimizer):
             done[key] = list(reversed(flat.split([m.numel() // math.prod(shape) for m in mats])))
         for p, group, mats in items:
             update = torch.cat([done[self._ns_key(m, group)].pop().reshape(m.shape) for m in mats], dim=-2)
-            if isinstance(p, DTensor):  # back to this rank's shard (every rank holds the whole update)
-                update = distribute_tensor(update, p.device_mesh, p.placements, src_data_rank=None)
+            if isinstance(p, DTensor):
+                update = shard_like(update, p)
             p.mul_(1 - group["lr"] * group["weight_decay"])
             p.add_(update, alpha=-rms_matched_lr(group["lr"], mats[0].shape))
 

@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 
 from hyperclone.kernels.max_logit import max_logit, tag_structural, visible
-from hyperclone.train.optim import DTensor, distribute_tensor
+from hyperclone.train.optim import DTensor, shard_like
 
 NAME = "hyperclone_qk_capture"
 _registered = False
@@ -60,7 +60,7 @@ def whole(param: torch.Tensor) -> Iterator[torch.Tensor]:
         return
     full = param.full_tensor()
     yield full
-    param.copy_(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None))
+    param.copy_(shard_like(full, param))
 
 
 def _register() -> None:
