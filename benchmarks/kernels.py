@@ -3,9 +3,9 @@
 1. One Muon step over the matrices of a MoE model (every expert of every layer, and the attention
    projections): batched Newton–Schulz, one call per matrix shape (MuonClip), against the
    per-parameter loop it replaced (the baseline, written out below). On any machine.
-2. On CUDA only: Newton–Schulz at 1024², 4096², 8192² and an expert stack [128, 768, 2048] with the
-   one-triangle Triton kernel, against torch.optim.Muon's own iteration and the plain batched torch
-   loop (HYPERCLONE_KERNELS=0); causal attention forward + backward with the max-logit capture
+2. On CUDA only: Newton–Schulz from 1024² to 8192² and on expert stacks ([128, 768, 2048] among them)
+   as MuonClip runs it, with the one-triangle Triton products forced and with torch's, against
+   torch.optim.Muon's own iteration; causal attention forward + backward with the max-logit capture
    against the same without it, at seq 2048 and 8192.
 3. On CUDA only (--steps): training steps of a ~1.2 B dense llama (Llama-3.2-1B's shape, seq 4096) and a
    small qwen3_moe, kernels on (Liger, Triton) and off (HYPERCLONE_KERNELS=0), AdamW and MuonClip: tokens/s,
@@ -83,8 +83,8 @@ def muon_step(args, device: str) -> dict:
 
 
 def newton_schulz_sizes(repeats: int) -> list[dict]:
-    """Ours (batched, one-triangle kernel) against torch.optim.Muon's own iteration and the plain batched
-    torch loop (HYPERCLONE_KERNELS=0), at the issue's sizes."""
+    """Ours (as MuonClip runs it), the Triton products forced and torch's forced (the plain batched loop),
+    against torch.optim.Muon's own iteration, at the issue's sizes and a few between."""
     from torch.optim._muon import _zeropower_via_newtonschulz
 
     from hyperclone.train.optim import NS_COEFFICIENTS
