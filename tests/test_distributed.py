@@ -2,9 +2,13 @@
 processes talking over gloo on the loopback)."""
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +58,51 @@ def test_diloco_outer_step_is_nesterov_on_the_averaged_pseudo_gradients(tiny, tm
         assert torch.allclose(first[name], expected, rtol=1e-5, atol=1e-6), name
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_diloco_groups_of_two_processes_train_what_groups_of_one_do(tiny, tmp_path):
+    """A replica group may be several processes (`accelerate launch`, data parallel inside the group,
+    rank r of each group averaging with rank r of the others): 2 groups of 2 processes with a micro-batch
+    of 1 each end with the model that 2 groups of 1 process with a batch of 2 train, up to rounding."""
+    pytest.importorskip("torchft")
+    from torchft.coordination import LighthouseServer
+
+    model = tiny("llama", vocab_size=300)
+    common = ["--diloco", "--sync-every", "3", "--max-steps", "6", "--replicas", "2", "--min-replicas", "2"]
+    for name, processes in (("one", 1), ("two", 2)):
+        lighthouse = LighthouseServer(bind="[::]:0", min_replicas=2)
+        launch = [] if processes == 1 else [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no"]
+        try:
+            groups = []
+            for i in range(2):
+                cmd = _train(model, tmp_path / f"{name}{i}", *common, "--replica-index", str(i), "--lighthouse",
+                             lighthouse.address(), "--batch-size", str(2 // processes))
+                if launch:  # the same command under accelerate launch, each group on its own rendezvous port
+                    cmd = [*launch, "--main_process_port", str(_free_port()), "-m", "hyperclone.train", *cmd[2:]]
+                groups.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}{i}.log", "w"), env=ENV))
+            for group in groups:
+                group.wait(timeout=300)
+        finally:
+            lighthouse.shutdown()
+        for i, group in enumerate(groups):
+            assert group.returncode == 0, (tmp_path / f"{name}{i}.log").read_text()[-3000:]
+    start, *ends = (hyperclone.load_model(path).state_dict() for path in
+                    [model] + [tmp_path / name / "final" for name in ("one0", "one1", "two0", "two1")])
+    for name, w0 in start.items():
+        assert torch.equal(ends[2][name], ends[3][name]), name  # one model again across the groups of two
+        assert not torch.equal(ends[0][name], w0), name
+        worst = (ends[2][name] - ends[0][name]).abs().max().item()
+        assert worst <= 1e-5, (name, worst)  # two processes sum the gradients in another order
+
+
 def test_diloco_bad_settings_are_one_line(tiny, tmp_path):
     from tests.test_cli import run
 
@@ -62,7 +111,8 @@ def test_diloco_bad_settings_are_one_line(tiny, tmp_path):
     base += ["--lighthouse", "localhost:1"]
     for extra, words in ((["--max-steps", "10", "--sync-every", "3"], "multiple of --sync-every"),
                          (["--replicas", "2", "--replica-index", "2"], "below --replicas"),
-                         (["--max-steps", "6", "--sync-every", "3", "--lighthouse", ""], "--lighthouse")):
+                         (["--max-steps", "6", "--sync-every", "3", "--lighthouse", ""], "--lighthouse"),
+                         (["--max-steps", "12", "--sync-every", "3", "--save-every", "4"], "--save-every 4")):
         result = run(*base, *extra)
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
 
@@ -83,3 +133,60 @@ def test_muonclip_on_fsdp2_shards_equals_one_process(tmp_path):
         assert found["max_logit"] > 2.0, family  # above tau: QK-Clip scaled heads on the shards
         assert abs(found["max_logit"] - found["reference_max_logit"]) <= 1e-5 * found["reference_max_logit"]
         assert found["worst_relative"] <= 1e-5, (family, found)  # float reduction order only
+
+
+def test_a_killed_replica_group_rejoins_and_no_batch_counts_twice_or_never(tiny, tmp_path):
+    """Group B is SIGKILLed during its inner steps. A goes on alone once the lighthouse has missed B's
+    heartbeats (min replicas 1). B restarted with --resume takes A's weights, step and schedule from A
+    (torchft's recovery) and reads its shard again from its last committed sync; both then end on the
+    same last sync with one model. Data: A never healed, so it drew exactly one batch per step (a sync
+    that failed when B died is redone on the same batches); B drew its committed batches, then one per
+    step after it joined."""
+    pytest.importorskip("torchft")
+    from torchft.coordination import LighthouseServer
+
+    model, steps = tiny("llama", vocab_size=300), 2000
+    lighthouse = LighthouseServer(bind="[::]:0", min_replicas=1)
+    logs = {}
+
+    def group(i: int, *extra: str) -> subprocess.Popen:
+        cmd = [*_train(model, tmp_path / f"group{i}", "--diloco", "--sync-every", "2", "--lighthouse", lighthouse.address(),
+                       "--replicas", "2", "--replica-index", str(i), "--min-replicas", "1", "--save-every", "10",
+                       "--diloco-timeout", "20", *extra)]
+        cmd[cmd.index("--max-steps") + 1] = str(steps)  # long enough for B to come back well before A's last sync
+        logs[i] = open(tmp_path / f"group{i}-{len(extra)}.log", "w")  # files, not pipes: a full pipe would stall a group
+        return subprocess.Popen(cmd, stdout=logs[i], stderr=subprocess.STDOUT, env=ENV)
+
+    def position(i: int) -> dict:
+        path = tmp_path / f"group{i}" / "diloco_position.json"
+        return json.loads(path.read_text()) if path.is_file() else {"step": -1}
+
+    def wait_for(condition, what: str) -> None:
+        deadline = time.time() + 180
+        while not condition():
+            assert time.time() < deadline and a.poll() is None, f"{what}: " + (tmp_path / "group0-0.log").read_text()[-3000:]
+            time.sleep(0.05)
+
+    try:
+        a, b = group(0), group(1)
+        wait_for(lambda: position(1)["step"] >= 14, "B never committed a sync")
+        b.send_signal(signal.SIGKILL)
+        b.wait()
+        committed, a_at_kill = position(1), position(0)["step"]
+        wait_for(lambda: position(0)["step"] >= a_at_kill + 20, "A did not go on alone")  # after the heartbeat timeout
+        b = group(1, "--resume")
+        for proc in (a, b):
+            proc.wait(timeout=300)
+    finally:
+        lighthouse.shutdown()
+        for fh in logs.values():
+            fh.close()
+    out = {i: (tmp_path / f"group{i}-{1 if i else 0}.log").read_text() for i in (0, 1)}
+    assert a.returncode == 0 and b.returncode == 0, out[0][-3000:] + out[1][-3000:]
+    joined = re.search(r"joined the other replica groups at step (\d+)", out[1])
+    assert joined and f"batch {committed['batches']} of its shard" in out[1], out[1][-3000:]
+    assert int(joined[1]) > a_at_kill + 20  # B came back to a run that had gone on without it
+    assert position(0)["batches"] == steps and position(0)["step"] == steps
+    assert position(1)["batches"] == committed["batches"] + steps - int(joined[1])
+    first, second = (hyperclone.load_model(tmp_path / f"group{i}" / "final").state_dict() for i in range(2))
+    assert all(torch.equal(first[n], second[n]) for n in first)

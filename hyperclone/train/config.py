@@ -155,6 +155,9 @@ def _check_diloco(config: TrainConfig) -> None:
     if config.diloco and config.max_steps % config.sync_every:
         raise UserError(f"--max-steps {config.max_steps} is not a multiple of --sync-every {config.sync_every}: the run would "
                         "end between outer syncs, with a model no other replica group has")
+    if config.diloco and config.save_every % config.sync_every:
+        raise UserError(f"--save-every {config.save_every} is not a multiple of --sync-every {config.sync_every}: a checkpoint "
+                        "between outer syncs would hold inner steps that a failed sync undoes")
 
 
 def _check_data(config: TrainConfig) -> None:

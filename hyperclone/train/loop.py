@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -241,7 +241,9 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
 
     set_seed(cfg.seed)
     checkpointer = Checkpointer(out, accelerator, cfg.save_every, cfg.keep, log.say, cfg.checkpoint_format, cfg.async_checkpoint)
-    start_from = checkpointer.resume_point() if cfg.resume else (Path(cfg.decay_from) if cfg.decay_from else None)
+    # a DiLoCo group restarted before its first checkpoint takes its weights from a live group anyway
+    diloco_fresh = cfg.diloco and cfg.resume and not checkpointer.complete()
+    start_from = checkpointer.resume_point() if cfg.resume and not diloco_fresh else (Path(cfg.decay_from) if cfg.decay_from else None)
     model = _load_model(cfg.model)
     kernels = apply_liger(model, fused_experts=cfg.mixed_precision != "no")  # on a GPU, for the families Liger supports
     if kernels:
@@ -368,9 +370,11 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
         if cfg.eval_at_start and state.step == 0:
             _evaluate(run)
         run.log.start(cfg.max_steps, state.step)
-        with _replica_groups(run):
+        with _replica_groups(run) as replica:
             while state.step < cfg.max_steps:
                 record = train_step(run)
+                if replica is not None and replica.after_step(record is not None):
+                    continue  # a failed outer sync: back at the last committed one
                 if record is None:
                     continue
                 run.log.metrics(record)
@@ -398,21 +402,39 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
     return result
 
 
+@contextmanager
 def _replica_groups(run: Run):
-    """DiLoCo's context when --diloco (the outer syncs happen inside the optimizer's steps), else nothing."""
+    """DiLoCo's context when --diloco (the outer syncs happen inside the optimizer's steps), else None.
+
+    What a live group hands one that (re)joins: weights, optimizer, schedule and the step, so both end
+    together. Not the data position: each group reads its own shard, and keeps its own place in it."""
     if not run.cfg.diloco:
-        return nullcontext()
-    from hyperclone.train.diloco import diloco
+        yield None
+        return
+    from hyperclone.train.diloco import Committed, diloco
 
     if run.accelerator.num_processes > 1:
         raise UserError("--diloco runs one process per replica group: start each group without `accelerate launch`")
     model, inner = run.accelerator.unwrap_model(run.model), run.optimizer.optimizer
 
-    def load(state: dict) -> None:  # a (re)joining group takes a live peer's weights and optimizer state
+    def state_dict() -> dict:
+        return {"model": model.state_dict(), "optimizer": inner.state_dict(), "schedule": run.scheduler.state_dict(),
+                "step": run.state.step}
+
+    def load(state: dict) -> None:
         model.load_state_dict(state["model"])
         inner.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["schedule"])
+        if state["step"] != run.state.step:
+            run.log.say(f"joined the other replica groups at step {state['step'] + 1} with a live group's weights "
+                        f"(this group was at step {run.state.step + 1})")
+        run.state.step = state["step"]
+        replica.healed()
 
-    return diloco(run.cfg, model, inner, lambda: {"model": model.state_dict(), "optimizer": inner.state_dict()}, load)
+    replica = None  # set before the first sync, the earliest a peer's state can arrive
+    with diloco(run.cfg, model, inner, state_dict, load) as manager:
+        replica = Committed(run, manager, run.cfg.resume)
+        yield replica
 
 
 def _finish(run: Run, result: dict) -> None:
@@ -493,7 +515,7 @@ class _Log:
     def advance(self, record: dict) -> None:
         if self.bar is not None:
             info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
-            self.bar.update(self.task, advance=1, info=info)
+            self.bar.update(self.task, completed=record["step"], info=info)  # DiLoCo may jump ahead or go back
 
     def stop(self) -> None:
         if self.bar is not None:
