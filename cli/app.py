@@ -411,6 +411,8 @@ def train(
                                                     "torch.distributed.checkpoint shards, resumable on any number of processes."),
     async_checkpoint: Optional[bool] = typer.Option(None, "--async-checkpoint", help="With dcp: write checkpoints in the "
                                                     "background while training goes on."),
+    fsdp: Optional[bool] = typer.Option(None, "--fsdp", help="Shard the model over the processes of `accelerate launch` "
+                                        "(FSDP2): each loads only its part of the weights."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every"),
     moe_balance: Optional[str] = typer.Option(None, "--moe-balance", help="auto | aux | aux_free | none"),
     text_field: Optional[str] = typer.Option(None, "--text-field"),
@@ -444,6 +446,9 @@ def train(
     settings["resume"] = resume or None
     settings["force"] = force or None
     result = hyperclone.train(recipe=recipe, **settings)
+    if os.environ.get("RANK", "0") != "0":  # under a launcher, the first process speaks for all
+        return
+
     def figure(value) -> str:  # None: no step ran in this call (a finished run resumed), or no eval
         return "-" if value is None else f"{value:.4f}"
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Callable
+
+import torch
 
 from hyperclone.arch import MOE_LAYOUTS, Role
 from hyperclone.arch.moe import SHARED_PARTS, MoeLayout
@@ -129,6 +132,23 @@ def expand_fused_experts(ckpt: Checkpoint, layout: MoeLayout, layer_prefix: str)
                 offset = info.offset + (e * rows + start) * cols * info.dtype.itemsize
                 view = layout.expert_name(layer_prefix, int(layer), e, part)
                 ckpt.tensors[view] = TensorInfo(view, (count, cols), info.dtype, info.file, offset)
+
+
+def fused_from_experts(ckpt: Checkpoint, layout: MoeLayout, layer_prefix: str, j: int, rel: str, experts: list[int],
+                       read: Callable[[str], torch.Tensor]) -> torch.Tensor:
+    """Rows `experts` of layer j's fused [E, 2I, d] gate_up or [E, d, I] down parameter (`rel`, named as
+    transformers 5 has it in memory), assembled from the per-expert tensors on disk (gpt_oss: [E, d, 2I]
+    and [E, I, d], and its per-expert biases, rows of their stored tensors)."""
+    if rel.endswith("_bias"):
+        return read(f"{layer_prefix}{j}.{layout.memory_experts}.{rel.rpartition('.')[2]}")[experts]
+    parts = ((0,) if layout.transposed else (0, 1)) if rel.endswith("gate_up_proj") else (2,)
+    rows = []
+    for e in experts:
+        names = [layout.expert_name(layer_prefix, j, e, p) for p in parts]
+        if any(n not in ckpt.tensors for n in names):
+            raise UserError(f"{ckpt.path} misses {names[0]}: the checkpoint is incomplete")
+        rows.append(torch.cat([read(n) for n in names], dim=0))
+    return torch.stack(rows)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from hyperclone.arch import MOE_LAYOUTS, MoeLayout, family_for
 from hyperclone.errors import UserError
 from hyperclone.io.reader import Checkpoint
 from hyperclone.memory import available_memory, release_freed_memory
-from hyperclone.moe import expand_fused_experts
+from hyperclone.moe import expand_fused_experts, fused_from_experts
 
 
 
@@ -98,21 +98,7 @@ class StreamedModel:
         return next((d for d in self.fam.disk_names(whole, renames) if d in self.ckpt.tensors), None)
 
     def _expert_tensor(self, j: int, rel: str, experts: list[int]) -> torch.Tensor:
-        """A fused [E, 2I, d] gate_up or [E, d, I] down parameter, assembled from per-expert tensors
-        (gpt_oss: [E, d, 2I] and [E, I, d], and its per-expert biases, rows of their stored tensors)."""
-        if rel.endswith("_bias"):
-            return self._read(f"{self.fam.layer_prefix}{j}.{self._experts}.{rel.rpartition('.')[2]}")[experts]
-        if rel.endswith("gate_up_proj"):
-            parts = (0,) if self.layout.transposed else (0, 1)
-        else:
-            parts = (2,)
-        rows = []
-        for e in experts:
-            names = [self.layout.expert_name(self.fam.layer_prefix, j, e, p) for p in parts]
-            if any(n not in self.ckpt.tensors for n in names):
-                raise UserError(f"{self.ckpt.path} misses {names[0]}: the checkpoint is incomplete")
-            rows.append(torch.cat([self._read(n) for n in names], dim=0))
-        return torch.stack(rows)
+        return fused_from_experts(self.ckpt, self.layout, self.fam.layer_prefix, j, rel, experts, self._read)
 
     def _layer_bytes(self, j: int) -> int:
         """Float32 bytes of decoder layer j, from one pass over the tensor headers."""

@@ -41,6 +41,7 @@ class TrainConfig:
     keep: int = 3
     checkpoint_format: str = "accelerate"  # accelerate | dcp (torch.distributed.checkpoint: sharded, reshards on load)
     async_checkpoint: bool = False  # dcp: write in the background while training goes on
+    fsdp: bool = False  # shard the model over the launched processes (FSDP2), each loading only its rows
     eval_every: int = 0  # 0: only at the end
     eval_fraction: float = 0.05
     eval_batches: int = 8
@@ -145,6 +146,10 @@ def _warn_about_schedule(config: TrainConfig) -> None:
 def _check_checkpoints(config: TrainConfig) -> None:
     if config.async_checkpoint and config.checkpoint_format != "dcp":
         raise UserError("--async-checkpoint writes torch.distributed.checkpoint files: add --checkpoint-format dcp")
+    if config.fsdp and (config.save_every or config.resume) and config.checkpoint_format != "dcp":
+        raise UserError("--fsdp checkpoints are sharded: add --checkpoint-format dcp")
+    if config.fsdp and config.diloco:
+        raise UserError("--fsdp with --diloco is not supported yet: a replica group of several processes is data parallel")
 
 
 def _check_diloco(config: TrainConfig) -> None:

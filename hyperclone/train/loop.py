@@ -72,7 +72,7 @@ class Run:
     tokens_per_step: int
 
 
-def _load_model(directory: str):
+def _load_model(directory: str, accelerator=None, fsdp: bool = False, mixed_precision: str = "no", say=None):
     """The model to train, after the same reader checks grow and verify make (truncation, config vs weights)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -93,6 +93,14 @@ def _load_model(directory: str):
         check_config_matches_weights(ckpt, "the model")
     finally:
         ckpt.close()
+    if fsdp:
+        if accelerator.num_processes < 2:
+            raise UserError("--fsdp shards the model over several processes: start it with `accelerate launch --num_processes N`")
+        from hyperclone.train.sharded import fsdp_model
+
+        model, line = fsdp_model(path, accelerator.device, mixed_precision)
+        say(line)
+        return model
     from hyperclone.loading import load_model
 
     return load_model(path, dtype=torch.float32)
@@ -244,8 +252,8 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
     # a DiLoCo group restarted before its first checkpoint takes its weights from a live group anyway
     diloco_fresh = cfg.diloco and cfg.resume and not checkpointer.complete()
     start_from = checkpointer.resume_point() if cfg.resume and not diloco_fresh else (Path(cfg.decay_from) if cfg.decay_from else None)
-    model = _load_model(cfg.model)
-    kernels = apply_liger(model, fused_experts=cfg.mixed_precision != "no")  # on a GPU, for the families Liger supports
+    model = _load_model(cfg.model, accelerator, cfg.fsdp, cfg.mixed_precision, log.say)
+    kernels = None if cfg.fsdp else apply_liger(model, fused_experts=cfg.mixed_precision != "no")  # on a GPU, for the families Liger supports
     if kernels:
         log.say(kernels)
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -266,7 +274,10 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
                                 cfg.min_lr_ratio, branch)
     # The scheduler stays out of prepare(): Accelerate would step it once per process per step, and the
     # schedule is defined in optimizer steps. It is still saved and restored with the checkpoints.
-    model, optimizer, loader, eval_loader = accelerator.prepare(model, optimizer, loader, eval_loader)
+    if cfg.fsdp:  # already sharded: Accelerate would wrap it in DDP, which refuses DTensor parameters
+        optimizer, loader, eval_loader = accelerator.prepare(optimizer, loader, eval_loader)
+    else:
+        model, optimizer, loader, eval_loader = accelerator.prepare(model, optimizer, loader, eval_loader)
     decay_loader = accelerator.prepare(decay_loader) if decay_loader is not None else None
     accelerator.register_for_checkpointing(scheduler)
     checkpointer.track(model, optimizer, scheduler, Path(cfg.model))
@@ -323,7 +334,7 @@ def train_step(run: Run) -> dict | None:
     load = run.balance.end_step(lambda t: acc.reduce(t.to(acc.device), "sum").cpu()) if run.balance else None
     record = {
         "step": state.step, "tokens": state.tokens, "loss": float(acc.reduce(torch.stack(losses).mean(), "mean")),
-        "lr": step_lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        "lr": step_lr, "grad_norm": _number(grad_norm),
         "tokens_per_s": run.tokens_per_step / (time.perf_counter() - started),
         "max_attn_logit": run.qk.last_max if run.qk is not None else None,
         "data": dict(zip(names, acc.reduce(drawn.to(acc.device), "sum").cpu().tolist())),  # blocks per source, all processes
@@ -331,6 +342,13 @@ def train_step(run: Run) -> dict | None:
     if load is not None and (state.step % EXPERT_LOAD_EVERY == 0 or state.step == cfg.max_steps):
         record["expert_load"] = load  # tokens per expert this step, per MoE layer
     return record
+
+
+def _number(value) -> float | None:
+    """A float from a tensor that may be a DTensor (FSDP2's gradient norm) or None."""
+    if value is None:
+        return None
+    return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
 
 
 def _skip(run: Run) -> None:
@@ -413,8 +431,6 @@ def _replica_groups(run: Run):
         return
     from hyperclone.train.diloco import Committed, diloco
 
-    if run.accelerator.num_processes > 1:
-        raise UserError("--diloco runs one process per replica group: start each group without `accelerate launch`")
     model, inner = run.accelerator.unwrap_model(run.model), run.optimizer.optimizer
 
     def state_dict() -> dict:
@@ -432,15 +448,26 @@ def _replica_groups(run: Run):
         replica.healed()
 
     replica = None  # set before the first sync, the earliest a peer's state can arrive
-    with diloco(run.cfg, model, inner, state_dict, load) as manager:
+    acc = run.accelerator
+    with diloco(run.cfg, model, inner, state_dict, load, acc.process_index, acc.num_processes) as manager:
         replica = Committed(run, manager, run.cfg.resume)
         yield replica
+
+
+def _full_state_dict(run: Run) -> dict:
+    """The whole model's tensors, on the main process (gathered from the shards under --fsdp)."""
+    if not run.cfg.fsdp:
+        return run.accelerator.get_state_dict(run.model)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _finish(run: Run, result: dict) -> None:
     """The final model (transformers' own format, atomically) with its card and plots, the trackers closed."""
     acc, out = run.accelerator, run.out
     acc.wait_for_everyone()
+    weights = _full_state_dict(run)  # every process takes part in gathering FSDP2's shards
     if acc.is_main_process:
         import shutil
 
@@ -451,7 +478,7 @@ def _finish(run: Run, result: dict) -> None:
 
         tmp, final = out / ".final.tmp", out / "final"
         shutil.rmtree(tmp, ignore_errors=True)
-        acc.unwrap_model(run.model).save_pretrained(str(tmp), state_dict=acc.get_state_dict(run.model))
+        acc.unwrap_model(run.model).save_pretrained(str(tmp), state_dict=weights)
         copy_side_files(Path(run.cfg.model), tmp)
         plots = [out / "loss.png"]
         plot_loss(out / "metrics.jsonl", plots[0])
