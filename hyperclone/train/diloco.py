@@ -1,12 +1,12 @@
 """DiLoCo across replica groups over slow links, on torchft (not a home-made protocol).
 
 Each replica group is one `hyperclone train --diloco` process, or several under `accelerate launch`
-(data parallel inside the group). It takes `--sync-every` inner steps
-with its own optimizer (MuonClip or AdamW) on its own shard of the data. Then torchft's Manager forms
-a quorum through the lighthouse, the groups average their pseudo-gradients (the weights' change since
-the last sync), and an outer Nesterov SGD applies the average. A group that joins late, or comes back
-after a failure, takes the current weights from a live peer (the Manager's recovery, fed by
-`state_dict`/`load_state_dict` below).
+(data parallel inside the group). It takes `--sync-every` inner steps with its own optimizer (MuonClip
+or AdamW) on its own shard of the data. Then torchft's Manager forms a quorum through the lighthouse,
+the groups average their pseudo-gradients (the weights' change since the last sync), and an outer
+Nesterov SGD applies the average. A group that joins late, or comes back after a failure, takes the
+current weights from a live peer (the Manager's recovery, fed by `state_dict`/`load_state_dict`);
+`Committed` keeps each group's data position in step with what was committed.
 """
 from __future__ import annotations
 
@@ -33,13 +33,12 @@ def diloco(cfg, model: torch.nn.Module, inner_optimizer: torch.optim.Optimizer, 
     # warnings and errors stay (RUST_LOG=info brings the rest back)
     os.environ.setdefault("RUST_LOG", "warn")
     try:
-        from torch.distributed import TCPStore
         from torchft import Manager, ProcessGroupGloo
         from torchft.local_sgd import DiLoCo
     except ImportError:
         raise UserError("--diloco needs torchft: pip install \"hyperclone[distributed]\"") from None
     timeout = dt.timedelta(seconds=cfg.diloco_timeout)
-    store, store_host, store_port = _group_store(TCPStore, rank, world_size)  # `store` lives as long as the run
+    store, store_host, store_port = _group_store(rank, world_size)  # `store` lives as long as the run
     manager = Manager(
         pg=ProcessGroupGloo(timeout=timeout), load_state_dict=load_state_dict, state_dict=state_dict,
         min_replica_size=cfg.min_replicas, use_async_quorum=False,  # DiLoCo requires a synchronous quorum
@@ -61,9 +60,11 @@ def diloco(cfg, model: torch.nn.Module, inner_optimizer: torch.optim.Optimizer, 
         manager.shutdown(wait=False)
 
 
-def _group_store(TCPStore, rank: int, world_size: int):
+def _group_store(rank: int, world_size: int):
     """This group's own rendezvous for its Manager: a TCPStore that its rank 0 serves on a free port,
     the port passed to the other ranks over the group's own process group (Accelerate's)."""
+    from torch.distributed import TCPStore
+
     host = os.environ.get("MASTER_ADDR", "localhost")  # set by the launcher when the group has several ranks
     store = TCPStore(host, 0, is_master=True, wait_for_workers=False) if rank == 0 else None
     port = [store.port if store is not None else None]
