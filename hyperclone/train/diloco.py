@@ -91,11 +91,11 @@ class Committed:
     FILE = "diloco_position.json"
     KEYS = ("step", "tokens", "batches", "decay_batches")
 
-    def __init__(self, run, manager, resume: bool):
+    def __init__(self, run, manager):
         self.run, self.manager, self.path = run, manager, Path(run.out) / self.FILE
         self.seen, self.inner_steps, self.schedule = manager.current_step(), 0, run.scheduler.state_dict()
         self.position = {k: getattr(run.state, k) for k in self.KEYS}
-        if resume and self.path.is_file():  # written after the checkpoint resumed from: further on
+        if run.cfg.resume and self.path.is_file():  # written after the checkpoint resumed from: further on
             self.position = json.loads(self.path.read_text())
 
     def after_step(self, stepped: bool) -> bool:

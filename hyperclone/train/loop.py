@@ -450,7 +450,7 @@ def _replica_groups(run: Run):
     replica = None  # set before the first sync, the earliest a peer's state can arrive
     acc = run.accelerator
     with diloco(run.cfg, model, inner, state_dict, load, acc.process_index, acc.num_processes) as manager:
-        replica = Committed(run, manager, run.cfg.resume)
+        replica = Committed(run, manager)
         yield replica
 
 

@@ -73,12 +73,12 @@ def _load_shards(model: torch.nn.Module, directory: Path, rank: int, world: int)
             local = param.to_local()
             start = min(rank * -(-param.shape[0] // world), param.shape[0])
             stop = start + local.shape[0]
-            layer, _, rel = name[len(fam.layer_prefix):].partition(".") if name.startswith(fam.layer_prefix) else ("", "", "")
-            renames = layout.renames if layout and layer else ()
-            disk = next((d for d in fam.disk_names(name, renames) if d in ckpt.tensors), None)
+            # disk_names applies a MoE layout's renames only inside decoder layers
+            disk = next((d for d in fam.disk_names(name, layout.renames if layout else ()) if d in ckpt.tensors), None)
+            layer, _, rel = name.removeprefix(fam.layer_prefix).partition(".")
             if disk is not None:
                 value = read(disk, start, stop)
-            elif layout and rel.startswith(layout.memory_experts + "."):
+            elif layout and name.startswith(fam.layer_prefix) and rel.startswith(layout.memory_experts + "."):
                 value = fused_from_experts(ckpt, layout, fam.layer_prefix, int(layer), rel, list(range(start, stop)), read)
             else:
                 raise UserError(f"{directory} has no tensor for {name}: the checkpoint is incomplete")
