@@ -117,6 +117,24 @@ def test_diloco_bad_settings_are_one_line(tiny, tmp_path):
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+def test_fsdp_model_loads_only_its_shards_and_computes_what_transformers_does(tiny, tmp_path):
+    """`--fsdp`'s loader, on 2 processes (torchrun): transformers' model built on the meta device and
+    sharded with fully_shard, each rank reading only its rows (its experts for fused MoE layers, through
+    the renames transformers applies on load) — the logits equal transformers' own from_pretrained model's."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for family in ("llama", "gemma", "qwen3_moe", "mixtral", "deepseek_v3", "gpt_oss"):  # tied; fused, renamed, MLA, biased experts
+        shutil.copytree(tiny(family), models / family)
+    out = tmp_path / "found.json"
+    worker = Path(__file__).parent / "fsdp_load_worker.py"
+    done = subprocess.run([shutil.which("torchrun"), "--standalone", "--nproc_per_node", "2", str(worker), str(models), str(out)],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for family, found in json.loads(out.read_text()).items():
+        assert found["max_abs_diff"] <= 1e-4 and found["same_argmax"], (family, found)
+        assert found["held"] <= found["total"] // 2 + found["total"] // 20, (family, found)  # about half on each rank
+
+
 def test_muonclip_on_fsdp2_shards_equals_one_process(tmp_path):
     """2 processes over gloo (torchrun, as a user launches them), each holding half of every matrix
     (FSDP2's fully_shard) and half of each batch: after two MuonClip steps with QK-Clip scaling heads,
@@ -139,9 +157,9 @@ def test_a_killed_replica_group_rejoins_and_no_batch_counts_twice_or_never(tiny,
     """Group B is SIGKILLed during its inner steps. A goes on alone once the lighthouse has missed B's
     heartbeats (min replicas 1). B restarted with --resume takes A's weights, step and schedule from A
     (torchft's recovery) and reads its shard again from its last committed sync; both then end on the
-    same last sync with one model. Data: A never healed, so it drew exactly one batch per step (a sync
-    that failed when B died is redone on the same batches); B drew its committed batches, then one per
-    step after it joined."""
+    same last sync with one model. Data: each group drew, after its last heal (none: the start), exactly
+    one batch per step from the position it healed back to - a sync that failed when B died is redone on
+    the same batches, and A may itself heal from B at the start when B reaches its first sync first."""
     pytest.importorskip("torchft")
     from torchft.coordination import LighthouseServer
 
@@ -183,10 +201,13 @@ def test_a_killed_replica_group_rejoins_and_no_batch_counts_twice_or_never(tiny,
             fh.close()
     out = {i: (tmp_path / f"group{i}-{1 if i else 0}.log").read_text() for i in (0, 1)}
     assert a.returncode == 0 and b.returncode == 0, out[0][-3000:] + out[1][-3000:]
-    joined = re.search(r"joined the other replica groups at step (\d+)", out[1])
-    assert joined and f"batch {committed['batches']} of its shard" in out[1], out[1][-3000:]
-    assert int(joined[1]) > a_at_kill + 20  # B came back to a run that had gone on without it
-    assert position(0)["batches"] == steps and position(0)["step"] == steps
-    assert position(1)["batches"] == committed["batches"] + steps - int(joined[1])
+    joins = {i: [int(n) for n in re.findall(r"joined the other replica groups at step (\d+)", out[i])] for i in (0, 1)}
+    healed_to = {i: [int(n) for n in re.findall(r"batch (\d+) of its shard", out[i])] for i in (0, 1)}
+    assert joins[1] and healed_to[1] == [committed["batches"]], out[1][-3000:]  # B's own committed place
+    assert joins[1][-1] > a_at_kill + 20  # B came back to a run that had gone on without it
+    for i in (0, 1):
+        assert len(joins[i]) == len(healed_to[i]), out[i][-3000:]  # every heal said where it went
+        since, start = (joins[i][-1], healed_to[i][-1]) if joins[i] else (0, 0)
+        assert position(i)["step"] == steps and position(i)["batches"] == start + steps - since, (i, position(i), joins, healed_to)
     first, second = (hyperclone.load_model(tmp_path / f"group{i}" / "final").state_dict() for i in range(2))
     assert all(torch.equal(first[n], second[n]) for n in first)
