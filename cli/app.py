@@ -341,7 +341,7 @@ def consolidate(
 @app.command()
 @command()
 def presets() -> None:
-    """List the growth presets shipped in recipes/."""
+    """List the growth presets, families and Accelerate launch configs shipped with hyperclone."""
     import hyperclone
 
     table = Table(title="presets (use with --to NAME)")
@@ -359,6 +359,12 @@ def presets() -> None:
     table.add_column("Liger on GPU")
     for row in hyperclone.families():
         table.add_row(row["family"], row["kind"], row["moves"], "yes" if row["liger"] else "")
+    out.print(table)
+    table = Table(title="launch configs (accelerate launch --config_file PATH -m hyperclone.train ...)")
+    table.add_column("name")
+    table.add_column("path")
+    for name, path in hyperclone.launch_configs().items():
+        table.add_row(name, path)
     out.print(table)
 
 
@@ -413,6 +419,8 @@ def train(
                                                     "background while training goes on."),
     fsdp: Optional[bool] = typer.Option(None, "--fsdp", help="Shard the model over the processes of `accelerate launch` "
                                         "(FSDP2): each loads only its part of the weights."),
+    activation_checkpointing: Optional[bool] = typer.Option(None, "--activation-checkpointing", help="Keep only each decoder "
+                                                            "layer's input and recompute the rest in backward: less memory, ~1/3 more compute."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every"),
     moe_balance: Optional[str] = typer.Option(None, "--moe-balance", help="auto | aux | aux_free | none"),
     text_field: Optional[str] = typer.Option(None, "--text-field"),

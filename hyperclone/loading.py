@@ -27,3 +27,10 @@ def load_model(directory: str | os.PathLike, dtype: torch.dtype | None = None, r
     if problems:
         raise UserError(f"{directory} does not load strictly with transformers: {problems}")
     return model
+
+
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """transformers' own activation checkpointing, one segment per decoder layer, non-reentrant (the
+    variant that composes with FSDP2 and needs no input that requires grad)."""
+    model.config.use_cache = False  # a cache is for generation; transformers would say so on every forward
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -7,6 +7,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Iterator
 
 from hyperclone.dtypes import DTYPE_NAMES
 from hyperclone.errors import UserError
@@ -128,16 +129,24 @@ def _preset_dir():
     return resources.files("hyperclone.recipes")
 
 
-def presets() -> dict[str, dict]:
-    """Every growth preset shipped in recipes/, by name."""
-    found = {}
+def _shipped() -> Iterator[tuple[str, object, dict]]:
+    """(name, file, contents) of every YAML in recipes/: growth presets, training recipes, launch configs."""
     for entry in sorted(_preset_dir().iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
             data = parse_yaml(entry.read_text(), f"preset {entry.name}")
-            if isinstance(data, dict) and data.get("kind", "growth") == "growth":  # training recipes live here too
-                data = {k: v for k, v in data.items() if k != "kind"}
-                found[entry.name[: -len(".yaml")]] = data
-    return found
+            if isinstance(data, dict):
+                yield entry.name[: -len(".yaml")], entry, data
+
+
+def presets() -> dict[str, dict]:
+    """Every growth preset shipped in recipes/, by name."""
+    return {name: {k: v for k, v in data.items() if k != "kind"} for name, _, data in _shipped()
+            if data.get("kind", "growth") == "growth" and "distributed_type" not in data}
+
+
+def launch_configs() -> dict[str, str]:
+    """The Accelerate launch configs shipped in recipes/ (`accelerate launch --config_file PATH`), name -> path."""
+    return {name: str(entry) for name, entry, data in _shipped() if "distributed_type" in data}
 
 
 def named_target(text: str) -> tuple[object, str]:

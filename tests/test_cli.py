@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import hyperclone
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
 
 
@@ -40,6 +42,8 @@ def test_grow_plan_verify_inspect_presets(tiny, tmp_path):
 
     presets = run("presets")
     assert presets.returncode == 0 and all(p in presets.stdout for p in ("2x", "3x", "4x", "deep-2x"))
+    assert "fsdp2.yaml" in presets.stdout and "ddp.yaml" in presets.stdout  # the Accelerate launch configs, by path
+    assert set(hyperclone.launch_configs()) == {"ddp", "fsdp2"} and not set(hyperclone.presets()) & {"ddp", "fsdp2"}
 
     dry = run("grow", str(src), "--to", "deep-2x", "-o", str(tmp_path / "dry"), "--dry-run")
     assert dry.returncode == 0 and not (tmp_path / "dry").exists() and "depth 2->4" in dry.stdout

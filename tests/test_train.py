@@ -19,6 +19,7 @@ import hyperclone
 DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")  # real text that ships with every Python
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
 QUICK = dict(seq_len=64, batch_size=4, trackers="none", progress=False)
+LAUNCH = Path(__file__).resolve().parents[1] / "recipes"  # the Accelerate launch configs shipped there
 
 
 def losses(run: Path) -> list[float]:
@@ -107,8 +108,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path):
     common = ["--model", str(model), "--data", DATA, "--max-steps", "8", "--seq-len", "64", "--trackers", "none"]
     one = cli("train", *common, "--batch-size", "4", "-o", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hyperclone.train"]
+    # launched as the README says, with the DDP launch config shipped in recipes/ (on gloo here)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH / "ddp.yaml"),
+                "--num_processes", "2", "--mixed_precision", "no", "-m", "hyperclone.train"]
     two = subprocess.run([*launcher, *common, "--batch-size", "2", "-o", str(tmp_path / "two")],
                          capture_output=True, text=True, env=ENV, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
@@ -127,8 +129,9 @@ def test_async_dcp_checkpoint_from_two_processes_resumes_on_one_and_consolidates
     model = tiny("llama", vocab_size=300)
     common = ["--model", str(model), "--data", DATA, "--max-steps", "4", "--save-every", "2", "--seq-len", "32",
               "--trackers", "none", "--checkpoint-format", "dcp", "--async-checkpoint"]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hyperclone.train"]
+    # launched as the README says, with the DDP launch config shipped in recipes/ (on gloo here)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH / "ddp.yaml"),
+                "--num_processes", "2", "--mixed_precision", "no", "-m", "hyperclone.train"]
     two = subprocess.run([*launcher, *common, "--batch-size", "2", "-o", str(tmp_path / "two")],
                          capture_output=True, text=True, env=ENV, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
@@ -241,18 +244,21 @@ def test_bad_training_input_is_one_clear_line(case, bad_inputs, tmp_path):
 
 
 def test_fsdp2_on_two_processes_matches_one_process(tiny, tmp_path):
-    """`--fsdp` under accelerate launch: transformers' model built on the meta device, sharded with FSDP2's
-    fully_shard, each process reading only its rows (and its experts) from the safetensors files. Two
-    processes train what one does with the same global batch (MuonClip on the shards), and the final
-    model, gathered from the shards, loads strictly in transformers."""
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hyperclone.train"]
-    for family in ("gemma", "qwen3_moe"):  # tied embeddings; fused experts sharded by expert
+    """FSDP2 under accelerate launch, asked for with --fsdp (gemma) or by the launch config recipes/fsdp2.yaml
+    (qwen3_moe, with activation checkpointing and sharded checkpoints by default): transformers' model
+    built on the meta device, sharded with fully_shard, each process reading only its rows (and its
+    experts) from the safetensors files. Two processes train what one does with the same global batch
+    (MuonClip on the shards), and the final model, gathered from the shards, loads strictly in transformers."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--mixed_precision", "no"]
+    launchers = {"gemma": [*accelerate, "--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no", "-m", "hyperclone.train", "--fsdp"],
+                 "qwen3_moe": [*accelerate, "--config_file", str(LAUNCH / "fsdp2.yaml"), "-m", "hyperclone.train",
+                               "--activation-checkpointing", "--save-every", "2"]}
+    for family, launcher in launchers.items():  # tied embeddings; fused experts sharded by expert
         model = tiny(family, vocab_size=300)
         common = ["--model", str(model), "--data", DATA, "--max-steps", "4", "--seq-len", "32", "--trackers", "none"]
         one = cli("train", *common, "--batch-size", "4", "-o", str(tmp_path / f"{family}-one"))
         assert one.returncode == 0, one.stderr[-2000:]
-        two = subprocess.run([*launcher, *common, "--batch-size", "2", "--fsdp", "-o", str(tmp_path / f"{family}-two")],
+        two = subprocess.run([*launcher, *common, "--batch-size", "2", "-o", str(tmp_path / f"{family}-two")],
                              capture_output=True, text=True, env=ENV, timeout=300)
         assert two.returncode == 0, two.stderr[-2000:]
         held, total = (int(n.replace(",", "")) for n in re.search(r"holds about ([\d,]+) of the ([\d,]+)", two.stderr).groups())
@@ -270,11 +276,40 @@ def test_fsdp2_on_two_processes_matches_one_process(tiny, tmp_path):
         # the gradients were summed in another order; Adam turns that rounding into whole steps for weights
         # whose gradient is ~0 (embedding rows no token used), so the outputs are compared, relative to their size
         assert (x - y).abs().max() <= 1e-3 * x.abs().max(), (family, (x - y).abs().max())
+    settings = json.loads((tmp_path / "qwen3_moe-two" / "hyperclone_run.json").read_text())["settings"]
+    assert settings["fsdp"] and settings["activation_checkpointing"] and settings["checkpoint_format"] == "dcp"
+    assert sorted(p.name for p in (tmp_path / "qwen3_moe-two" / "checkpoints" / "step-2").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tiny, tmp_path):
+    """Recomputing each decoder layer in backward gives the same steps bit for bit, and a MoE's balancing
+    losses and tokens per expert are counted once, not again during the recompute."""
+    model = tiny("qwen3_moe", vocab_size=300)
+    for checkpointing in (False, True):
+        hyperclone.train(model=str(model), data=DATA, out=str(tmp_path / str(checkpointing)), max_steps=4,
+                         activation_checkpointing=checkpointing, **QUICK)
+    plain, recomputed = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+                         for name in ("False", "True"))
+    assert [r["loss"] for r in plain if "loss" in r] == [r["loss"] for r in recomputed if "loss" in r]
+    assert plain[3]["expert_load"] == recomputed[3]["expert_load"]
+    assert sum(plain[3]["expert_load"][0]) == 4 * 64 * 2  # every training token to its top-2 experts, once
 
 
 def test_fsdp_bad_settings_are_one_line(tiny, tmp_path):
+    """Also a launch config hyperclone cannot honour: FSDP1, parameter offload, an unknown precision
+    (read from the environment `accelerate launch --config_file` sets), and a launch config given as a recipe."""
     model = tiny("llama", vocab_size=300)
-    base = ["train", "--model", str(model), "--data", DATA, "--max-steps", "2", "--trackers", "none", "--fsdp"]
-    for extra, words in (([], "accelerate launch"), (["--save-every", "1"], "--checkpoint-format dcp")):
-        result = cli(*base, *extra, "-o", str(tmp_path / f"r{len(extra)}"))
-        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    base = ["train", "--model", str(model), "--data", DATA, "--max-steps", "2", "--trackers", "none"]
+    fsdp1 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}
+    offload = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}
+    cases = ((["--fsdp"], {}, "accelerate launch"),
+             (["--fsdp", "--save-every", "1", "--checkpoint-format", "accelerate"], {}, "--checkpoint-format dcp"),
+             ([], fsdp1, "fsdp_version: 2"), ([], offload, "fsdp_offload_params"),
+             ([], {"ACCELERATE_MIXED_PRECISION": "fp8"}, "mixed_precision 'fp8'"),
+             (["--recipe", "fsdp2"], {}, "--config_file"))
+    for i, (extra, env, words) in enumerate(cases):
+        result = subprocess.run([shutil.which("hyperclone"), *base, *extra, "-o", str(tmp_path / f"r{i}")],
+                                capture_output=True, text=True, env={**ENV, **env}, timeout=300)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(errors) == 1 and words in errors[0], result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and not (tmp_path / f"r{i}").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 from hyperclone.errors import UserError
 from hyperclone.hub import check_repo_id
 from hyperclone.train.data import mixture
-from hyperclone.yamlio import parse_yaml, read_yaml
+from hyperclone.yamlio import read_yaml
 
 
 @dataclass
@@ -42,6 +42,8 @@ class TrainConfig:
     checkpoint_format: str = "accelerate"  # accelerate | dcp (torch.distributed.checkpoint: sharded, reshards on load)
     async_checkpoint: bool = False  # dcp: write in the background while training goes on
     fsdp: bool = False  # shard the model over the launched processes (FSDP2), each loading only its rows
+    reshard_after_forward: bool = True  # fsdp: free each layer's gathered weights after its forward (gather again for backward)
+    activation_checkpointing: bool = False  # keep only each decoder layer's input, recompute the rest in backward
     eval_every: int = 0  # 0: only at the end
     eval_fraction: float = 0.05
     eval_batches: int = 8
@@ -95,13 +97,14 @@ def _recipe(spec: str | os.PathLike) -> dict:
 
     path = Path(spec)
     if not path.exists():
-        packaged = resources.files("hyperclone.recipes") / f"{spec}.yaml"
-        if not packaged.is_file():
+        path = Path(str(resources.files("hyperclone.recipes") / f"{spec}.yaml"))
+        if not path.is_file():
             raise UserError(f"training recipe {spec} is neither a file nor a recipe in recipes/")
-        data = parse_yaml(packaged.read_text(), f"recipe {spec}")
-    else:
-        data = read_yaml(path, f"recipe {spec}")
+    data = read_yaml(path, f"recipe {spec}")
     data = {} if data is None else data
+    if isinstance(data, dict) and "distributed_type" in data:
+        raise UserError(f"{path} is an Accelerate launch config: use it as "
+                        f"`accelerate launch --config_file {path} -m hyperclone.train ...`")
     if not isinstance(data, dict) or data.get("kind", "training") != "training":
         raise UserError(f"recipe {spec} is not a training recipe (kind: training)")
     return {k.replace("-", "_"): v for k, v in data.items() if k not in ("kind", "description")}
@@ -147,7 +150,7 @@ def _check_checkpoints(config: TrainConfig) -> None:
     if config.async_checkpoint and config.checkpoint_format != "dcp":
         raise UserError("--async-checkpoint writes torch.distributed.checkpoint files: add --checkpoint-format dcp")
     if config.fsdp and (config.save_every or config.resume) and config.checkpoint_format != "dcp":
-        raise UserError("--fsdp checkpoints are sharded: add --checkpoint-format dcp")
+        raise UserError("--fsdp checkpoints are sharded: use --checkpoint-format dcp (the default with --fsdp)")
     if config.fsdp and config.diloco:
         raise UserError("--fsdp with --diloco is not supported yet: a replica group of several processes is data parallel")
 
@@ -175,11 +178,42 @@ def _check_data(config: TrainConfig) -> None:
         raise UserError(f"--decay-data takes over when the WSD decay starts: it needs --schedule wsd, not {config.schedule}")
 
 
+def _env_flag(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, str(default)).lower() == "true"
+
+
+def _from_launcher(given: dict) -> dict:
+    """What `accelerate launch --config_file` exported to the environment, for the settings neither a flag
+    nor the recipe gave: its mixed precision and, from an FSDP config (recipes/fsdp2.yaml), --fsdp with
+    its resharding and activation checkpointing. hyperclone shards with FSDP2 itself (train/sharded.py),
+    so a config it cannot honour is refused rather than half followed."""
+    found = {}
+    precision = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if precision is not None:
+        if precision not in CHOICES["mixed_precision"]:
+            raise UserError(f"the Accelerate config's mixed_precision {precision!r} is not supported: use "
+                            f"{', '.join(CHOICES['mixed_precision'])}")
+        found["mixed_precision"] = precision
+    if _env_flag("ACCELERATE_USE_FSDP"):
+        if os.environ.get("FSDP_VERSION", "1") != "2":
+            raise UserError("the Accelerate config asks for FSDP version 1: hyperclone shards with FSDP2, set "
+                            "fsdp_version: 2 (as recipes/fsdp2.yaml does)")
+        if _env_flag("FSDP_OFFLOAD_PARAMS"):
+            raise UserError("the Accelerate config asks for fsdp_offload_params, which hyperclone does not support: "
+                            "set it to false")
+        found.update(fsdp=True, reshard_after_forward=_env_flag("FSDP_RESHARD_AFTER_FORWARD", True),
+                     activation_checkpointing=_env_flag("FSDP_ACTIVATION_CHECKPOINTING"))
+    return {k: v for k, v in found.items() if k not in given}
+
+
 def make_config(recipe: str | os.PathLike | None = None, **overrides) -> TrainConfig:
-    """Defaults, then the recipe, then every override that is not None."""
+    """Defaults, then the launcher's config (Accelerate's), then the recipe, then every override that is not None."""
     known = {f.name: f for f in fields(TrainConfig)}
     values = _recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(_from_launcher(values))
+    if values.get("fsdp") and "checkpoint_format" not in values:
+        values["checkpoint_format"] = "dcp"  # sharded weights, sharded checkpoints
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UserError(f"unknown training setting {unknown[0]!r}")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ class Run:
     tokens_per_step: int
 
 
-def _load_model(directory: str, accelerator=None, fsdp: bool = False, mixed_precision: str = "no", say=None):
+def _load_model(cfg: TrainConfig, accelerator, say):
     """The model to train, after the same reader checks grow and verify make (truncation, config vs weights)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -80,30 +81,34 @@ def _load_model(directory: str, accelerator=None, fsdp: bool = False, mixed_prec
     from hyperclone.consistency import check_config_matches_weights
     from hyperclone.io.reader import open_checkpoint
 
-    path = Path(directory)
+    path = Path(cfg.model)
     if not (path / "config.json").exists():
-        raise UserError(f"{directory} is not a model directory (no config.json): give a grown or saved checkpoint")
+        raise UserError(f"{cfg.model} is not a model directory (no config.json): give a grown or saved checkpoint")
     config = AutoConfig.from_pretrained(str(path))
     heads = config.architectures or []
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (heads and not any(h.endswith(("ForCausalLM", "LMHeadModel")) for h in heads)):
         kind = heads[0] if heads else config.model_type
-        raise UserError(f"{directory} holds a {kind}, which is not a causal language model")
+        raise UserError(f"{cfg.model} holds a {kind}, which is not a causal language model")
     ckpt = open_checkpoint(path, role="model")
     try:
         check_config_matches_weights(ckpt, "the model")
     finally:
         ckpt.close()
-    if fsdp:
+    if cfg.fsdp:
         if accelerator.num_processes < 2:
             raise UserError("--fsdp shards the model over several processes: start it with `accelerate launch --num_processes N`")
         from hyperclone.train.sharded import fsdp_model
 
-        model, line = fsdp_model(path, accelerator.device, mixed_precision)
+        model, line = fsdp_model(path, accelerator.device, cfg.mixed_precision, cfg.reshard_after_forward,
+                                 cfg.activation_checkpointing)
         say(line)
         return model
-    from hyperclone.loading import load_model
+    from hyperclone.loading import checkpoint_activations, load_model
 
-    return load_model(path, dtype=torch.float32)
+    model = load_model(path, dtype=torch.float32)
+    if cfg.activation_checkpointing:
+        checkpoint_activations(model)
+    return model
 
 
 class _Batches:
@@ -227,6 +232,8 @@ def setup(cfg: TrainConfig) -> Run:
     if cfg.decay_from:
         Checkpointer.require_intact(Path(cfg.decay_from))
     trackers = _trackers(cfg)
+    if cfg.fsdp:  # hyperclone shards the model itself (train/sharded.py): Accelerate's FSDP plugin must not wrap it again
+        os.environ["ACCELERATE_USE_FSDP"] = "false"
     # cpu=True without an accelerator: then processes started by torchrun / `accelerate launch --multi_gpu`
     # form a gloo group (Accelerate picks MULTI_CPU only when told it runs on the CPU).
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
@@ -252,7 +259,7 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
     # a DiLoCo group restarted before its first checkpoint takes its weights from a live group anyway
     diloco_fresh = cfg.diloco and cfg.resume and not checkpointer.complete()
     start_from = checkpointer.resume_point() if cfg.resume and not diloco_fresh else (Path(cfg.decay_from) if cfg.decay_from else None)
-    model = _load_model(cfg.model, accelerator, cfg.fsdp, cfg.mixed_precision, log.say)
+    model = _load_model(cfg, accelerator, log.say)
     kernels = None if cfg.fsdp else apply_liger(model, fused_experts=cfg.mixed_precision != "no")  # on a GPU, for the families Liger supports
     if kernels:
         log.say(kernels)
@@ -313,7 +320,8 @@ def train_step(run: Run) -> dict | None:
         counts = torch.bincount(batch["source"].cpu(), minlength=len(names))
         drawn = counts if drawn is None else drawn + counts
         with acc.accumulate(run.model):
-            loss = run.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+            with run.balance.recording() if run.balance else nullcontext():
+                loss = run.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
             extra = run.balance.take_loss() if run.balance else None
             total = loss + extra if extra is not None else loss
             losses.append(loss.detach())

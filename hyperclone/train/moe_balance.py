@@ -7,6 +7,8 @@ every transformers MoE family) capture what one code path needs for all seven fa
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -37,16 +39,25 @@ class MoeBalance:
         self.step_counts = torch.zeros(len(self.layers), self.spec.experts)
         self.total_counts = torch.zeros(len(self.layers), self.spec.experts)
         self._losses: list[torch.Tensor] = []
+        self._recording = False
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Around a training forward: only it counts tokens and adds balancing losses. Not an eval pass,
+        nor the forward that activation checkpointing runs again during backward (which must still build
+        the same graph, so the losses are computed there too and dropped)."""
+        self._recording = True
+        try:
+            yield
+        finally:
+            self._recording = False
 
     def _hook(self, layer: int):
         def hook(module, args, output):
-            logits, indices = output[0], output[-1]
-            row = self.layers.index(layer) if layer in self.layers else None
-            counts = torch.bincount(indices.reshape(-1), minlength=self.spec.experts).float().cpu()
-            if row is not None:
-                self.step_counts[row] += counts
             if not module.training:
                 return
+            logits, indices = output[0], output[-1]
+            counts = torch.bincount(indices.reshape(-1), minlength=self.spec.experts).float().cpu()
             loss = logits.new_zeros(())
             if self.z_coef:
                 loss = loss + self.z_coef * torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
@@ -55,7 +66,9 @@ class MoeBalance:
                 probs = probs / probs.sum(-1, keepdim=True)
                 fraction = counts.to(logits.device) / counts.sum().clamp(min=1)
                 loss = loss + self.aux_coef * self.spec.experts * (fraction * probs.mean(0)).sum()
-            self._losses.append(loss)
+            if self._recording:
+                self.step_counts[self.layers.index(layer)] += counts
+                self._losses.append(loss)
 
         return hook
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 
-def fsdp_model(directory: Path, device: torch.device, mixed_precision: str = "no") -> tuple[torch.nn.Module, str]:
+def fsdp_model(directory: Path, device: torch.device, mixed_precision: str = "no", reshard_after_forward: bool = True,
+               activation_checkpointing: bool = False) -> tuple[torch.nn.Module, str]:
     """transformers' model for `directory`, sharded over every process of the default group; and a line
     saying how much of it this rank holds."""
     import torch.distributed as dist
@@ -25,14 +26,18 @@ def fsdp_model(directory: Path, device: torch.device, mixed_precision: str = "no
     with init_empty_weights(include_buffers=False):  # parameters on meta, computed buffers (rotary) real
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.tie_weights()  # not done on the meta device; tied before sharding, FSDP2 keeps one parameter
+    if activation_checkpointing:  # inside each unit: the recompute gathers the layer's weights again
+        from hyperclone.loading import checkpoint_activations
+
+        checkpoint_activations(model)
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     # parameters stay float32 (the master weights); under bf16 the forward and backward run in bf16
     # and gradients are reduced in float32: FSDP2's own mixed precision
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
     for block in _blocks(model):  # each decoder layer is one unit: gathered for its forward, freed after
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(block, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     model.to_empty(device=device)
     with torch.no_grad():
         for name, buffer in model.named_buffers():
