@@ -151,8 +151,6 @@ def _check_checkpoints(config: TrainConfig) -> None:
         raise UserError("--async-checkpoint writes torch.distributed.checkpoint files: add --checkpoint-format dcp")
     if config.fsdp and (config.save_every or config.resume) and config.checkpoint_format != "dcp":
         raise UserError("--fsdp checkpoints are sharded: use --checkpoint-format dcp (the default with --fsdp)")
-    if config.fsdp and config.diloco:
-        raise UserError("--fsdp with --diloco is not supported yet: a replica group of several processes is data parallel")
 
 
 def _check_diloco(config: TrainConfig) -> None:

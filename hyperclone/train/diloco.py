@@ -1,7 +1,8 @@
 """DiLoCo across replica groups over slow links, on torchft (not a home-made protocol).
 
 Each replica group is one `hyperclone train --diloco` process, or several under `accelerate launch`
-(data parallel inside the group). It takes `--sync-every` inner steps with its own optimizer (MuonClip
+(data parallel inside the group, or the model sharded over them with --fsdp: torchft's DiLoCo averages
+each rank's local shards, so rank r of every group must hold the same rows). It takes `--sync-every` inner steps with its own optimizer (MuonClip
 or AdamW) on its own shard of the data. Then torchft's Manager forms a quorum through the lighthouse,
 the groups average their pseudo-gradients (the weights' change since the last sync), and an outer
 Nesterov SGD applies the average. A group that joins late, or comes back after a failure, takes the
