@@ -45,12 +45,15 @@ def test_diloco_outer_step_is_nesterov_on_the_averaged_pseudo_gradients(tiny, tm
         lighthouse.shutdown()
     for group, (_, err) in zip(groups, outputs):
         assert group.returncode == 0, err[-3000:]
-    for i in range(2):  # each group's inner steps on their own
-        done = subprocess.run(_train(model, tmp_path / f"inner{i}", "--replicas", "2", "--replica-index", str(i)),
+    start, first, second = (hyperclone.load_model(path).state_dict() for path in
+                            [model] + [tmp_path / name / "final" for name in ("group0", "group1")])
+    inner = []
+    for i in range(2):  # each group's inner steps on their own, over the DiLoCo run (--force: all of it is hyperclone's)
+        done = subprocess.run(_train(model, tmp_path / f"group{i}", "--replicas", "2", "--replica-index", str(i), "--force"),
                               capture_output=True, text=True, env=ENV, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-    start, first, second, *inner = (hyperclone.load_model(path).state_dict() for path in
-                                     [model] + [tmp_path / name / "final" for name in ("group0", "group1", "inner0", "inner1")])
+        assert not (tmp_path / f"group{i}" / "diloco_position.json").exists()
+        inner.append(hyperclone.load_model(tmp_path / f"group{i}" / "final").state_dict())
     assert any(not torch.equal(inner[0][n], inner[1][n]) for n in start)  # the two halves of the data differ
     for name, w0 in start.items():
         assert torch.equal(first[name], second[name]), name  # one model again

@@ -30,7 +30,8 @@ MANIFEST = "growth.json"
 RUN_MARKER = "hyperclone_run.json"
 # What the training loop writes at the top of a run directory ("hyperclone" is tensorboard's project folder).
 RUN_ENTRIES = frozenset({RUN_MARKER, RUN_MARKER + ".tmp", LOCK_INFO, "checkpoints", "final", ".final.tmp", "metrics.jsonl", "loss.png",
-                         "expert_load.png", "hyperclone", "README.md"})
+                         "expert_load.png", "hyperclone", "README.md",
+                         "diloco_position.json", "diloco_position.json.tmp"})  # a DiLoCo group's last committed place
 TUNE_MARKER = "hyperclone_tune.json"
 TUNE_ENTRIES = frozenset({TUNE_MARKER, LOCK_INFO, "tune.json", "tune.png", "recipe.yaml", "runs"})  # what `tune` writes
 SHARD = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.partial)?")
