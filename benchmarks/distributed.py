@@ -13,6 +13,12 @@ the measurement as a check, never in its place.
 Then the cost of checkpoints to training: one process trains a larger model (`--checkpoint-hidden`) for
 20 steps with a torch.distributed.checkpoint save every 5, blocking or asynchronous, against the same run
 without checkpoints; the extra wall-clock time per checkpoint is what training waited.
+
+Last, memory per process: 2 processes train a larger model (`--memory-hidden`) with AdamW, data parallel
+(each holds the whole model, its gradients and both Adam moments) and sharded with --fsdp (each holds
+about half); the peak resident memory of the largest process during training is what `hyperclone train`
+records with every step (`peak_memory`), beside that of a process that only imports Python, torch and
+transformers.
 """
 from __future__ import annotations
 
@@ -100,10 +106,37 @@ def checkpoint_cost(model: Path, work: Path, steps: int = 20, every: int = 5) ->
             "async_s_per_checkpoint": round((walls["async"] - walls["none"]) / saves, 3)}
 
 
+def _last_peak(run: Path) -> int:
+    """The peak memory of the largest process during training, from the run's last step record."""
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    return steps[-1]["peak_memory"]
+
+
+def memory_per_process(model: Path, work: Path, steps: int = 3) -> dict:
+    """Peak resident memory of the largest of 2 processes during training, data parallel against
+    FSDP2-sharded, in bytes; and that of a process that only imports what training imports."""
+    launch = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+              "--mixed_precision", "no", "-m", "hyperclone.train"]
+    args = ["--model", str(model), "--data", DATA, "--max-steps", str(steps), "--seq-len", str(SEQ), "--batch-size", "1",
+            "--trackers", "none", "--optimizer", "adamw", "--force"]
+    peaks = {}
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        done = subprocess.run([*launch, *args, *extra, "-o", str(work / f"mem-{name}")], capture_output=True, text=True, env=ENV)
+        if done.returncode:
+            raise SystemExit(f"the {name} memory run failed:\n{done.stderr[-2000:]}")
+        peaks[name] = _last_peak(work / f"mem-{name}")
+    probe = "import torch, transformers, hyperclone.train.loop; from hyperclone.memory import peak_resident_memory as p; print(p())"
+    runtime = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV).stdout)
+    return {"runtime_bytes": runtime, "ddp_peak_bytes": peaks["ddp"], "fsdp_peak_bytes": peaks["fsdp"],
+            "fsdp_over_ddp": round(peaks["fsdp"] / peaks["ddp"], 3),
+            "fsdp_over_ddp_above_runtime": round((peaks["fsdp"] - runtime) / (peaks["ddp"] - runtime), 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--checkpoint-hidden", type=int, default=512)
+    parser.add_argument("--memory-hidden", type=int, default=1024)
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/distributed.json")
     args = parser.parse_args()
     from hyperclone.testing import save_tiny_model
@@ -125,14 +158,23 @@ def main() -> None:
                               intermediate_size=2 * args.checkpoint_hidden, num_hidden_layers=8)
         checkpoints = checkpoint_cost(big, work)
         checkpoints["model_parameters"] = hyperclone.load_model(big).num_parameters()
+        large = save_tiny_model("llama", work / "large", vocab_size=300, hidden_size=args.memory_hidden,
+                                intermediate_size=2 * args.memory_hidden, num_hidden_layers=8)
+        memory = memory_per_process(large, work)
+        memory["model_parameters"] = hyperclone.load_model(large).num_parameters()
     for row in rows:
         row["ddp_over_this"] = round(rows[0]["bytes_per_token"] / row["bytes_per_token"], 1)
         print(f"{row['setting']:>18}: {row['bytes_per_token']:>10,.0f} bytes/token measured "
               f"({row['ring_allreduce_bytes_per_token']:,.0f} for the parameters alone); DDP sends {row['ddp_over_this']}x this")
     print(f"checkpoints of a {checkpoints['model_parameters'] / 1e6:.1f} M-parameter model: training waited "
           f"{checkpoints['blocking_s_per_checkpoint']:.2f} s per blocking save, {checkpoints['async_s_per_checkpoint']:.2f} s per asynchronous one")
+    gib = 2 ** 30
+    print(f"memory of the largest of 2 processes training a {memory['model_parameters'] / 1e6:.0f} M-parameter model with AdamW: "
+          f"data parallel {memory['ddp_peak_bytes'] / gib:.2f} GiB, FSDP2 {memory['fsdp_peak_bytes'] / gib:.2f} GiB "
+          f"({memory['fsdp_over_ddp']}x; {memory['fsdp_over_ddp_above_runtime']}x above the {memory['runtime_bytes'] / gib:.2f} GiB "
+          "that Python, torch and transformers take)")
     result = {"machine": machine(), "model_parameters": params, "seq": SEQ, "batch_per_process": BATCH, "processes": 2, "rows": rows,
-              "checkpoints": checkpoints}
+              "checkpoints": checkpoints, "memory": memory}
     if args.record:
         (Path(__file__).resolve().parent / "results" / "distributed.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))

@@ -1,7 +1,9 @@
-"""The machine's memory, as verify sees it: how much is free, and giving freed heap back."""
+"""The machine's memory, as verify and train see it: how much is free, this process's peak, and giving
+freed heap back."""
 from __future__ import annotations
 
 import ctypes
+import sys
 
 _LIBC = None
 
@@ -10,6 +12,21 @@ def available_memory() -> int:
     import psutil
 
     return psutil.virtual_memory().available
+
+
+def peak_resident_memory() -> int:
+    """This process's own peak resident memory, in bytes. Linux's VmHWM, not getrusage's maxrss: that one
+    starts from the parent's resident size at fork, so a worker of a large launcher would report the launcher."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def release_freed_memory() -> None:

@@ -52,7 +52,9 @@ def test_run_outputs_and_moe_logging(tiny, tmp_path):
                      eval_at_start=True, **{**QUICK, "trackers": "tensorboard"})
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
-    assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "max_attn_logit"} <= set(steps[0])
+    assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "max_attn_logit", "peak_memory"} <= set(steps[0])
+    peaks = [r["peak_memory"] for r in steps]  # a high-water mark: at least torch's own footprint, never falling
+    assert peaks[0] > 100 * 2 ** 20 and peaks == sorted(peaks)
     assert [r["step"] for r in steps if "expert_load" in r] == [10, 12]
     assert [r["step"] for r in records if "eval_loss" in r] == [0, 6, 12]
     assert steps[-1]["tokens"] == 12 * 4 * 64
@@ -249,10 +251,11 @@ def test_fsdp2_on_two_processes_matches_one_process(tiny, tmp_path):
     built on the meta device, sharded with fully_shard, each process reading only its rows (and its
     experts) from the safetensors files. Two processes train what one does with the same global batch
     (MuonClip on the shards), and the final model, gathered from the shards, loads strictly in transformers."""
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--mixed_precision", "no"]
-    launchers = {"gemma": [*accelerate, "--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no", "-m", "hyperclone.train", "--fsdp"],
-                 "qwen3_moe": [*accelerate, "--config_file", str(LAUNCH / "fsdp2.yaml"), "-m", "hyperclone.train",
-                               "--activation-checkpointing", "--save-every", "2"]}
+    two_processes = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
+    shipped = ["--config_file", str(LAUNCH / "fsdp2.yaml"), "-m", "hyperclone.train", "--activation-checkpointing", "--save-every", "2"]
+    launchers = {"gemma": [*two_processes, "--mixed_precision", "no", "--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no",
+                           "-m", "hyperclone.train", "--fsdp"],
+                 "qwen3_moe": [*two_processes, "--mixed_precision", "no", *shipped]}
     for family, launcher in launchers.items():  # tied embeddings; fused experts sharded by expert
         model = tiny(family, vocab_size=300)
         common = ["--model", str(model), "--data", DATA, "--max-steps", "4", "--seq-len", "32", "--trackers", "none"]
@@ -276,9 +279,32 @@ def test_fsdp2_on_two_processes_matches_one_process(tiny, tmp_path):
         # the gradients were summed in another order; Adam turns that rounding into whole steps for weights
         # whose gradient is ~0 (embedding rows no token used), so the outputs are compared, relative to their size
         assert (x - y).abs().max() <= 1e-3 * x.abs().max(), (family, (x - y).abs().max())
-    settings = json.loads((tmp_path / "qwen3_moe-two" / "hyperclone_run.json").read_text())["settings"]
+    run = tmp_path / "qwen3_moe-two"
+    settings = json.loads((run / "hyperclone_run.json").read_text())["settings"]
     assert settings["fsdp"] and settings["activation_checkpointing"] and settings["checkpoint_format"] == "dcp"
-    assert sorted(p.name for p in (tmp_path / "qwen3_moe-two" / "checkpoints" / "step-2").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in (run / "checkpoints" / "step-2").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+
+    # the sharded run, cut back to its step-2 checkpoint and resumed, takes the same steps again
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-4")
+    shutil.rmtree(resumed / "final")
+    again = subprocess.run([*launchers["qwen3_moe"], *common, "--batch-size", "2", "-o", str(resumed), "--resume"],
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    assert again.returncode == 0 and "resumed from" in again.stderr, again.stderr[-2000:]
+    assert losses(resumed) == losses(run)
+
+    # the launch config as shipped: bf16 compute over float32 master weights (FSDP2's mixed precision)
+    bf16 = subprocess.run([*two_processes, *shipped, *common, "--batch-size", "2", "-o", str(tmp_path / "bf16")],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert bf16.returncode == 0, bf16.stderr[-2000:]
+    assert json.loads((tmp_path / "bf16" / "hyperclone_run.json").read_text())["settings"]["mixed_precision"] == "bf16"
+    rounded = losses(tmp_path / "bf16")
+    assert rounded != losses(run) and max(abs(x - y) / x for x, y in zip(rounded, losses(run))) < 2e-2  # bf16's rounding, no more
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "bf16" / "final" / "model.safetensors", "pt") as weights:
+        assert {weights.get_slice(k).get_dtype() for k in weights.keys()} == {"F32"}  # the master weights
 
 
 def test_activation_checkpointing_changes_nothing_but_memory(tiny, tmp_path):

@@ -346,10 +346,21 @@ def train_step(run: Run) -> dict | None:
         "tokens_per_s": run.tokens_per_step / (time.perf_counter() - started),
         "max_attn_logit": run.qk.last_max if run.qk is not None else None,
         "data": dict(zip(names, acc.reduce(drawn.to(acc.device), "sum").cpu().tolist())),  # blocks per source, all processes
+        "peak_memory": _peak_memory(acc),
     }
     if load is not None and (state.step % EXPERT_LOAD_EVERY == 0 or state.step == cfg.max_steps):
         record["expert_load"] = load  # tokens per expert this step, per MoE layer
     return record
+
+
+def _peak_memory(acc) -> int:
+    """The largest process's peak memory so far, in bytes: what CUDA allocated on a GPU, resident memory on
+    a CPU (which also counts Python, torch and mapped checkpoint pages). The largest, because that is the
+    process that runs out first."""
+    from hyperclone.memory import peak_resident_memory
+
+    mine = torch.cuda.max_memory_allocated(acc.device) if acc.device.type == "cuda" else peak_resident_memory()
+    return int(acc.gather(torch.tensor([mine], device=acc.device)).max())
 
 
 def _number(value) -> float | None:
@@ -549,7 +560,8 @@ class _Log:
 
     def advance(self, record: dict) -> None:
         if self.bar is not None:
-            info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
+            info = (f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s  "
+                    f"{record['peak_memory'] / 2 ** 30:.1f} GiB")
             self.bar.update(self.task, completed=record["step"], info=info)  # DiLoCo may jump ahead or go back
 
     def stop(self) -> None:
