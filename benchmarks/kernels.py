@@ -8,9 +8,9 @@
    torch.optim.Muon's own iteration; causal attention forward + backward with the max-logit capture
    against the same without it, at seq 2048 and 8192.
 3. On CUDA only (--steps): training steps of a ~1.2 B dense llama (Llama-3.2-1B's shape, seq 4096) and a
-   small qwen3_moe, kernels on (Liger, Triton) and off (HYPERCLONE_KERNELS=0), AdamW and MuonClip: tokens/s,
-   peak memory and MFU; the MoE's routed experts as transformers' eager loop, its grouped_mm, and Liger's
-   fused experts. Each arm runs in its own process: Liger patches module globals, which would leak
+   small qwen3_moe, kernels on (Liger, Triton) and off (HYPERCLONE_KERNELS=0), AdamW and MuonClip, the dense
+   model's layers also compiled (`train --compile`): tokens/s, peak memory and MFU; the MoE's routed experts
+   as transformers' eager loop, its grouped_mm, and Liger's fused experts. Each arm runs in its own process: Liger patches module globals, which would leak
    into the arms measured after it.
 
     python benchmarks/kernels.py [--layers 4] [--experts 32] [--hidden 256] [--expert-inner 128] [--steps] [--record]
@@ -133,15 +133,17 @@ DENSE_1B = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, nu
 SMALL_MOE = dict(model_type="qwen3_moe", hidden_size=1024, moe_intermediate_size=512, intermediate_size=3072, num_hidden_layers=12,
                  num_attention_heads=16, num_key_value_heads=4, head_dim=64, num_experts=64, num_experts_per_tok=8,
                  vocab_size=151936, max_position_embeddings=8192, tie_word_embeddings=False)
-STEP_ARMS = {  # name: (model, optimizer, kernels on, experts implementation, Liger's fused experts)
-    "dense_adamw_off": (DENSE_1B, "adamw", False, None, False),
-    "dense_adamw_on": (DENSE_1B, "adamw", True, None, False),
-    "dense_muonclip_off": (DENSE_1B, "muonclip", False, None, False),
-    "dense_muonclip_on": (DENSE_1B, "muonclip", True, None, False),
-    "moe_eager_off": (SMALL_MOE, "adamw", False, "eager", False),
-    "moe_grouped_mm_off": (SMALL_MOE, "adamw", False, "grouped_mm", False),
-    "moe_grouped_mm_on": (SMALL_MOE, "adamw", True, "grouped_mm", False),
-    "moe_liger_experts_on": (SMALL_MOE, "adamw", True, "grouped_mm", True),
+STEP_ARMS = {  # name: (model, optimizer, kernels on, experts implementation, Liger's fused experts, layers compiled)
+    "dense_adamw_off": (DENSE_1B, "adamw", False, None, False, False),
+    "dense_adamw_on": (DENSE_1B, "adamw", True, None, False, False),
+    "dense_adamw_on_compiled": (DENSE_1B, "adamw", True, None, False, True),
+    "dense_muonclip_off": (DENSE_1B, "muonclip", False, None, False, False),
+    "dense_muonclip_on": (DENSE_1B, "muonclip", True, None, False, False),
+    "dense_muonclip_on_compiled": (DENSE_1B, "muonclip", True, None, False, True),
+    "moe_eager_off": (SMALL_MOE, "adamw", False, "eager", False, False),
+    "moe_grouped_mm_off": (SMALL_MOE, "adamw", False, "grouped_mm", False, False),
+    "moe_grouped_mm_on": (SMALL_MOE, "adamw", True, "grouped_mm", False, False),
+    "moe_liger_experts_on": (SMALL_MOE, "adamw", True, "grouped_mm", True, False),
 }
 
 
@@ -158,11 +160,12 @@ def flops_per_token(config, seq: int) -> float:
 
 def step_arm(name: str, seq: int, batch: int, steps: int) -> dict:
     """One arm, in this process: build the model on the GPU, then time `steps` optimizer steps after 3 warm-ups."""
-    spec, optimizer_kind, kernels, experts, liger_experts = STEP_ARMS[name]
+    spec, optimizer_kind, kernels, experts, liger_experts, compiled = STEP_ARMS[name]
     os.environ["HYPERCLONE_KERNELS"] = "1" if kernels else "0"
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from hyperclone.kernels.liger import apply_liger
+    from hyperclone.loading import compile_layers
     from hyperclone.train.optim import build_optimizer
     from hyperclone.train.qkclip import QKClip
 
@@ -171,6 +174,8 @@ def step_arm(name: str, seq: int, batch: int, steps: int) -> dict:
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **extra)  # fp32 masters, bf16 autocast
     applied = apply_liger(model, fused_experts=liger_experts)
+    if compiled:  # what `hyperclone train --compile` does, after Liger as there (the warm-up steps compile)
+        compile_layers(model)
     qk = QKClip(model) if optimizer_kind == "muonclip" else None
     optimizer = build_optimizer(model, optimizer_kind, lr=1e-4, qk_clip=qk)
     ids = torch.randint(0, config.vocab_size, (batch, seq), device="cuda")
@@ -193,7 +198,7 @@ def step_arm(name: str, seq: int, batch: int, steps: int) -> dict:
     per_step = (time.perf_counter() - start) / steps
     tokens_per_s = batch * seq / per_step
     return {"arm": name, "optimizer": optimizer_kind, "kernels": kernels, "liger": applied, "experts": experts,
-            "liger_experts": liger_experts, "parameters": sum(p.numel() for p in model.parameters()), "seq": seq, "batch": batch,
+            "liger_experts": liger_experts, "compiled": compiled, "parameters": sum(p.numel() for p in model.parameters()), "seq": seq, "batch": batch,
             "step_s": round(per_step, 4), "tokens_per_s": round(tokens_per_s), "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
             "mfu": round(tokens_per_s * flops_per_token(config, seq) / H100_BF16_PEAK, 3)}
 

@@ -34,3 +34,22 @@ def checkpoint_activations(model: torch.nn.Module) -> None:
     variant that composes with FSDP2 and needs no input that requires grad)."""
     model.config.use_cache = False  # a cache is for generation; transformers would say so on every forward
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks transformers never splits across devices (its `_no_split_modules`): the
+    decoder layers, found by the model class itself rather than by a table of families."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def compile_layers(model: torch.nn.Module) -> None:
+    """torch.compile each decoder layer in place (regional compilation, as torchtitan does): the layers
+    share one compiled graph, so compiling costs about one layer's time, and what runs outside them
+    (embedding, loss, the optimizer) stays eager."""
+    import shutil
+
+    if not torch.cuda.is_available() and not (os.environ.get("CXX") or any(map(shutil.which, ("g++", "clang++", "c++")))):
+        raise UserError("--compile on a CPU needs a C++ compiler (g++ or clang++, or CXX set): install one or leave out --compile")
+    for layer in decoder_layers(model):
+        layer.compile()

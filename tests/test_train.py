@@ -246,7 +246,7 @@ def test_bad_training_input_is_one_clear_line(case, bad_inputs, tmp_path):
 
 
 def test_fsdp2_on_two_processes_matches_one_process(tiny, tmp_path):
-    """FSDP2 under accelerate launch, asked for with --fsdp (gemma) or by the launch config recipes/fsdp2.yaml
+    """FSDP2 under accelerate launch, asked for with --fsdp (gemma, its layers compiled) or by the launch config recipes/fsdp2.yaml
     (qwen3_moe, with activation checkpointing and sharded checkpoints by default): transformers' model
     built on the meta device, sharded with fully_shard, each process reading only its rows (and its
     experts) from the safetensors files. Two processes train what one does with the same global batch
@@ -254,7 +254,7 @@ def test_fsdp2_on_two_processes_matches_one_process(tiny, tmp_path):
     two_processes = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
     shipped = ["--config_file", str(LAUNCH / "fsdp2.yaml"), "-m", "hyperclone.train", "--activation-checkpointing", "--save-every", "2"]
     launchers = {"gemma": [*two_processes, "--mixed_precision", "no", "--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no",
-                           "-m", "hyperclone.train", "--fsdp"],
+                           "-m", "hyperclone.train", "--fsdp", "--compile"],
                  "qwen3_moe": [*two_processes, "--mixed_precision", "no", *shipped]}
     for family, launcher in launchers.items():  # tied embeddings; fused experts sharded by expert
         model = tiny(family, vocab_size=300)
@@ -307,6 +307,20 @@ def test_fsdp2_on_two_processes_matches_one_process(tiny, tmp_path):
         assert {weights.get_slice(k).get_dtype() for k in weights.keys()} == {"F32"}  # the master weights
 
 
+def test_compiled_layers_train_what_eager_layers_do(tiny, tmp_path):
+    """--compile: each decoder layer through torch.compile (inductor), with QK-Clip's capture and the MoE
+    router hooks inside the compiled layers. The same steps up to the fused kernels' rounding, the same
+    tokens per expert, the same max logit."""
+    model = tiny("qwen3_moe", vocab_size=300)
+    for compiled in (False, True):
+        hyperclone.train(model=str(model), data=DATA, out=str(tmp_path / str(compiled)), max_steps=4, compile=compiled, **QUICK)
+    eager, compiled = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+                       for name in ("False", "True"))
+    assert max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(eager, compiled)) < 1e-4  # as two processes are
+    assert eager[-1]["expert_load"] == compiled[-1]["expert_load"]
+    assert abs(eager[-1]["max_attn_logit"] - compiled[-1]["max_attn_logit"]) <= 1e-5 * eager[-1]["max_attn_logit"]
+
+
 def test_activation_checkpointing_changes_nothing_but_memory(tiny, tmp_path):
     """Recomputing each decoder layer in backward gives the same steps bit for bit, and a MoE's balancing
     losses and tokens per expert are counted once, not again during the recompute."""
@@ -323,7 +337,8 @@ def test_activation_checkpointing_changes_nothing_but_memory(tiny, tmp_path):
 
 def test_fsdp_bad_settings_are_one_line(tiny, tmp_path):
     """Also a launch config hyperclone cannot honour: FSDP1, parameter offload, an unknown precision
-    (read from the environment `accelerate launch --config_file` sets), and a launch config given as a recipe."""
+    (read from the environment `accelerate launch --config_file` sets), a launch config given as a recipe,
+    and --compile on a CPU without a C++ compiler."""
     model = tiny("llama", vocab_size=300)
     base = ["train", "--model", str(model), "--data", DATA, "--max-steps", "2", "--trackers", "none"]
     fsdp1 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}
@@ -332,7 +347,8 @@ def test_fsdp_bad_settings_are_one_line(tiny, tmp_path):
              (["--fsdp", "--save-every", "1", "--checkpoint-format", "accelerate"], {}, "--checkpoint-format dcp"),
              ([], fsdp1, "fsdp_version: 2"), ([], offload, "fsdp_offload_params"),
              ([], {"ACCELERATE_MIXED_PRECISION": "fp8"}, "mixed_precision 'fp8'"),
-             (["--recipe", "fsdp2"], {}, "--config_file"))
+             (["--recipe", "fsdp2"], {}, "--config_file"),
+             (["--compile"], {"PATH": str(Path(sys.executable).parent), "CXX": ""}, "C++ compiler"))  # no compiler on the PATH
     for i, (extra, env, words) in enumerate(cases):
         result = subprocess.run([shutil.which("hyperclone"), *base, *extra, "-o", str(tmp_path / f"r{i}")],
                                 capture_output=True, text=True, env={**ENV, **env}, timeout=300)

@@ -44,6 +44,7 @@ class TrainConfig:
     fsdp: bool = False  # shard the model over the launched processes (FSDP2), each loading only its rows
     reshard_after_forward: bool = True  # fsdp: free each layer's gathered weights after its forward (gather again for backward)
     activation_checkpointing: bool = False  # keep only each decoder layer's input, recompute the rest in backward
+    compile: bool = False  # torch.compile each decoder layer (regional compilation): faster steps after a one-time compile
     eval_every: int = 0  # 0: only at the end
     eval_fraction: float = 0.05
     eval_batches: int = 8

@@ -99,16 +99,31 @@ def _load_model(cfg: TrainConfig, accelerator, say):
             raise UserError("--fsdp shards the model over several processes: start it with `accelerate launch --num_processes N`")
         from hyperclone.train.sharded import fsdp_model
 
-        model, line = fsdp_model(path, accelerator.device, cfg.mixed_precision, cfg.reshard_after_forward,
-                                 cfg.activation_checkpointing)
+        model, line = fsdp_model(path, accelerator.device, cfg.mixed_precision, cfg.reshard_after_forward, _layers(cfg))
         say(line)
         return model
-    from hyperclone.loading import checkpoint_activations, load_model
+    from hyperclone.loading import load_model
 
     model = load_model(path, dtype=torch.float32)
-    if cfg.activation_checkpointing:
-        checkpoint_activations(model)
+    kernels = apply_liger(model, fused_experts=cfg.mixed_precision != "no")  # on a GPU, for the families Liger supports
+    if kernels:
+        say(kernels)
+    _layers(cfg)(model)
     return model
+
+
+def _layers(cfg: TrainConfig):
+    """What happens to each decoder layer before training (and, under FSDP2, before sharding): activation
+    checkpointing, then compilation, the order torchtitan applies them in."""
+    from hyperclone.loading import checkpoint_activations, compile_layers
+
+    def prepare(model) -> None:
+        if cfg.activation_checkpointing:
+            checkpoint_activations(model)
+        if cfg.compile:
+            compile_layers(model)
+
+    return prepare
 
 
 class _Batches:
@@ -260,9 +275,6 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
     diloco_fresh = cfg.diloco and cfg.resume and not checkpointer.complete()
     start_from = checkpointer.resume_point() if cfg.resume and not diloco_fresh else (Path(cfg.decay_from) if cfg.decay_from else None)
     model = _load_model(cfg, accelerator, log.say)
-    kernels = None if cfg.fsdp else apply_liger(model, fused_experts=cfg.mixed_precision != "no")  # on a GPU, for the families Liger supports
-    if kernels:
-        log.say(kernels)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and cfg.seq_len > limit:
         raise UserError(f"--seq-len {cfg.seq_len} is beyond the model's max_position_embeddings {limit}")

@@ -9,33 +9,35 @@ per-expert tensors on disk (the layout transformers converts on load).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 
 def fsdp_model(directory: Path, device: torch.device, mixed_precision: str = "no", reshard_after_forward: bool = True,
-               activation_checkpointing: bool = False) -> tuple[torch.nn.Module, str]:
+               before_sharding: Callable[[torch.nn.Module], None] | None = None) -> tuple[torch.nn.Module, str]:
     """transformers' model for `directory`, sharded over every process of the default group; and a line
-    saying how much of it this rank holds."""
+    saying how much of it this rank holds. `before_sharding` changes the layers first (activation
+    checkpointing and compilation go inside each FSDP unit, as torchtitan applies them)."""
     import torch.distributed as dist
     from accelerate import init_empty_weights
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from hyperclone.loading import decoder_layers
+
     config = AutoConfig.from_pretrained(str(directory))
     with init_empty_weights(include_buffers=False):  # parameters on meta, computed buffers (rotary) real
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.tie_weights()  # not done on the meta device; tied before sharding, FSDP2 keeps one parameter
-    if activation_checkpointing:  # inside each unit: the recompute gathers the layer's weights again
-        from hyperclone.loading import checkpoint_activations
-
-        checkpoint_activations(model)
+    if before_sharding is not None:
+        before_sharding(model)
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     # parameters stay float32 (the master weights); under bf16 the forward and backward run in bf16
     # and gradients are reduced in float32: FSDP2's own mixed precision
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
-    for block in _blocks(model):  # each decoder layer is one unit: gathered for its forward, freed after
+    for block in decoder_layers(model):  # each decoder layer is one unit: gathered for its forward, freed after
         fully_shard(block, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     model.to_empty(device=device)
@@ -45,13 +47,6 @@ def fsdp_model(directory: Path, device: torch.device, mixed_precision: str = "no
     held = _load_shards(model, Path(directory), dist.get_rank(), dist.get_world_size())
     total = sum(p.numel() for p in model.parameters())
     return model, f"FSDP2 over {dist.get_world_size()} processes: each holds about {held:,} of the {total:,} parameters"
-
-
-def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks transformers never splits across devices (its `_no_split_modules`): the
-    decoder layers, found by the model class itself rather than by a table of families."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    return [m for m in model.modules() if type(m).__name__ in names]
 
 
 def _load_shards(model: torch.nn.Module, directory: Path, rank: int, world: int) -> int:
