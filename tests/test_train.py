@@ -293,6 +293,10 @@ def test_fsdp2_on_two_processes_matches_one_process(tiny, tmp_path):
                            capture_output=True, text=True, env=ENV, timeout=300)
     assert again.returncode == 0 and "resumed from" in again.stderr, again.stderr[-2000:]
     assert losses(resumed) == losses(run)
+    done = cli("consolidate", str(run / "checkpoints" / "step-4"), "-o", str(tmp_path / "consolidated"))  # sharded -> one model
+    assert done.returncode == 0, done.stderr[-2000:]
+    merged, final = (hyperclone.load_model(path).state_dict() for path in (tmp_path / "consolidated", run / "final"))
+    assert merged.keys() == final.keys() and all(torch.equal(merged[k], final[k]) for k in merged)
 
     # the launch config as shipped: bf16 compute over float32 master weights (FSDP2's mixed precision)
     bf16 = subprocess.run([*two_processes, *shipped, *common, "--batch-size", "2", "-o", str(tmp_path / "bf16")],
