@@ -126,8 +126,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path):
 
 def test_async_dcp_checkpoint_from_two_processes_resumes_on_one_and_consolidates(tiny, tmp_path):
     """Two processes write a torch.distributed.checkpoint checkpoint in the background (each its own
-    shard file) while they train; one process resumes from it with the same global batch and takes the
-    same next steps; `hyperclone consolidate` turns the last one into the trained model."""
+    shard file) while they train; one process, and four, resume from it with the same global batch and
+    take the same next steps; `hyperclone consolidate` turns the last one into the trained model."""
     model = tiny("llama", vocab_size=300)
     common = ["--model", str(model), "--data", DATA, "--max-steps", "4", "--save-every", "2", "--seq-len", "32",
               "--trackers", "none", "--checkpoint-format", "dcp", "--async-checkpoint"]
@@ -143,11 +143,19 @@ def test_async_dcp_checkpoint_from_two_processes_resumes_on_one_and_consolidates
     shutil.copytree(tmp_path / "two", one)
     shutil.rmtree(one / "checkpoints" / "step-4")
     shutil.rmtree(one / "final")
+    four = tmp_path / "four"  # and by four processes, one sequence each
+    shutil.copytree(one, four)
     resumed = cli("train", *common, "--batch-size", "4", "-o", str(one), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = losses(tmp_path / "two"), losses(one)
-    assert len(a) == len(b) == 4 and a[:2] == b[:2]
-    assert max(abs(x - y) / abs(x) for x, y in zip(a[2:], b[2:])) < 1e-5, (a, b)  # two processes sum in another order
+    launcher[launcher.index("--num_processes") + 1] = "4"
+    resumed = subprocess.run([*launcher, *common, "--batch-size", "1", "-o", str(four), "--resume"],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b, c = losses(tmp_path / "two"), losses(one), losses(four)
+    assert len(a) == len(b) == len(c) == 4 and a[:2] == b[:2] == c[:2]
+    for other in (b, c):  # other numbers of processes sum in another order
+        assert max(abs(x - y) / abs(x) for x, y in zip(a[2:], other[2:])) < 1e-5, (a, other)
+    assert json.loads((four / "metrics.jsonl").read_text().splitlines()[3])["tokens"] == 4 * 4 * 32  # 4 x 1 sequence a step
 
     out = tmp_path / "consolidated"
     done = cli("consolidate", str(tmp_path / "two" / "checkpoints" / "step-4"), "-o", str(out))
