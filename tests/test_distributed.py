@@ -209,6 +209,7 @@ def test_a_killed_replica_group_rejoins_and_no_batch_counts_twice_or_never(shard
             assert time.time() < deadline and a.poll() is None, f"{what}: " + (tmp_path / "group0-0.log").read_text()[-3000:]
             time.sleep(0.05)
 
+    a = b = None
     try:
         a, b = group(0), group(1)
         wait_for(lambda: position(1)["step"] >= 14, "B never committed a sync")
@@ -220,6 +221,10 @@ def test_a_killed_replica_group_rejoins_and_no_batch_counts_twice_or_never(shard
         for proc in (a, b):
             proc.wait(timeout=300)
     finally:
+        for proc in (a, b):  # a failed wait leaves no group training on behind the test
+            if proc is not None and proc.poll() is None:
+                kill(proc.pid)
+                proc.wait()
         lighthouse.shutdown()
         for fh in logs.values():
             fh.close()

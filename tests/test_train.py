@@ -329,7 +329,11 @@ def test_compiled_layers_train_what_eager_layers_do(tiny, tmp_path):
     eager, compiled = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
                        for name in ("False", "True"))
     assert max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(eager, compiled)) < 1e-4  # as two processes are
-    assert eager[-1]["expert_load"] == compiled[-1]["expert_load"]
+    routed = 4 * 64 * 2  # every training token to its top-2 experts, counted once, inside the compiled layers too
+    for a, b in zip(eager[-1]["expert_load"], compiled[-1]["expert_load"]):
+        assert sum(a) == sum(b) == routed
+        # compiled kernels round the router logits differently: a near-tie may pick another expert on another CPU
+        assert sum(abs(x - y) for x, y in zip(a, b)) <= 0.02 * routed, (a, b)
     assert abs(eager[-1]["max_attn_logit"] - compiled[-1]["max_attn_logit"]) <= 1e-5 * eager[-1]["max_attn_logit"]
 
 

@@ -5,9 +5,10 @@ Each replica group is one `hyperclone train --diloco` process, or several under 
 each rank's local shards, so rank r of every group must hold the same rows). It takes `--sync-every`
 inner steps with its own optimizer (MuonClip or AdamW) on its own shard of the data. Then torchft's
 Manager forms a quorum through the lighthouse, the groups average their pseudo-gradients (the weights'
-change since the last sync), and an outer Nesterov SGD applies the average. A group that joins late, or comes back after a failure, takes the
-current weights from a live peer (the Manager's recovery, fed by `state_dict`/`load_state_dict`);
-`Committed` keeps each group's data position in step with what was committed.
+change since the last sync), and an outer Nesterov SGD applies the average. A group that joins late,
+or comes back after a failure, takes the current weights from a live peer (the Manager's recovery, fed
+by `state_dict`/`load_state_dict`); `Committed` keeps each group's data position in step with what was
+committed.
 """
 from __future__ import annotations
 
