@@ -456,6 +456,10 @@ def train(
     settings["resume"] = resume or None
     settings["force"] = force or None
     result = hyperclone.train(recipe=recipe, **settings)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # under a launcher: the group torn down here, not at interpreter exit
+        dist.destroy_process_group()
     if os.environ.get("RANK", "0") != "0":  # under a launcher, the first process speaks for all
         return
 

@@ -41,8 +41,9 @@ def diloco(cfg, model: torch.nn.Module, inner_optimizer: torch.optim.Optimizer, 
         raise UserError("--diloco needs torchft: pip install \"hyperclone[distributed]\"") from None
     timeout = dt.timedelta(seconds=cfg.diloco_timeout)
     store, store_host, store_port = _group_store(rank, world_size)  # `store` lives as long as the run
+    pg = ProcessGroupGloo(timeout=timeout)
     manager = Manager(
-        pg=ProcessGroupGloo(timeout=timeout), load_state_dict=load_state_dict, state_dict=state_dict,
+        pg=pg, load_state_dict=load_state_dict, state_dict=state_dict,
         min_replica_size=cfg.min_replicas, use_async_quorum=False,  # DiLoCo requires a synchronous quorum
         # every group starts from the same --model: with torchft's default step-0 sync, all but one group
         # would "heal" at the first outer step, their pseudo-gradients dropped from its average
@@ -60,6 +61,7 @@ def diloco(cfg, model: torch.nn.Module, inner_optimizer: torch.optim.Optimizer, 
             yield manager
     finally:
         manager.shutdown(wait=False)
+        pg.shutdown()  # its gloo group released now, not by the interpreter's teardown
 
 
 def _group_store(rank: int, world_size: int):
