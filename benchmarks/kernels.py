@@ -6,7 +6,8 @@
 2. On CUDA only: Newton–Schulz from 1024² to 8192² and on expert stacks ([128, 768, 2048] among them)
    as MuonClip runs it, with the one-triangle Triton products forced and with torch's, against
    torch.optim.Muon's own iteration; causal attention forward + backward with the max-logit capture
-   against the same without it, at seq 2048 and 8192.
+   (the fused Triton attention, and the separate max pass before SDPA) against SDPA without it, at seq
+   2048 and 8192.
 3. On CUDA only (--steps): training steps of a ~1.2 B dense llama (Llama-3.2-1B's shape, seq 4096) and a
    small qwen3_moe, kernels on (Liger, Triton) and off (HYPERCLONE_KERNELS=0), AdamW and MuonClip, the dense
    model's layers also compiled (`train --compile`): tokens/s, peak memory and MFU; the MoE's routed experts
@@ -104,9 +105,13 @@ def newton_schulz_sizes(repeats: int) -> list[dict]:
 
 
 def capture_overhead(repeats: int) -> list[dict]:
-    """Causal attention forward + backward with the max-logit capture against the same without it."""
+    """Causal attention forward + backward with the max-logit capture against the same without it (SDPA,
+    torch's flash attention): the separate tiled max pass before SDPA, and the fused Triton forward that
+    returns the max beside its output (what QK-Clip takes on a GPU in half precision) with torch's flash
+    backward (`overhead`, the goal's figure) and with ours."""
     import torch.nn.functional as F
 
+    from hyperclone.kernels.attention import flash_attention_with_max
     from hyperclone.kernels.max_logit import max_logit_triton
 
     rows = []
@@ -116,14 +121,20 @@ def capture_overhead(repeats: int) -> list[dict]:
         def plain():
             F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
 
-        def captured():
+        def separate():
             with torch.no_grad():
                 max_logit_triton(q, k, 128 ** -0.5)
             plain()
 
-        base, ours = timed(plain, repeats), timed(captured, repeats)
-        rows.append({"seq": seq, "attention_ms": round(base * 1e3, 2), "with_capture_ms": round(ours * 1e3, 2),
-                     "overhead": round(ours / base - 1, 3)})
+        def fused(backward: str):
+            return lambda: flash_attention_with_max(q, k, v, 128 ** -0.5, backward=backward)[0].sum().backward()
+
+        base, apart = timed(plain, repeats), timed(separate, repeats)
+        torch_bwd, triton_bwd = timed(fused("torch"), repeats), timed(fused("triton"), repeats)
+        rows.append({"seq": seq, "attention_ms": round(base * 1e3, 2), "separate_capture_ms": round(apart * 1e3, 2),
+                     "fused_ms": round(torch_bwd * 1e3, 2), "fused_triton_backward_ms": round(triton_bwd * 1e3, 2),
+                     "separate_overhead": round(apart / base - 1, 3), "overhead": round(torch_bwd / base - 1, 3),
+                     "triton_backward_overhead": round(triton_bwd / base - 1, 3)})
     return rows
 
 
@@ -260,7 +271,9 @@ def main() -> None:
         result["capture"] = capture_overhead(args.repeats)
         save()
         for row in result["capture"]:
-            print(f"attention fwd+bwd at seq {row['seq']}: +{row['overhead']:.1%} with the max-logit capture")
+            print(f"attention fwd+bwd at seq {row['seq']}: {row['overhead']:+.1%} with the fused max-logit capture "
+                  f"({row['triton_backward_overhead']:+.1%} with our Triton backward), {row['separate_overhead']:+.1%} "
+                  "with the separate pass")
         if args.steps:
             result["training_steps"] = training_steps(args.seq, args.batch, args.step_count, args.arms.split(","))
             save()

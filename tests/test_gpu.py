@@ -93,3 +93,36 @@ def test_max_logit_kernel_at_real_sizes(seq, window):
     exact = max_logit_reference(q, k, 128 ** -0.5, window=window)
     got = max_logit_triton(q, k, 128 ** -0.5, window)
     assert (got - exact).abs().max() <= 1e-4 * exact.abs().max()  # both: float32 products of the same bf16 inputs
+
+
+@pytest.mark.parametrize("backward", ["auto", "triton"])  # auto: torch's flash backward where no window
+@pytest.mark.parametrize("seq,window", [(2048, None), (4096, 1024)])
+def test_fused_attention_at_real_sizes(seq, window, backward):
+    """The fused Triton attention's output and gradients are as close to float32 attention as SDPA's in
+    bf16 (within twice its error), with our backward and with torch's fed our log-sum-exp, and its max is
+    the exact one."""
+    import torch.nn.functional as F
+
+    from hyperclone.kernels.attention import attention_reference, flash_attention_with_max
+    from hyperclone.kernels.max_logit import max_logit_reference, visible
+
+    gen = torch.Generator("cuda").manual_seed(seq)
+    q, k, v = (torch.randn(2, heads, seq, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for heads in (16, 4, 4))
+    grad_out = torch.randn(2, 16, seq, 128, device="cuda", generator=gen)
+    scale = 128 ** -0.5
+    mask = visible(seq, seq, slice(0, seq), window, "cuda")
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves)
+        (out.float() * grad_out).sum().backward()
+        return [out.detach().float(), *(t.grad.float() for t in leaves)]
+
+    exact = run(lambda *t: attention_reference(*t, scale, window), torch.float32)
+    sdpa = run(lambda *t: F.scaled_dot_product_attention(*t, attn_mask=mask, scale=scale, enable_gqa=True), torch.bfloat16)
+    ours = run(lambda *t: flash_attention_with_max(*t, scale, window, backward=backward)[0], torch.bfloat16)
+    for name, a, b, e in zip(("out", "dq", "dk", "dv"), ours, sdpa, exact):
+        worst, theirs = float((a - e).abs().max()), float((b - e).abs().max())
+        assert worst <= 2 * theirs + 1e-3 * float(e.abs().max()), (name, worst, theirs)
+    got = flash_attention_with_max(q, k, v, scale, window)[1]
+    assert (got - max_logit_reference(q, k, scale, window=window)).abs().max() <= 1e-4 * got.abs().max()

@@ -3,6 +3,7 @@
 
 Tolerances: float32 within 1e-5 of the result's largest entry (the kernel accumulates in float32 in
 another order); bfloat16 within 1e-2 of it (the output is rounded to bfloat16, 2^-8 relative)."""
+import importlib
 import os
 
 import pytest
@@ -15,6 +16,7 @@ triton = pytest.importorskip("triton")
 from hyperclone.kernels.gram import gram_reference, gram_triton  # noqa: E402
 from hyperclone.train import optim  # noqa: E402
 
+QKCLIP = importlib.import_module("hyperclone.train.qkclip")  # by name: the function hyperclone.train.train hides it
 SHAPES = [(3, 17, 29), (1, 40, 16), (2, 16, 50), (5, 33, 33), (1, 1, 7)]  # odd sizes, batches, tall, wide, square
 
 
@@ -99,6 +101,82 @@ def test_max_logit_kernel_is_the_exact_max(case, interpreter):
     assert (got - _exact_max(qb, kb, 0.3, window)[1]).abs().max() <= 1e-5 * exact.abs().max()  # float32 products of bf16 inputs
 
 
+def _attention_grads(fn, q, k, v, grad_out):
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves)
+    out = out[0] if isinstance(out, tuple) else out
+    (out.float() * grad_out).sum().backward()
+    return out.detach(), [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("case", ATTENTION)
+def test_flash_attention_returns_the_exact_max_and_the_gradients_of_attention(case, interpreter):
+    """The fused forward's max is the exact one (not the log-sum-exp bound), and its output and its Triton
+    backward are attention's, in float32 (1e-5 of the largest entry) and bfloat16 (1e-2) — on the
+    [B, L, H, D] layout transformers' projections give, seen through a transpose."""
+    from hyperclone.kernels.attention import attention_reference, flash_attention_with_max
+
+    b, h, kvh, lq, lk, d, window = case
+    gen = torch.Generator().manual_seed(lq)
+    q = torch.randn(b, lq, h, d, generator=gen).transpose(1, 2)
+    k, v = (torch.randn(b, lk, kvh, d, generator=gen).transpose(1, 2) * s for s in (0.3, 1.0))
+    grad_out = torch.randn(b, h, lq, d, generator=gen)
+    exact = _exact_max(q, k, 0.3, window)[1]
+    maxima = []
+    # PyTorch's own flash backward fed our output and log-sum-exp (the CPU twin of the op a GPU runs) where it
+    # applies: no window, as many queries as keys
+    backwards = ["triton"] + (["torch"] if window is None and lq == lk else [])
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        inputs = [t.to(dtype) for t in (q, k, v)]
+        ref, ref_grads = _attention_grads(lambda *t: attention_reference(*t, 0.3, window), *inputs, grad_out)
+        for backward in backwards if dtype == torch.float32 else ["triton"]:
+            got, got_grads = _attention_grads(lambda *t: maxima.append(flash_attention_with_max(*t, 0.3, window)[1]) or
+                                              flash_attention_with_max(*t, 0.3, window, backward=backward), *inputs, grad_out)
+            assert got.dtype == dtype and all(g.dtype == dtype for g in got_grads)
+            for a, r in zip([got, *got_grads], [ref, *ref_grads]):
+                assert _relative(a, r) <= tolerance, backward
+    assert (maxima[0] - exact).abs().max() <= 1e-5 * exact.abs().max()
+    assert (maxima[-1] - _exact_max(q.bfloat16(), k.bfloat16(), 0.3, window)[1]).abs().max() <= 1e-5 * exact.abs().max()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_training_through_the_fused_attention_equals_sdpa_with_the_capture(family, interpreter, monkeypatch):
+    """QK-Clip's attention function on the fused kernel (as on a GPU, the interpreter standing in) gives a
+    model the loss, every gradient and every head's max logit that SDPA with the separate capture gives:
+    grouped-query heads (qwen2), sliding-window layers (mistral)."""
+    from transformers import AutoModelForCausalLM
+
+    import hyperclone.kernels
+    from hyperclone.kernels import attention
+    from hyperclone.testing import randomize_, tiny_config
+    from hyperclone.train.qkclip import QKClip
+
+    model = AutoModelForCausalLM.from_config(tiny_config(family, sliding_window=6))
+    randomize_(model, seed=0)
+    qk = QKClip(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+
+    def step():
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        maxima = torch.stack([m._hc_max_logit for m in qk.modules])
+        qk.reset()
+        return loss.detach(), maxima, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss, maxima, grads = step()
+    calls, fused = [], attention.flash_attention_with_max
+    monkeypatch.setattr(hyperclone.kernels, "use_kernels", lambda x: True)
+    monkeypatch.setattr(QKCLIP, "flash_attention_with_max", lambda *a: calls.append(a[4]) or fused(*a))
+    fused_loss, fused_maxima, fused_grads = step()
+    assert len(calls) == len(qk.modules)
+    assert (6 in calls) == (family == "mistral")
+    assert torch.allclose(fused_loss, loss, rtol=1e-5, atol=0)
+    assert torch.allclose(fused_maxima, maxima, rtol=1e-5, atol=0)
+    for name, grad in grads.items():
+        assert _relative(fused_grads[name], grad) <= 1e-4, name
+
+
 def test_streamed_reference_takes_transformers_masks():
     """Bool and additive masks (padding, as transformers passes them) on the CPU path, block by block."""
     from hyperclone.kernels import max_logit as module
@@ -142,7 +220,8 @@ def test_liger_is_never_applied_off_the_gpu_or_when_turned_off(monkeypatch):
 def test_sliding_window_layers_take_the_kernel(family, interpreter, monkeypatch):
     """transformers hands sliding-window layers a mask tensor: the capture recognises it as structural
     (causal within the window, no padding) and takes the tiled kernel, with the maxima the streamed
-    reference reads from the mask. A padded batch keeps the reference."""
+    reference reads from the mask. A padded batch keeps the reference. (The separate pass, which float32
+    and soft-capped layers take on a GPU; the fused attention is tested below.)"""
     from transformers import AutoModelForCausalLM
 
     import hyperclone.kernels
@@ -165,6 +244,7 @@ def test_sliding_window_layers_take_the_kernel(family, interpreter, monkeypatch)
     reference = maxima()
     calls, kernel = [], module.max_logit_triton
     monkeypatch.setattr(hyperclone.kernels, "use_kernels", lambda x: True)  # as on CUDA, the interpreter standing in
+    monkeypatch.setattr(QKCLIP, "fused_applies", lambda *a: False)
     monkeypatch.setattr(module, "max_logit_triton",
                         lambda q, k, scale, window=None: calls.append(window) or kernel(q, k, scale, window, block_q=16, block_k=16))
     assert torch.allclose(maxima(), reference, rtol=1e-5, atol=0)
@@ -174,3 +254,13 @@ def test_sliding_window_layers_take_the_kernel(family, interpreter, monkeypatch)
     padded[0, :3] = 0
     maxima(attention_mask=padded)
     assert calls == []  # padding: no mask is structural, every layer reads its mask
+
+
+def test_importing_hyperclone_loads_no_gpu_package():
+    """CPU training never imports Triton: the kernels load only when a CUDA tensor (or these tests) asks."""
+    import subprocess
+    import sys
+
+    code = "import sys, hyperclone, hyperclone.train.qkclip; print(sorted(m for m in ('triton', 'torch._dynamo') if m in sys.modules))"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert found == "[]"

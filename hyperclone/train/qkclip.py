@@ -1,9 +1,10 @@
 """QK-Clip: keep every head's maximum pre-softmax attention logit at or below tau.
 
 The maximum is recorded during the forward pass by an attention function registered with
-transformers (it streams the logits' exact max, see hyperclone.kernels.max_logit, then runs
-transformers' own SDPA, or the model's eager attention where SDPA cannot compute it: soft-capping,
-sinks), so it costs nothing unless clipping is on. After the optimizer step, a head whose max S_h exceeds tau has its query
+transformers, so it costs nothing unless clipping is on. On a GPU in half precision that function is
+one Triton flash attention that returns the exact max beside its output (hyperclone.kernels.attention);
+elsewhere it streams the logits' exact max (hyperclone.kernels.max_logit), then runs transformers' own
+SDPA, or the model's eager attention where SDPA cannot compute it (soft-capping, sinks). After the optimizer step, a head whose max S_h exceeds tau has its query
 and key rows scaled so that the product shrinks by gamma = tau / S_h (Kimi K2):
   - grouped-query attention: a kv head shared by several query heads is scaled by sqrt(min gamma)
     of its group, and each query head by min(1, gamma_h / that) — every head ends at or below tau;
@@ -19,6 +20,7 @@ from typing import Iterator
 
 import torch
 
+from hyperclone.kernels.attention import flash_attention_with_max, fused_applies
 from hyperclone.kernels.max_logit import max_logit, tag_structural, visible
 from hyperclone.train.optim import DTensor, shard_like
 
@@ -29,15 +31,24 @@ _registered = False
 def _capture_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    plain = kwargs.get("softcap") is None and not hasattr(module, "sinks")
+    if plain and fused_applies(query, attention_mask, dropout):  # one kernel: attention and its max (CUDA)
+        window = kwargs.get("sliding_window") if attention_mask is None else attention_mask.hc_window or None
+        out, per_head = flash_attention_with_max(query, key, value, scale, window)
+        _record(module, per_head)
+        return out.transpose(1, 2), None
     with torch.no_grad():
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         # streamed, never the whole QKᵀ: a Triton kernel on CUDA, query blocks elsewhere
-        per_head = max_logit(query, key, scale, attention_mask, kwargs.get("sliding_window"))
-        seen = getattr(module, "_hc_max_logit", None)
-        module._hc_max_logit = per_head if seen is None else torch.maximum(seen, per_head)
-    if kwargs.get("softcap") is not None or hasattr(module, "sinks"):
+        _record(module, max_logit(query, key, scale, attention_mask, kwargs.get("sliding_window")))
+    if not plain:
         return _model_eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _record(module, per_head: torch.Tensor) -> None:
+    seen = getattr(module, "_hc_max_logit", None)
+    module._hc_max_logit = per_head if seen is None else torch.maximum(seen, per_head)
 
 
 def _model_eager(module, query, key, value, attention_mask, **kwargs):
