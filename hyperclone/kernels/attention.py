@@ -122,7 +122,8 @@ def flash_attention_with_max(query: torch.Tensor, key: torch.Tensor, value: torc
         blocks = (16, 16)
     if backward == "auto":
         square = query.shape[2] == key.shape[2]  # torch aligns a causal mask top-left where lengths differ; we bottom-right
-        backward = "torch" if query.is_cuda and square and not window else "triton"
+        flash = query.is_cuda and torch.cuda.get_device_capability(query.device) >= (8, 0)  # torch's flash kernels: Ampere on
+        backward = "torch" if flash and square and not window else "triton"
     apply = _opaque_apply() if query.is_cuda else FlashAttentionWithMax.apply
     return apply(query, key, value, scale, window, blocks, backward)
 
