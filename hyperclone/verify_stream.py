@@ -9,6 +9,8 @@ The residual stream after every source layer is compared with the grown model's 
 """
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 
@@ -61,7 +63,10 @@ class StreamedModel:
         """Embeddings, final norm, rotary tables and lm_head: from a 0-layer twin built on CPU, weights from disk."""
         from transformers import AutoModelForCausalLM
 
-        twin_config = self.config.__class__.from_dict({**self.config.to_dict(), "num_hidden_layers": 0, "layer_types": []})
+        # No layers, but the layer types kept: rotary tables per layer type (olmo3, gemma3) are built from them.
+        # Set after construction, which transformers does not check against the layer count.
+        twin_config = copy.deepcopy(self.config)
+        twin_config.num_hidden_layers = 0
         twin = AutoModelForCausalLM.from_config(twin_config, **options)
         layers = self.fam.layer_prefix.rstrip(".")
         for name, module in list(twin.named_modules()):
