@@ -13,6 +13,7 @@ if not torch.cuda.is_available():  # read when triton is imported: without a GPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
+from hyperclone.arch import FAMILIES  # noqa: E402
 from hyperclone.kernels.gram import gram_reference, gram_triton  # noqa: E402
 from hyperclone.train import optim  # noqa: E402
 
@@ -175,6 +176,29 @@ def test_training_through_the_fused_attention_equals_sdpa_with_the_capture(famil
     assert torch.allclose(fused_maxima, maxima, rtol=1e-5, atol=0)
     for name, grad in grads.items():
         assert _relative(fused_grads[name], grad) <= 1e-4, name
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_fused_attention_leaves_every_family_computing_the_same(family, interpreter, monkeypatch):
+    """With the kernels on (the interpreter standing in for a GPU), QK-Clip's attention function gives every
+    family's logits as transformers computes them: the fused kernel where it applies, the separate pass
+    where it does not (soft-capping, sinks, MLA's narrower values)."""
+    from transformers import AutoModelForCausalLM
+
+    import hyperclone.kernels
+    from hyperclone.testing import randomize_, tiny_config
+    from hyperclone.train.qkclip import QKClip
+
+    model = AutoModelForCausalLM.from_config(tiny_config(family))
+    randomize_(model, 0)
+    model.eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        QKClip(model, tau=100.0)
+        monkeypatch.setattr(hyperclone.kernels, "use_kernels", lambda x: True)
+        captured = model(input_ids=ids).logits
+    assert (captured - plain).abs().max() <= 1e-5 * plain.abs().max()
 
 
 def test_streamed_reference_takes_transformers_masks():

@@ -137,15 +137,17 @@ def _opaque_apply():
     return torch.compiler.disable(FlashAttentionWithMax.apply)
 
 
-def fused_applies(query: torch.Tensor, attention_mask: torch.Tensor | None, dropout: float) -> bool:
+def fused_applies(query: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, dropout: float) -> bool:
     """Whether attention and the capture can be this one kernel: kernels on (see `use_kernels`), causal or
-    sliding with no other mask (None, or one `max_logit.tag_structural` recognised), no dropout, and
-    half-precision inputs on a GPU (Triton would multiply float32 tiles in TF32, below SDPA's float32)."""
+    sliding with no other mask (None, or one `max_logit.tag_structural` recognised), no dropout, values as
+    wide as queries (not MLA's), and half-precision inputs on a GPU (Triton would multiply float32 tiles in
+    TF32, below SDPA's float32)."""
     from hyperclone.kernels import use_kernels
 
     structural = attention_mask is None or hasattr(attention_mask, "hc_window")
     half = query.dtype in (torch.bfloat16, torch.float16) or not query.is_cuda
-    return structural and not dropout and half and query.shape[-1] <= 256 and use_kernels(query)
+    shapes = value.shape[-1] == query.shape[-1] <= 256
+    return structural and not dropout and half and shapes and use_kernels(query)
 
 
 def attention_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,

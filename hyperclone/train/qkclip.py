@@ -33,7 +33,7 @@ def _capture_attention(module, query, key, value, attention_mask, dropout=0.0, s
 
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     plain = kwargs.get("softcap") is None and not hasattr(module, "sinks")
-    if plain and fused_applies(query, attention_mask, dropout):  # one kernel: attention and its max (CUDA)
+    if plain and fused_applies(query, value, attention_mask, dropout):  # one kernel: attention and its max (CUDA)
         window = kwargs.get("sliding_window") if attention_mask is None else attention_mask.hc_window or None
         out, per_head = flash_attention_with_max(query, key, value, scale, window)
         _record(module, per_head)
