@@ -135,6 +135,46 @@ def test_qk_clip_brings_every_head_to_tau(family, extra):
     assert all(float(h.max()) <= tau * (1 + 1e-5) for h in per_head)
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_qk_clip_reaches_every_attention_layer_of_every_family(family):
+    """Every decoder layer's attention is either clipped or, behind q/k norms, reported as left alone. After
+    `apply` with tau below every head's max, each clipped layer's heads, fed the inputs they had (clipping a
+    layer changes what the next one reads), are at or below tau and the lowest-gamma head of each kv group at
+    it — through separate, stacked (phi3) and per-head interleaved (gpt_neox) projections, GQA and MLA."""
+    config = tiny_config(family)
+    if getattr(config, "clip_qkv", None):  # OLMo's clamp of q and k: scaling rows is exact only below it
+        config.clip_qkv = None
+    model = AutoModelForCausalLM.from_config(config)
+    randomize_(model, 0)
+    model.eval()  # no dropout: the recorded inputs are what the layers see
+    clip = QKClip(model, tau=1e9)
+    assert len(clip.modules) + len(clip.skipped) == model.config.num_hidden_layers
+    if not clip.modules:
+        return  # every layer behind q/k norms (qwen3, olmo2, ...): nothing to clip, and said so by `skipped`
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    inputs = {}
+
+    def remember(module, args, kwargs):
+        inputs[module] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+    def replay(module, args, kwargs):
+        return ((inputs[module], *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": inputs[module]})
+
+    def maxima(hook) -> list[torch.Tensor]:
+        handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in clip.modules]
+        with torch.no_grad():
+            model(input_ids=ids)
+        for h in handles:
+            h.remove()
+        return [m._hc_max_logit.clone() for m in clip.modules]
+
+    clip.tau = 0.5 * float(torch.cat(maxima(remember)).min())
+    assert clip.tau > 0
+    clip.apply()  # on the maxima just recorded
+    for head_max in maxima(replay):
+        assert float(head_max.max()) == pytest.approx(clip.tau, rel=1e-4) and bool((head_max <= clip.tau * (1 + 1e-4)).all())
+
+
 def test_wsd_shapes():
     total, warmup = 100, 10
     assert lr_factor(0, total, warmup) == pytest.approx(0.1)

@@ -113,6 +113,10 @@ class Family:
     detect: tuple[str, ...] | None = None
     q_proj: str = "self_attn.q_proj"
     k_proj: str = "self_attn.k_proj"
+    # A fused query/key/value projection (relative to the layer) and how its rows are laid out: "stacked"
+    # [q; k; v] (phi3) or "per_head" [heads, (q k v), head_dim] (gpt_neox). QK-Clip scales its q and k rows.
+    fused_qkv: str | None = None
+    fused_qkv_layout: str = "stacked"
     head_norm: str | None = None  # a per-head norm whose length is head_dim (qwen3's q_norm)
     refusals: tuple[Refusal, ...] = ()
     # Dense -> MoE: the MoE families whose attention, norms and embeddings compute the same maths.
@@ -204,6 +208,7 @@ FAMILIES: dict[str, Family] = {
             _rules(self_attn__qkv_proj=Role.QKV_FUSED, self_attn__o_proj=Role.WRITE_ATTN,
                    mlp__gate_up_proj=Role.GATE_UP_FUSED, mlp__down_proj=Role.WRITE_FFN, **_PRE_NORMS),
             detect=("self_attn.qkv_proj.weight",), no_upcycle="no MoE family here shares phi3's fused attention", liger=True,
+            fused_qkv="self_attn.qkv_proj",
         ),
         Family(
             "phi",  # Phi-2: attention and MLP in parallel from one LayerNorm, partial rotary, an lm_head bias
@@ -250,6 +255,7 @@ FAMILIES: dict[str, Family] = {
             lm_head="embed_out",
             renames=(("lm_head.", "embed_out."),),
             kv_heads_field=None,
+            fused_qkv="attention.query_key_value", fused_qkv_layout="per_head",
             ignore_suffixes=("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias"),
             detect=(),
             no_upcycle="gpt_neox's GELU MLP and parallel residual have no MoE family here",

@@ -4,13 +4,18 @@ The maximum is recorded during the forward pass by an attention function registe
 transformers, so it costs nothing unless clipping is on. On a GPU in half precision that function is
 one Triton flash attention that returns the exact max beside its output (hyperclone.kernels.attention);
 elsewhere it streams the logits' exact max (hyperclone.kernels.max_logit), then runs transformers' own
-SDPA, or the model's eager attention where SDPA cannot compute it (soft-capping, sinks). After the optimizer step, a head whose max S_h exceeds tau has its query
-and key rows scaled so that the product shrinks by gamma = tau / S_h (Kimi K2):
+SDPA, or the model's eager attention where SDPA cannot compute it (soft-capping, sinks).
+After the optimizer step, a head whose max S_h exceeds tau has its query and key rows scaled so that
+the product shrinks by gamma = tau / S_h (Kimi K2):
   - grouped-query attention: a kv head shared by several query heads is scaled by sqrt(min gamma)
     of its group, and each query head by min(1, gamma_h / that) — every head ends at or below tau;
   - MLA: the head's q and k "nope" parts by sqrt(gamma), its q rope part by gamma, the shared
     rotary key untouched.
-Heads behind q/k norms are bounded by the norms' weights and left alone.
+Fused projections are scaled in place: phi3's stacked [q; k; v] rows, gpt_neox's per-head [q k v] rows
+(the layout is the family table's). Heads behind q/k norms are bounded by the norms' weights and left
+alone (scaling rows before a norm would not move them). OLMo's clip_qkv clamps q and k after the
+projection: scaling is exact only below the clamp, so a head the clamp reaches can stay above tau until
+a later step's clip.
 """
 from __future__ import annotations
 
@@ -20,11 +25,15 @@ from typing import Iterator
 
 import torch
 
+from hyperclone.arch import FAMILIES
 from hyperclone.kernels.attention import flash_attention_with_max, fused_applies
 from hyperclone.kernels.max_logit import max_logit, tag_structural, visible
 from hyperclone.train.optim import DTensor, shard_like
 
 NAME = "hyperclone_qk_capture"
+# q/k norms (per head or over the projection): the heads behind them are bounded by the norms' weights, and
+# scaling the projection's rows would not move their logits
+HEAD_NORMS = ("q_norm", "k_norm", "query_layernorm", "key_layernorm", "q_layernorm", "k_layernorm")
 _registered = False
 
 
@@ -44,6 +53,10 @@ def _capture_attention(module, query, key, value, attention_mask, dropout=0.0, s
     if not plain:
         return _model_eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _head_dim(module) -> int:
+    return getattr(module, "head_dim", None) or module.head_size  # gpt_neox calls it head_size
 
 
 def _record(module, per_head: torch.Tensor) -> None:
@@ -92,10 +105,14 @@ class QKClip:
         _register()
         model.set_attn_implementation(NAME)
         self.tau = tau
+        family = FAMILIES.get(getattr(model.config, "model_type", None))
+        self.fused = family.fused_qkv.rpartition(".")[2] if family and family.fused_qkv else None
+        self.fused_layout = family.fused_qkv_layout if family else None
         self.modules, self.skipped = [], []
         for module in model.modules():
-            if hasattr(module, "kv_b_proj") or (hasattr(module, "q_proj") and hasattr(module, "k_proj")):
-                normed = any(hasattr(module, n) for n in ("q_norm", "k_norm", "query_layernorm", "key_layernorm"))
+            separate = hasattr(module, "q_proj") and hasattr(module, "k_proj")
+            if hasattr(module, "kv_b_proj") or separate or (self.fused and hasattr(module, self.fused)):
+                normed = any(hasattr(module, n) for n in HEAD_NORMS)
                 (self.skipped if normed else self.modules).append(module)
         self.last_max: float | None = None
 
@@ -126,16 +143,39 @@ class QKClip:
 
     def _clip_gqa(self, module, gamma: torch.Tensor) -> None:
         heads = gamma.numel()
-        kv_heads = module.k_proj.weight.shape[0] // module.head_dim
+        kv_heads = self._kv_heads(module, heads)
         group = heads // kv_heads
         k_scale = gamma.view(kv_heads, group).amin(1).sqrt()
         q_scale = (gamma / k_scale.repeat_interleave(group)).clamp(max=1.0)
-        for linear, scale, count in ((module.q_proj, q_scale, heads), (module.k_proj, k_scale, kv_heads)):
-            with whole(linear.weight) as weight:
-                weight.view(count, -1, weight.shape[-1]).mul_(scale.to(weight.dtype)[:, None, None])
-            if linear.bias is not None:
-                with whole(linear.bias) as bias:
-                    bias.view(count, -1).mul_(scale.to(bias.dtype)[:, None])
+        for param, part_rows in self._qk_rows(module, heads, kv_heads):
+            with whole(param) as tensor:
+                for rows, scale in zip(part_rows(tensor), (q_scale, k_scale)):
+                    if rows is not None:
+                        rows.mul_(scale.to(rows.dtype).view(-1, *[1] * (rows.dim() - 1)))
+
+    def _kv_heads(self, module, heads: int) -> int:
+        if self.fused and hasattr(module, self.fused):
+            rows = getattr(module, self.fused).weight.shape[0] // _head_dim(module)
+            return heads if self.fused_layout == "per_head" else (rows - heads) // 2
+        return module.k_proj.weight.shape[0] // _head_dim(module)
+
+    def _qk_rows(self, module, heads: int, kv_heads: int):
+        """(parameter, function of the whole tensor -> (its query rows [heads, head_dim, ...] or None, its key
+        rows [kv_heads, head_dim, ...] or None)) for every weight and bias holding query or key rows."""
+        dim = _head_dim(module)
+
+        def split(t):
+            return t.view(-1, dim, *t.shape[1:])  # [row heads, head_dim, ...]
+
+        if self.fused and hasattr(module, self.fused):
+            linear = getattr(module, self.fused)
+            if self.fused_layout == "per_head":  # [heads, (q k v), head_dim]
+                parts = lambda t: (t.view(heads, 3, dim, *t.shape[1:])[:, 0], t.view(heads, 3, dim, *t.shape[1:])[:, 1])
+            else:  # [q; k; v]
+                parts = lambda t: (split(t)[:heads], split(t)[heads:heads + kv_heads])
+            return [(p, parts) for p in (linear.weight, linear.bias) if p is not None]
+        found = [(p, lambda t: (split(t), None)) for p in (module.q_proj.weight, module.q_proj.bias) if p is not None]
+        return found + [(p, lambda t: (None, split(t))) for p in (module.k_proj.weight, module.k_proj.bias) if p is not None]
 
     def _clip_mla(self, module, gamma: torch.Tensor) -> None:
         nope, rope = module.qk_nope_head_dim, module.qk_rope_head_dim
