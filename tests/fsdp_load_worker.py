@@ -19,6 +19,7 @@ def main(models: str, out: str) -> None:
     for directory in sorted(Path(models).iterdir()):
         sharded, line = fsdp_model(directory, torch.device("cpu"))
         held = sum(p.to_local().numel() for p in sharded.parameters())  # before a forward leaves the root unsharded
+        sharded.eval()  # as from_pretrained's model is: no dropout (OPT has some)
         whole = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
         ids = torch.randint(0, whole.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():

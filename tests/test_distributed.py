@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import hyperclone
+from hyperclone.arch import FAMILIES
 
 DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
@@ -136,7 +137,7 @@ def test_fsdp_model_loads_only_its_shards_and_computes_what_transformers_does(ti
     the renames transformers applies on load) — the logits equal transformers' own from_pretrained model's."""
     models = tmp_path / "models"
     models.mkdir()
-    for family in ("llama", "gemma", "qwen3_moe", "mixtral", "deepseek_v3", "gpt_oss"):  # tied; fused, renamed, MLA, biased experts
+    for family in FAMILIES:  # every family of the table: tied, fused, renamed, MLA, biased experts, learned positions...
         shutil.copytree(tiny(family), models / family)
     out = tmp_path / "found.json"
     worker = Path(__file__).parent / "fsdp_load_worker.py"
