@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import hyperclone
+from hyperclone.arch import FAMILIES, MOE_LAYOUTS
 
 DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")  # real text that ships with every Python
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
@@ -43,6 +44,25 @@ def test_loss_falls_over_40_steps(family, optimizer, tiny, tmp_path):
     assert result["eval_loss"] is not None and result["eval_loss"] < curve[0]
     trained = hyperclone.load_model(tmp_path / "run" / "final")
     assert trained.config.model_type == family
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_trains_with_muonclip(family, tiny, tmp_path):
+    """Two MuonClip steps for every family of the table: the max attention logit is captured at each step,
+    and in a MoE family the balancing hooks found every MoE layer's router, which counted each routed token
+    once (the expert load plot is drawn from those counts)."""
+    model = tiny(family, vocab_size=300)
+    out = tmp_path / "run"
+    hyperclone.train(model=str(model), data=DATA, out=str(out), max_steps=2, optimizer="muonclip", lr=1e-3,
+                     **{**QUICK, "seq_len": 32, "batch_size": 2})
+    steps = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(steps) == 2 and all(r["max_attn_logit"] is not None for r in steps)
+    if family in MOE_LAYOUTS:
+        config = json.loads((model / "config.json").read_text())
+        routed = 2 * 32 * config[MOE_LAYOUTS[family].topk_field]  # tokens of a step, each sent to top_k experts
+        load = steps[-1]["expert_load"]
+        assert load and all(sum(row) == routed for row in load), load
+        assert (out / "expert_load.png").stat().st_size > 0
 
 
 def test_run_outputs_and_moe_logging(tiny, tmp_path):

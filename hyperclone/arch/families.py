@@ -321,7 +321,7 @@ FAMILIES: dict[str, Family] = {
             param_names=("weight", "bias", "sinks"),
             moe=MoeLayout(
                 "mlp.experts.{e}.{part}", parts=("gate_up_proj", "up_proj", "down_proj"), router="mlp.router.weight",
-                router_bias="mlp.router.bias", router_bias_param=True, norm_field=None, experts_field="num_local_experts",
+                memory_router="mlp.router", router_bias="mlp.router.bias", router_bias_param=True, norm_field=None, experts_field="num_local_experts",
                 inter_field="intermediate_size", transposed=True, write_fused=True,
                 expert_biases=("mlp.experts.gate_up_proj_bias", "mlp.experts.down_proj_bias"),
                 upcycle_refusal="gpt_oss's attention sinks and clamped SwiGLU experts have no dense family here",
@@ -330,7 +330,8 @@ FAMILIES: dict[str, Family] = {
         Family("granitemoe", _rules(**_LLAMA_ATTN, **_PRE_NORMS), moe=MoeLayout(  # always fused on disk: input_linear [E, 2I, d], output_linear [E, d, I]
             "block_sparse_moe.experts.{e}.{part}", router="block_sparse_moe.router.layer.weight", norm_field=None,
             fused_gate_up="block_sparse_moe.input_linear.weight", fused_down="block_sparse_moe.output_linear.weight",
-            write_fused=True, memory_experts="block_sparse_moe.experts", experts_field="num_local_experts",
+            write_fused=True, memory_experts="block_sparse_moe.experts", memory_router="block_sparse_moe.router",
+            experts_field="num_local_experts",
             inter_field="intermediate_size", attention_bias=False,
             renames=(("block_sparse_moe.router.", "block_sparse_moe.router.layer."),
                      ("block_sparse_moe.experts.gate_up_proj", "block_sparse_moe.input_linear.weight"),

@@ -23,6 +23,8 @@ class MoeLayout:
     fused_down: str = "mlp.experts.down_proj"
     write_fused: bool = False  # transformers loads only the fused tensors (granitemoe), so they are written fused
     memory_experts: str = "mlp.experts"  # where transformers 5 keeps a layer's fused experts in memory
+    # the router module in memory, relative to a layer: it returns (logits, top-k weights, top-k experts)
+    memory_router: str = "mlp.gate"
     # gpt_oss: experts stored [in, out] (gate_up [E, d, 2I] with gate and up interleaved in the columns,
     # down [E, I, d]) and with biases (gate_up [E, 2I], down [E, d])
     transposed: bool = False

@@ -1,8 +1,9 @@
 """MoE training: load balancing (auxiliary loss or DeepSeek's aux-loss-free bias), router z-loss,
 per-expert token counts.
 
-Forward hooks on each router (`…mlp.gate`, which returns logits, weights and chosen experts in
-every transformers MoE family) capture what one code path needs for all seven families.
+Forward hooks on each router (the family table's `memory_router`: `mlp.gate` in most families; every
+transformers MoE router returns logits, weights and chosen experts) capture what one code path needs for
+every MoE family.
 """
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from typing import Iterator
 import torch
 
 from hyperclone.arch import MOE_LAYOUTS
+from hyperclone.errors import UserError
 from hyperclone.moe import moe_spec
-
-ROUTER_MODULE = re.compile(r"layers\.(\d+)\.mlp\.gate$")
 
 
 class MoeBalance:
@@ -25,11 +25,14 @@ class MoeBalance:
         self.spec = moe_spec(config, layout, config["num_hidden_layers"])
         self.sigmoid = layout.scoring == "sigmoid"
         self.routers: dict[int, torch.nn.Module] = {}
+        router = re.compile(rf"layers\.(\d+)\.{re.escape(layout.memory_router)}$")
         for name, module in model.named_modules():
-            if (m := ROUTER_MODULE.search(name)) and not isinstance(module, torch.nn.Linear):
+            if (m := router.search(name)) and not isinstance(module, torch.nn.Linear):
                 self.routers[int(m.group(1))] = module
                 module.register_forward_hook(self._hook(int(m.group(1))))
-        has_bias = all(hasattr(r, "e_score_correction_bias") for r in self.routers.values()) and bool(self.routers)
+        if not self.routers:  # the family table names a router module this model does not have
+            raise UserError(f"internal error: no {layout.memory_router} router in this {config['model_type']} model")
+        has_bias = all(hasattr(r, "e_score_correction_bias") for r in self.routers.values())
         if mode == "auto":
             mode = "aux_free" if has_bias else "aux"
         if mode == "aux_free" and not has_bias:
