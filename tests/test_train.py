@@ -144,6 +144,23 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path):
     assert tokens[-1] == 8 * 4 * 64  # the global batch counts both processes
 
 
+@pytest.mark.parametrize("fmt", ["accelerate", "dcp"])
+def test_resume_is_exact_for_a_model_with_dropout(fmt, tiny, tmp_path):
+    """Resume takes the uninterrupted run's steps also where the model draws random numbers (OPT's dropout):
+    the checkpoint restores the random state (Accelerate's own, or each rank's beside the DCP shards), and
+    no data loader draws from torch's global generator — the iterator a resumed run starts, or an eval
+    pass, would otherwise shift every later dropout mask (both failed before)."""
+    model = tiny("opt", vocab_size=300, dropout=0.1)
+    common = dict(model=str(model), data=DATA, max_steps=6, save_every=3, eval_every=2, checkpoint_format=fmt,
+                  optimizer="adamw", lr=3e-3, **{**QUICK, "seq_len": 32, "batch_size": 2})
+    hyperclone.train(out=str(tmp_path / "run"), **common)
+    shutil.copytree(tmp_path / "run", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step-6", ignore_errors=True)
+    shutil.rmtree(tmp_path / "cut" / "final")
+    hyperclone.train(out=str(tmp_path / "cut"), resume=True, **common)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "run")
+
+
 def test_async_dcp_checkpoint_from_two_processes_resumes_on_one_and_consolidates(tiny, tmp_path):
     """Two processes write a torch.distributed.checkpoint checkpoint in the background (each its own
     shard file) while they train; one process, and four, resume from it with the same global batch and

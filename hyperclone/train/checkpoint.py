@@ -23,6 +23,7 @@ from hyperclone.manifest import sha256_file
 
 STATE_FILE = "hyperclone_state.json"  # written last: a checkpoint without it is incomplete
 SCHEDULE_FILE = "schedule.json"  # DCP checkpoints: the learning-rate schedule's position
+RNG_PREFIX = "rng-"  # DCP checkpoints: each rank's random state, rng-<rank>.safetensors
 # DCP warns, from its background writer too, that it works in one process whenever no process group
 # exists: that is the intent in a single-process run, not news to the user
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -126,6 +127,7 @@ class Checkpointer:
             self.accelerator.unwrap_model(model).config.save_pretrained(str(tmp))
             copy_side_files(model_dir, tmp)
             (tmp / SCHEDULE_FILE).write_text(json.dumps(scheduler.state_dict()))
+        _save_rng(tmp)
         payload = _payload(model, optimizer)
         if not self.async_save:
             dcp.save(payload, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
@@ -177,6 +179,10 @@ class Checkpointer:
         try:
             if (checkpoint / SCHEDULE_FILE).is_file():
                 _load_dcp(checkpoint, *self.parts[:3])
+                saved_on = _load_rng(checkpoint)
+                if saved_on:
+                    self.say(f"the random state was saved by {saved_on} processes, not restored on "
+                             f"{self.accelerator.num_processes}: dropout masks will differ from an uninterrupted run")
             else:
                 self.accelerator.load_state(str(checkpoint))
         except Exception as exc:  # torch and accelerate raise many types for unreadable files
@@ -190,6 +196,41 @@ def _payload(model, optimizer) -> dict:
 
     model_state, optimizer_state = get_state_dict(model, optimizer)
     return {"model": model_state, "optimizer": optimizer_state}
+
+
+def _save_rng(tmp: Path) -> None:
+    """This rank's torch random state (CPU, and each GPU's) beside its shards, as Accelerate's checkpoints keep
+    theirs: dropout masks after a resume are then the uninterrupted run's."""
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(states, str(tmp / f"{RNG_PREFIX}{rank}.safetensors"))
+
+
+def _load_rng(checkpoint: Path) -> int | None:
+    """Restore this rank's random state; when the checkpoint was written by another number of processes
+    (resharded on load) there is none to take: returns how many wrote it, else None."""
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import load_file
+
+    saved = len(list(checkpoint.glob(f"{RNG_PREFIX}*.safetensors")))
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    if saved == 0:  # written before random states were kept
+        return None
+    if saved != world:
+        return saved
+    states = load_file(str(checkpoint / f"{RNG_PREFIX}{rank}.safetensors"))
+    torch.set_rng_state(states["cpu"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([states[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in states])
+    return None
 
 
 def _load_dcp(checkpoint: Path, model, optimizer, scheduler) -> None:

@@ -212,9 +212,19 @@ def _data(cfg: TrainConfig, model, accelerator, log: "_Log", sources: list[Sourc
             continue
         if not cfg.streaming and len(blocks) < cfg.batch_size * accelerator.num_processes:
             raise UserError(f"{setting} gives {len(blocks)} training blocks, fewer than one global batch: give more text")
-        loaders.append(torch.utils.data.DataLoader(blocks, batch_size=cfg.batch_size, shuffle=False, drop_last=True, collate_fn=_collate))
-    eval_loader = torch.utils.data.DataLoader(eval_blocks, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate)
+        loaders.append(torch.utils.data.DataLoader(blocks, batch_size=cfg.batch_size, shuffle=False, drop_last=True,
+                                                   collate_fn=_collate, generator=_own_generator(cfg.seed)))
+    eval_loader = torch.utils.data.DataLoader(eval_blocks, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate,
+                                              generator=_own_generator(cfg.seed))
     return loaders[0], loaders[1], eval_loader
+
+
+def _own_generator(seed: int) -> torch.Generator:
+    """A loader's own generator: every iterator a DataLoader starts draws a seed, from torch's global
+    generator unless given one. Drawn from there, the draws of an eval pass, or of the iterator a
+    resumed run starts at a different step, would shift every later dropout mask, and a resumed run
+    with dropout would no longer take the steps an uninterrupted one takes."""
+    return torch.Generator().manual_seed(seed)
 
 
 def _balance(cfg: TrainConfig, model):
