@@ -48,23 +48,42 @@ def test_experts_are_orthogonalised_one_by_one():
 
 
 def _per_parameter_step(params: list, groups: list[dict], buffers: dict) -> None:
-    """The reference: Muon one parameter (or fused half) at a time, Newton–Schulz in float32."""
+    """The reference: Muon one parameter (or fused half, or fused projection's q, k, v) at a time, Newton–Schulz
+    in float32, each matrix at its own AdamW-matched scale."""
     for group in groups:
         for p in group["params"]:
             buf = buffers.setdefault(id(p), torch.zeros_like(p.grad))
             buf.lerp_(p.grad, 1 - 0.95)
             update = p.grad.lerp(buf, 0.95)
-            mats = update.chunk(2, dim=-2) if group.get("halves") else (update,)
-            update = torch.cat([newton_schulz(m, dtype=torch.float32) for m in mats], dim=-2)
+            qkv = group.get("qkv")
+            if qkv and qkv[0] == "per_head":  # [heads, (q k v), head_dim] rows: q, k, v gathered, then put back
+                heads = qkv[1]
+                rows = update.view(heads, 3, -1, update.shape[-1])
+                for j in range(3):
+                    part = rows[:, j].reshape(-1, update.shape[-1])
+                    done = newton_schulz(part, dtype=torch.float32) * group["lr"] * 0.2 * math.sqrt(max(part.shape))
+                    rows[:, j] = done.view(heads, -1, update.shape[-1])
+                step = update
+            else:
+                if qkv:  # [q; k; v] rows
+                    heads, kv_heads = qkv[1], qkv[2]
+                    dim = update.shape[0] // (heads + 2 * kv_heads)
+                    mats = update.split([heads * dim, kv_heads * dim, kv_heads * dim])
+                else:
+                    mats = update.chunk(2, dim=-2) if group.get("halves") else (update,)
+                step = torch.cat([newton_schulz(m, dtype=torch.float32) * group["lr"] * 0.2 * math.sqrt(max(m.shape[-2:]))
+                                  for m in mats], dim=-2)
             with torch.no_grad():
                 p.mul_(1 - group["lr"] * 0.1)
-                p.add_(update, alpha=-group["lr"] * 0.2 * math.sqrt(max(mats[0].shape[-2:])))
+                p.sub_(step)
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "llama"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "llama", "phi3", "gpt_neox"])
 def test_batched_newton_schulz_step_equals_the_per_parameter_step(family):
     """All same-shape matrices of the model (experts of every layer, q_proj of every layer...) in one
-    Newton–Schulz call per shape gives the per-parameter update, to 1e-6 in float32."""
+    Newton–Schulz call per shape gives the per-parameter update, to 1e-6 in float32 — fused projections
+    included: phi3's stacked [q; k; v] (grouped-query, so q and k differ in shape) and gpt_neox's per-head
+    rows are orthogonalised as three matrices, like a family's separate q_proj, k_proj and v_proj."""
     model = AutoModelForCausalLM.from_config(tiny_config(family, num_hidden_layers=3))
     randomize_(model, seed=1)
     opt = build_optimizer(model, "muon", lr=1e-2, expert_lr_scale=0.5)
@@ -75,7 +94,8 @@ def test_batched_newton_schulz_step_equals_the_per_parameter_step(family):
     assert len(set(shapes)) < len(shapes)  # matrices do share shapes: the batching is exercised
     reference = [p.detach().clone().requires_grad_(True) for p in params]
     ref_groups = [dict(params=reference[sum(len(h["params"]) for h in muon_groups[:k]):][:len(g["params"])], lr=g["lr"],
-                       halves=g["halves"]) for k, g in enumerate(muon_groups)]
+                       halves=g["halves"], qkv=g["qkv"]) for k, g in enumerate(muon_groups)]
+    assert any(g["qkv"] for g in muon_groups) == (family in ("phi3", "gpt_neox"))
     buffers: dict = {}
     gen = torch.Generator().manual_seed(0)
     for _ in range(2):  # two steps: the momentum buffers are exercised too

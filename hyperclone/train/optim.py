@@ -2,7 +2,7 @@
 
 Muon orthogonalises the momentum of every hidden 2D matrix with a quintic Newton–Schulz iteration;
 MoE experts stored as 3D tensors [E, out, in] are orthogonalised per expert in one batched pass
-(fused gate_up halves separately). The update's RMS is matched to AdamW's (0.2·sqrt(max(A, B))), so
+(fused gate_up halves separately, and a fused attention projection's q, k and v apart). The update's RMS is matched to AdamW's (0.2·sqrt(max(A, B))), so
 one learning rate serves both halves. `newton_schulz` is the function a fused kernel replaces.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ class MuonClip(torch.optim.Optimizer):
                  ns_dtype: torch.dtype = torch.bfloat16):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                         ns_coefficients=tuple(ns_coefficients), eps=eps, betas=tuple(betas), adam_eps=adam_eps,
-                        use_muon=True, halves=False)
+                        use_muon=True, halves=False, qkv=None)
         super().__init__(params, defaults)
         self.qk_clip = qk_clip
         self.ns_dtype = ns_dtype
@@ -131,7 +131,7 @@ class MuonClip(torch.optim.Optimizer):
                     if isinstance(update, DTensor):  # orthogonalised whole, never shard by shard
                         mesh_group = mesh_group or update.device_mesh.get_group()
                         update = update.full_tensor()
-                    items.append((p, group, update.chunk(2, dim=-2) if group["halves"] else (update,)))
+                    items.append((p, group, _parts(update, group)))
         stacks: dict[tuple, list[torch.Tensor]] = {}
         for _, group, mats in items:
             for m in mats:
@@ -143,11 +143,15 @@ class MuonClip(torch.optim.Optimizer):
             flat = _spread(stack, lambda x: newton_schulz(x, steps, coefficients, eps, self.ns_dtype), mesh_group)
             done[key] = list(reversed(flat.split([m.numel() // math.prod(shape) for m in mats])))
         for p, group, mats in items:
-            update = torch.cat([done[self._ns_key(m, group)].pop().reshape(m.shape) for m in mats], dim=-2)
+            # each part at its own AdamW-matched scale, relative to the first's (1.0 where their shapes agree)
+            scale = rms_matched_lr(group["lr"], mats[0].shape)
+            parts = [done[self._ns_key(m, group)].pop().reshape(m.shape) for m in mats]
+            parts = [u if m.shape == mats[0].shape else u * (rms_matched_lr(group["lr"], m.shape) / scale) for u, m in zip(parts, mats)]
+            update = _join(parts, group, p.shape)
             if isinstance(p, DTensor):
                 update = shard_like(update, p)
             p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.add_(update, alpha=-rms_matched_lr(group["lr"], mats[0].shape))
+            p.add_(update, alpha=-scale)
 
     @staticmethod
     def _ns_key(m: torch.Tensor, group: dict) -> tuple:
@@ -174,6 +178,43 @@ class MuonClip(torch.optim.Optimizer):
         denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["adam_eps"])
         p.mul_(1 - group["lr"] * group["weight_decay"])
         p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
+
+
+def _parts(update: torch.Tensor, group: dict) -> list[torch.Tensor]:
+    """The matrices Newton–Schulz orthogonalises one by one: the update itself, a fused [gate; up]'s two
+    halves, or a fused attention projection's q, k and v (orthogonalised apart, as Muon's author advises
+    and as every family with separate projections gets them)."""
+    if group["halves"]:
+        return list(update.chunk(2, dim=-2))
+    qkv = group.get("qkv")
+    if qkv is None:
+        return [update]
+    layout, heads, kv_heads = qkv
+    if layout == "per_head":  # rows [heads, (q k v), head_dim]
+        return [t.reshape(-1, update.shape[-1]) for t in update.view(heads, 3, -1, update.shape[-1]).unbind(1)]
+    dim = update.shape[-2] // (heads + 2 * kv_heads)  # rows [q; k; v]
+    return list(update.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-2))
+
+
+def _join(parts: list[torch.Tensor], group: dict, shape: torch.Size) -> torch.Tensor:
+    """`_parts` undone: the parameter's update from its orthogonalised parts."""
+    qkv = group.get("qkv")
+    if qkv is not None and qkv[0] == "per_head":
+        return torch.stack([t.view(qkv[1], -1, t.shape[-1]) for t in parts], dim=1).reshape(shape)
+    return torch.cat(parts, dim=-2)
+
+
+def _fused_qkv(model: torch.nn.Module) -> tuple[str, tuple] | None:
+    """(name suffix of the fused q/k/v weights, the `qkv` group option) for a family the table says fuses them."""
+    from hyperclone.arch import FAMILIES
+
+    config = model.config
+    family = FAMILIES.get(getattr(config, "model_type", None))
+    if family is None or family.fused_qkv is None:
+        return None
+    heads = config.num_attention_heads
+    kv_heads = heads if family.fused_qkv_layout == "per_head" else getattr(config, "num_key_value_heads", None) or heads
+    return f"{family.fused_qkv}.weight", (family.fused_qkv_layout, heads, kv_heads)
 
 
 def split_parameters(model: torch.nn.Module) -> tuple[list, list, list, list]:
@@ -219,6 +260,11 @@ def build_optimizer(model: torch.nn.Module, kind: str, lr: float, weight_decay: 
         add(muon + halves + decay, weight_decay=weight_decay)
         add(no_decay, weight_decay=0.0)
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    fused = _fused_qkv(model)
+    if fused is not None:
+        suffix, qkv = fused
+        add([(n, p) for n, p in muon if n.endswith(suffix)], use_muon=True, qkv=qkv)
+        muon = [(n, p) for n, p in muon if not n.endswith(suffix)]
     add(muon, use_muon=True)
     add(halves, use_muon=True, halves=True)
     add(decay, use_muon=False)
