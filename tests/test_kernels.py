@@ -183,22 +183,10 @@ def test_the_fused_attention_leaves_every_family_computing_the_same(family, inte
     """With the kernels on (the interpreter standing in for a GPU), QK-Clip's attention function gives every
     family's logits as transformers computes them: the fused kernel where it applies, the separate pass
     where it does not (soft-capping, sinks, MLA's narrower values)."""
-    from transformers import AutoModelForCausalLM
-
     import hyperclone.kernels
-    from hyperclone.testing import randomize_, tiny_config
-    from hyperclone.train.qkclip import QKClip
+    from tests.test_optim import assert_capture_changes_nothing
 
-    model = AutoModelForCausalLM.from_config(tiny_config(family))
-    randomize_(model, 0)
-    model.eval()
-    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        plain = model(input_ids=ids).logits
-        QKClip(model, tau=100.0)
-        monkeypatch.setattr(hyperclone.kernels, "use_kernels", lambda x: True)
-        captured = model(input_ids=ids).logits
-    assert (captured - plain).abs().max() <= 1e-5 * plain.abs().max()
+    assert_capture_changes_nothing(family, then=lambda: monkeypatch.setattr(hyperclone.kernels, "use_kernels", lambda x: True))
 
 
 def test_streamed_reference_takes_transformers_masks():

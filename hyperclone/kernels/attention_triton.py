@@ -27,6 +27,16 @@ def _key_range(q0, BLOCK_Q, BLOCK_K, Lq, Lk, window, WINDOW: tl.constexpr):
 
 
 @triton.jit
+def _tile(ptr, rows, row_stride, n, rd, D, UPCAST: tl.constexpr):
+    """Rows `rows` (those below n) of one head's [rows, D] slice at `ptr`, zeros elsewhere; in float32 under
+    the CPU interpreter, which multiplies half-precision tiles wrongly."""
+    t = tl.load(ptr + rows[:, None] * row_stride + rd[None, :], mask=(rows[:, None] < n) & (rd[None, :] < D), other=0.0)
+    if UPCAST:
+        t = t.to(tl.float32)
+    return t
+
+
+@triton.jit
 def forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, max_ptr, H, KVH, Lq, Lk, D,
                    sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol,
                    scale, window, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -37,9 +47,7 @@ def forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, max_ptr, H, KVH, Lq, Lk,
     rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
     rd = tl.arange(0, BLOCK_D)
     dmask = rd[None, :] < D
-    q = tl.load(q_ptr + b * sqb + h * sqh + rq[:, None] * sql + rd[None, :], mask=(rq[:, None] < Lq) & dmask, other=0.0)
-    if UPCAST:  # Triton's CPU interpreter multiplies half-precision tiles wrongly
-        q = q.to(tl.float32)
+    q = _tile(q_ptr + b * sqb + h * sqh, rq, sql, Lq, rd, D, UPCAST)
     c = scale * 1.4426950408889634  # scores to base-2 exponents
     m = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)  # running max of q·k (unscaled)
     l = tl.zeros((BLOCK_Q,), dtype=tl.float32)
@@ -47,11 +55,8 @@ def forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, max_ptr, H, KVH, Lq, Lk,
     lo, hi = _key_range(pid_q * BLOCK_Q, BLOCK_Q, BLOCK_K, Lq, Lk, window, WINDOW)
     for k0 in range(lo, hi, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        kmask = (rk[:, None] < Lk) & dmask
-        k = tl.load(k_ptr + b * skb + kvh * skh + rk[:, None] * skl + rd[None, :], mask=kmask, other=0.0)
-        v = tl.load(v_ptr + b * svb + kvh * svh + rk[:, None] * svl + rd[None, :], mask=kmask, other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
+        k = _tile(k_ptr + b * skb + kvh * skh, rk, skl, Lk, rd, D, UPCAST)
+        v = _tile(v_ptr + b * svb + kvh * svh, rk, svl, Lk, rd, D, UPCAST)
         s = tl.where(_visible(rq, rk, Lq, Lk, window, WINDOW), tl.dot(q, tl.trans(k)), float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new) * c  # a row that has seen nothing yet stays empty
@@ -81,10 +86,8 @@ def dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     rd = tl.arange(0, BLOCK_D)
     dmask = rd[None, :] < D
     kmask = (rk[:, None] < Lk) & dmask
-    k = tl.load(k_ptr + b * skb + kvh * skh + rk[:, None] * skl + rd[None, :], mask=kmask, other=0.0)
-    v = tl.load(v_ptr + b * svb + kvh * svh + rk[:, None] * svl + rd[None, :], mask=kmask, other=0.0)
-    if UPCAST:
-        k, v = k.to(tl.float32), v.to(tl.float32)
+    k = _tile(k_ptr + b * skb + kvh * skh, rk, skl, Lk, rd, D, UPCAST)
+    v = _tile(v_ptr + b * svb + kvh * svh, rk, svl, Lk, rd, D, UPCAST)
     c = scale * 1.4426950408889634
     dk = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
@@ -98,11 +101,8 @@ def dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
         bh = b * H + h
         for q0 in range(q_lo, q_hi, BLOCK_Q):
             rq = q0 + tl.arange(0, BLOCK_Q)
-            qmask = (rq[:, None] < Lq) & dmask
-            q = tl.load(q_ptr + b * sqb + h * sqh + rq[:, None] * sql + rd[None, :], mask=qmask, other=0.0)
-            do = tl.load(do_ptr + b * sdb + h * sdh + rq[:, None] * sdl + rd[None, :], mask=qmask, other=0.0)
-            if UPCAST:
-                q, do = q.to(tl.float32), do.to(tl.float32)
+            q = _tile(q_ptr + b * sqb + h * sqh, rq, sql, Lq, rd, D, UPCAST)
+            do = _tile(do_ptr + b * sdb + h * sdh, rq, sdl, Lq, rd, D, UPCAST)
             lse = tl.load(lse_ptr + bh * Lq + rq, mask=rq < Lq, other=float("inf"))
             delta = tl.load(delta_ptr + bh * Lq + rq, mask=rq < Lq, other=0.0)
             s = tl.dot(q, tl.trans(k))  # [queries, keys]
@@ -126,10 +126,8 @@ def dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, H, KVH, L
     rd = tl.arange(0, BLOCK_D)
     dmask = rd[None, :] < D
     qmask = (rq[:, None] < Lq) & dmask
-    q = tl.load(q_ptr + b * sqb + h * sqh + rq[:, None] * sql + rd[None, :], mask=qmask, other=0.0)
-    do = tl.load(do_ptr + b * sdb + h * sdh + rq[:, None] * sdl + rd[None, :], mask=qmask, other=0.0)
-    if UPCAST:
-        q, do = q.to(tl.float32), do.to(tl.float32)
+    q = _tile(q_ptr + b * sqb + h * sqh, rq, sql, Lq, rd, D, UPCAST)
+    do = _tile(do_ptr + b * sdb + h * sdh, rq, sdl, Lq, rd, D, UPCAST)
     lse = tl.load(lse_ptr + bh * Lq + rq, mask=rq < Lq, other=float("inf"))
     delta = tl.load(delta_ptr + bh * Lq + rq, mask=rq < Lq, other=0.0)
     c = scale * 1.4426950408889634
@@ -137,11 +135,8 @@ def dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, H, KVH, L
     lo, hi = _key_range(pid_q * BLOCK_Q, BLOCK_Q, BLOCK_K, Lq, Lk, window, WINDOW)
     for k0 in range(lo, hi, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        kmask = (rk[:, None] < Lk) & dmask
-        k = tl.load(k_ptr + b * skb + kvh * skh + rk[:, None] * skl + rd[None, :], mask=kmask, other=0.0)
-        v = tl.load(v_ptr + b * svb + kvh * svh + rk[:, None] * svl + rd[None, :], mask=kmask, other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
+        k = _tile(k_ptr + b * skb + kvh * skh, rk, skl, Lk, rd, D, UPCAST)
+        v = _tile(v_ptr + b * svb + kvh * svh, rk, svl, Lk, rd, D, UPCAST)
         p = tl.where(_visible(rq, rk, Lq, Lk, window, WINDOW), tl.exp2(tl.dot(q, tl.trans(k)) * c - lse[:, None]), 0.0)
         ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
