@@ -24,7 +24,7 @@ import torch
 LN2 = math.log(2)  # the kernels keep the log-sum-exp in base 2; torch's flash backward reads it in base e
 
 
-def _launch(name: str, rows: int, programs: int, args: tuple, flags: dict, blocks: tuple[int, int] | None) -> None:
+def launch(name: str, rows: int, programs: int, args: tuple, flags: dict, blocks: tuple[int, int] | None) -> None:
     """Fixed tiles where `blocks` says (the interpreter tests use small ones), else the autotuner's.
     `rows` is the length the grid's first axis tiles: queries, or keys for dK/dV."""
     import triton
@@ -40,13 +40,13 @@ def _launch(name: str, rows: int, programs: int, args: tuple, flags: dict, block
         fixed[(triton.cdiv(rows, block_k if name == "dkdv" else block_q), programs)](*args, BLOCK_Q=block_q, BLOCK_K=block_k, **flags)
 
 
-def _flags(query: torch.Tensor, window: int | None) -> dict:
+def launch_flags(query: torch.Tensor, window: int | None) -> dict:
     import triton
 
     return dict(BLOCK_D=max(16, triton.next_power_of_2(query.shape[-1])), WINDOW=bool(window), UPCAST=not query.is_cuda)
 
 
-def _strides(*tensors: torch.Tensor) -> tuple[int, ...]:
+def row_strides(*tensors: torch.Tensor) -> tuple[int, ...]:
     """Batch, head and row strides of [B, H, L, D] tensors whose last dimension is contiguous."""
     return tuple(s for t in tensors for s in t.stride()[:3])
 
@@ -56,11 +56,11 @@ def _triton_backward(grad_out, query, key, value, out, lse, scale, window, block
     kv_heads, k_len = key.shape[1], key.shape[2]
     delta = (grad_out.float() * out.float()).sum(-1).reshape(batch * heads, q_len)  # rowsum(dO ∘ O)
     dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (query, key, value))  # dk, dv alike
-    common = (heads, kv_heads, q_len, k_len, dim, *_strides(query, key, value, grad_out))
-    tail, flags = (float(scale), int(window or 0)), _flags(query, window)
-    _launch("dkdv", k_len, batch * kv_heads, (query, key, value, grad_out, lse, delta, dk, dv, *common, *dk.stride()[:3], *tail),
+    common = (heads, kv_heads, q_len, k_len, dim, *row_strides(query, key, value, grad_out))
+    tail, flags = (float(scale), int(window or 0)), launch_flags(query, window)
+    launch("dkdv", k_len, batch * kv_heads, (query, key, value, grad_out, lse, delta, dk, dv, *common, *dk.stride()[:3], *tail),
             flags, blocks)
-    _launch("dq", q_len, batch * heads, (query, key, value, grad_out, lse, delta, dq, *common, *dq.stride()[:3], *tail),
+    launch("dq", q_len, batch * heads, (query, key, value, grad_out, lse, delta, dq, *common, *dq.stride()[:3], *tail),
             flags, blocks)
     return dq, dk, dv
 
@@ -92,8 +92,8 @@ class FlashAttentionWithMax(torch.autograd.Function):
         lse = torch.empty(batch * heads, q_len, dtype=torch.float32, device=query.device)
         best = torch.full((batch * heads,), float("-inf"), dtype=torch.float32, device=query.device)
         args = (query, key, value, out, lse, best, heads, kv_heads, q_len, k_len, dim,
-                *_strides(query, key, value, out), float(scale), int(window or 0))
-        _launch("forward", q_len, batch * heads, args, _flags(query, window), blocks)
+                *row_strides(query, key, value, out), float(scale), int(window or 0))
+        launch("forward", q_len, batch * heads, args, launch_flags(query, window), blocks)
         ctx.save_for_backward(query, key, value, out, lse)
         ctx.scale, ctx.window, ctx.blocks, ctx.backward = scale, window, blocks, backward
         ctx.mark_non_differentiable(best)

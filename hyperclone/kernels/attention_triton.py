@@ -1,5 +1,5 @@
-"""The Triton kernels of hyperclone.kernels.attention, imported only when a CUDA tensor (or the interpreter
-tests) asks for them, so CPU training never imports Triton. Each program holds one tile of queries (or of
+"""The Triton kernels of hyperclone.kernels.attention and .max_logit, imported only when a CUDA tensor (or
+the interpreter tests) asks for them, so CPU training never imports Triton. Each program holds one tile of queries (or of
 keys, for dK/dV) and streams the other side; scores never leave registers."""
 import triton
 import triton.language as tl
@@ -143,6 +143,27 @@ def dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, H, KVH, L
     tl.store(dq_ptr + b * sgb + h * sgh + rq[:, None] * sgl + rd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=qmask)
 
 
+@triton.jit
+def max_logit_kernel(q_ptr, k_ptr, out_ptr, H, KVH, Lq, Lk, D, sqb, sqh, sql, skb, skh, skl, scale, window,
+                     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr,
+                     UPCAST: tl.constexpr):
+    """The max-only pass (hyperclone.kernels.max_logit): the forward's running row maximum, no softmax."""
+    pid_q, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    kvh = h // (H // KVH)
+    rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    rd = tl.arange(0, BLOCK_D)
+    q = _tile(q_ptr + b * sqb + h * sqh, rq, sql, Lq, rd, D, UPCAST)
+    best = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
+    lo, hi = _key_range(pid_q * BLOCK_Q, BLOCK_Q, BLOCK_K, Lq, Lk, window, WINDOW)
+    for k0 in range(lo, hi, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k = _tile(k_ptr + b * skb + kvh * skh, rk, skl, Lk, rd, D, UPCAST)
+        s = tl.where(_visible(rq, rk, Lq, Lk, window, WINDOW), tl.dot(q, tl.trans(k)), float("-inf"))
+        best = tl.maximum(best, tl.max(s, axis=1))
+    tl.atomic_max(out_ptr + bh, tl.max(best, axis=0) * scale)  # one running max per (batch, head)
+
+
 def _tuned(kernel):
     """Tiles chosen per shape once per process on a GPU."""
     configs = [triton.Config({"BLOCK_Q": bq, "BLOCK_K": bk}, num_warps=w, num_stages=s)
@@ -152,4 +173,4 @@ def _tuned(kernel):
 
 # name: (the kernel with fixed tiles, the autotuned one)
 KERNELS = {"forward": (forward_kernel, _tuned(forward_kernel)), "dkdv": (dkdv_kernel, _tuned(dkdv_kernel)),
-           "dq": (dq_kernel, _tuned(dq_kernel))}
+           "dq": (dq_kernel, _tuned(dq_kernel)), "max_logit": (max_logit_kernel, _tuned(max_logit_kernel))}

@@ -49,73 +49,19 @@ def max_logit_reference(query: torch.Tensor, key: torch.Tensor, scale: float, at
     return best
 
 
-def _kernel():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def max_logit_kernel(q_ptr, k_ptr, out_ptr, H, KVH, Lq, Lk, D, sqb, sqh, sql, sqd, skb, skh, skl, skd,
-                         scale, window, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                         WINDOW: tl.constexpr, UPCAST: tl.constexpr):
-        pid_q, bh = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        kvh = h // (H // KVH)  # grouped-query attention: the kv head this query head reads
-        rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        rd = tl.arange(0, BLOCK_D)
-        q = tl.load(q_ptr + b * sqb + h * sqh + rq[:, None] * sql + rd[None, :] * sqd,
-                    mask=(rq[:, None] < Lq) & (rd[None, :] < D), other=0.0)
-        if UPCAST:  # Triton's CPU interpreter multiplies half-precision tiles wrongly
-            q = q.to(tl.float32)
-        pos = rq + (Lk - Lq)  # each query's position among the keys (queries end where the keys end)
-        best = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
-        hi = tl.minimum(Lk, (pid_q + 1) * BLOCK_Q + (Lk - Lq))  # causal: no key beyond the block's last query
-        lo = 0
-        if WINDOW:
-            lo = tl.maximum(0, pid_q * BLOCK_Q + (Lk - Lq) - window + 1)
-            lo = (lo // BLOCK_K) * BLOCK_K
-        for k0 in range(lo, hi, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            kt = tl.load(k_ptr + b * skb + kvh * skh + rk[None, :] * skl + rd[:, None] * skd,
-                         mask=(rk[None, :] < Lk) & (rd[:, None] < D), other=0.0)
-            if UPCAST:
-                kt = kt.to(tl.float32)
-            s = tl.dot(q, kt) * scale
-            allowed = (rk[None, :] <= pos[:, None]) & (rk[None, :] < Lk) & (rq[:, None] < Lq)
-            if WINDOW:
-                allowed &= rk[None, :] > pos[:, None] - window
-            best = tl.maximum(best, tl.max(tl.where(allowed, s, float("-inf")), axis=1))
-        tl.atomic_max(out_ptr + bh, tl.max(best, axis=0))  # one running max per (batch, head)
-
-    # Tiles tuned per shape once per process on a GPU (the interpreter tests fix small ones).
-    configs = [triton.Config({"BLOCK_Q": bq, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-               for bq, bk, w, s in ((128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3))]
-    return max_logit_kernel, triton.autotune(configs, key=["Lq", "Lk", "D", "WINDOW"])(max_logit_kernel)
-
-
-_KERNELS = None
-
-
 def max_logit_triton(query: torch.Tensor, key: torch.Tensor, scale: float, window: int | None = None,
                      block_q: int | None = None, block_k: int = 64) -> torch.Tensor:
     """The Triton kernel for causal (optionally sliding-window) attention: `max_logit_reference` with no mask.
 
-    `block_q` fixes the tiles (the interpreter tests use small ones); None lets the autotuner choose."""
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _kernel()
-    import triton
+    `block_q` fixes the tiles (the interpreter tests use small ones); None lets the autotuner choose on a GPU."""
+    from hyperclone.kernels.attention import launch, launch_flags, row_strides
 
+    query, key = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key))
     batch, heads, q_len, dim = query.shape
     best = torch.full((batch * heads,), float("-inf"), dtype=torch.float32, device=query.device)
-    args = (query, key, best, heads, key.shape[1], q_len, key.shape[2], dim, *query.stride(), *key.stride(),
-            float(scale), int(window or 0))
-    flags = dict(BLOCK_D=max(16, triton.next_power_of_2(dim)), WINDOW=bool(window), UPCAST=not query.is_cuda)
-    fixed, tuned = _KERNELS
-    if block_q is None and query.is_cuda:
-        tuned[lambda meta: (triton.cdiv(q_len, meta["BLOCK_Q"]), batch * heads)](*args, **flags)
-    else:
-        block_q = block_q or 64
-        fixed[(triton.cdiv(q_len, block_q), batch * heads)](*args, BLOCK_Q=block_q, BLOCK_K=block_k, **flags)
+    args = (query, key, best, heads, key.shape[1], q_len, key.shape[2], dim, *row_strides(query, key), float(scale), int(window or 0))
+    blocks = None if block_q is None and query.is_cuda else (block_q or 64, block_k)
+    launch("max_logit", q_len, batch * heads, args, launch_flags(query, window), blocks)
     return best.view(batch, heads).amax(dim=0)
 
 
