@@ -2,8 +2,9 @@
 
 Muon orthogonalises the momentum of every hidden 2D matrix with a quintic Newton–Schulz iteration;
 MoE experts stored as 3D tensors [E, out, in] are orthogonalised per expert in one batched pass
-(fused gate_up halves separately, and a fused attention projection's q, k and v apart). The update's RMS is matched to AdamW's (0.2·sqrt(max(A, B))), so
-one learning rate serves both halves. `newton_schulz` is the function a fused kernel replaces.
+(fused gate_up halves separately, and a fused attention projection's q, k and v apart). The update's
+RMS is matched to AdamW's (0.2·sqrt(max(A, B))), so one learning rate serves every matrix.
+`newton_schulz` is the function a fused kernel replaces.
 """
 from __future__ import annotations
 
@@ -146,7 +147,8 @@ class MuonClip(torch.optim.Optimizer):
             # each part at its own AdamW-matched scale, relative to the first's (1.0 where their shapes agree)
             scale = rms_matched_lr(group["lr"], mats[0].shape)
             parts = [done[self._ns_key(m, group)].pop().reshape(m.shape) for m in mats]
-            parts = [u if m.shape == mats[0].shape else u * (rms_matched_lr(group["lr"], m.shape) / scale) for u, m in zip(parts, mats)]
+            parts = [u if m.shape == mats[0].shape else u * (rms_matched_lr(group["lr"], m.shape) / scale)
+                     for u, m in zip(parts, mats)]
             update = _join(parts, group, p.shape)
             if isinstance(p, DTensor):
                 update = shard_like(update, p)
