@@ -54,7 +54,7 @@ def max_logit_triton(query: torch.Tensor, key: torch.Tensor, scale: float, windo
     """The Triton kernel for causal (optionally sliding-window) attention: `max_logit_reference` with no mask.
 
     `block_q` fixes the tiles (the interpreter tests use small ones); None lets the autotuner choose on a GPU."""
-    from hyperclone.kernels.attention import launch, launch_flags, row_strides
+    from hyperclone.kernels.launch import launch, launch_flags, row_strides
 
     query, key = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key))
     batch, heads, q_len, dim = query.shape
