@@ -34,9 +34,9 @@ def _triton_backward(grad_out, query, key, value, out, lse, scale, window, block
     common = (heads, kv_heads, q_len, k_len, dim, *row_strides(query, key, value, grad_out))
     tail, flags = (float(scale), int(window or 0)), launch_flags(query, window)
     launch("dkdv", k_len, batch * kv_heads, (query, key, value, grad_out, lse, delta, dk, dv, *common, *dk.stride()[:3], *tail),
-            flags, blocks)
+           flags, blocks)
     launch("dq", q_len, batch * heads, (query, key, value, grad_out, lse, delta, dq, *common, *dq.stride()[:3], *tail),
-            flags, blocks)
+           flags, blocks)
     return dq, dk, dv
 
 

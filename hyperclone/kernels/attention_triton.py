@@ -37,6 +37,22 @@ def _tile(ptr, rows, row_stride, n, rd, D, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _rows(lse_ptr, delta_ptr, bh, rq, Lq):
+    """A query block's saved base-2 log-sum-exp and rowsum(dO ∘ O), as both backward kernels read them."""
+    lse = tl.load(lse_ptr + bh * Lq + rq, mask=rq < Lq, other=float("inf"))
+    delta = tl.load(delta_ptr + bh * Lq + rq, mask=rq < Lq, other=0.0)
+    return lse, delta
+
+
+@triton.jit
+def _p_and_ds(q, k, v, do, lse, delta, c, rq, rk, Lq, Lk, window, WINDOW: tl.constexpr):
+    """The step both backward kernels share: the probabilities recomputed from the log-sum-exp (0 where a
+    key is not visible) and dS = P ∘ (dO·Vᵀ − δ), for one tile of queries against one of keys."""
+    p = tl.where(_visible(rq, rk, Lq, Lk, window, WINDOW), tl.exp2(tl.dot(q, tl.trans(k)) * c - lse[:, None]), 0.0)
+    return p, p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+
+
+@triton.jit
 def forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, max_ptr, H, KVH, Lq, Lk, D,
                    sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol,
                    scale, window, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -98,17 +114,13 @@ def dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     if WINDOW:
         q_hi = tl.minimum(Lq, pid_k * BLOCK_K + BLOCK_K - 1 + window - (Lk - Lq))
     for h in range(kvh * group, kvh * group + group):
-        bh = b * H + h
         for q0 in range(q_lo, q_hi, BLOCK_Q):
             rq = q0 + tl.arange(0, BLOCK_Q)
             q = _tile(q_ptr + b * sqb + h * sqh, rq, sql, Lq, rd, D, UPCAST)
             do = _tile(do_ptr + b * sdb + h * sdh, rq, sdl, Lq, rd, D, UPCAST)
-            lse = tl.load(lse_ptr + bh * Lq + rq, mask=rq < Lq, other=float("inf"))
-            delta = tl.load(delta_ptr + bh * Lq + rq, mask=rq < Lq, other=0.0)
-            s = tl.dot(q, tl.trans(k))  # [queries, keys]
-            p = tl.where(_visible(rq, rk, Lq, Lk, window, WINDOW), tl.exp2(s * c - lse[:, None]), 0.0)
+            lse, delta = _rows(lse_ptr, delta_ptr, b * H + h, rq, Lq)
+            p, ds = _p_and_ds(q, k, v, do, lse, delta, c, rq, rk, Lq, Lk, window, WINDOW)  # [queries, keys]
             dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
     tl.store(dk_ptr + b * sgb + kvh * sgh + rk[:, None] * sgl + rd[None, :], (dk * scale).to(dk_ptr.dtype.element_ty), mask=kmask)
     tl.store(dv_ptr + b * sgb + kvh * sgh + rk[:, None] * sgl + rd[None, :], dv.to(dv_ptr.dtype.element_ty), mask=kmask)
@@ -128,8 +140,7 @@ def dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, H, KVH, L
     qmask = (rq[:, None] < Lq) & dmask
     q = _tile(q_ptr + b * sqb + h * sqh, rq, sql, Lq, rd, D, UPCAST)
     do = _tile(do_ptr + b * sdb + h * sdh, rq, sdl, Lq, rd, D, UPCAST)
-    lse = tl.load(lse_ptr + bh * Lq + rq, mask=rq < Lq, other=float("inf"))
-    delta = tl.load(delta_ptr + bh * Lq + rq, mask=rq < Lq, other=0.0)
+    lse, delta = _rows(lse_ptr, delta_ptr, bh, rq, Lq)
     c = scale * 1.4426950408889634
     dq = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     lo, hi = _key_range(pid_q * BLOCK_Q, BLOCK_Q, BLOCK_K, Lq, Lk, window, WINDOW)
@@ -137,8 +148,7 @@ def dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, H, KVH, L
         rk = k0 + tl.arange(0, BLOCK_K)
         k = _tile(k_ptr + b * skb + kvh * skh, rk, skl, Lk, rd, D, UPCAST)
         v = _tile(v_ptr + b * svb + kvh * svh, rk, svl, Lk, rd, D, UPCAST)
-        p = tl.where(_visible(rq, rk, Lq, Lk, window, WINDOW), tl.exp2(tl.dot(q, tl.trans(k)) * c - lse[:, None]), 0.0)
-        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        _, ds = _p_and_ds(q, k, v, do, lse, delta, c, rq, rk, Lq, Lk, window, WINDOW)
         dq += tl.dot(ds.to(k.dtype), k)
     tl.store(dq_ptr + b * sgb + h * sgh + rq[:, None] * sgl + rd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=qmask)
 
