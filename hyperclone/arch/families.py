@@ -345,6 +345,17 @@ DENSE_FAMILIES: tuple[str, ...] = tuple(name for name, f in FAMILIES.items() if 
 BUFFERS: tuple[str, ...] = tuple(sorted({m.router_bias for m in MOE_LAYOUTS.values() if m.router_bias and not m.router_bias_param}))
 
 
+def fused_qkv_rows(tensor, layout: str, heads: int, kv_heads: int) -> tuple:
+    """Views of a fused q/k/v projection's weight or bias (its `fused_qkv_layout`): the q rows
+    [heads, head_dim, ...], the k rows and the v rows [kv_heads, head_dim, ...]. QK-Clip scales the
+    first two in place; Muon orthogonalises the three apart and writes them back through them."""
+    if layout == "per_head":  # [heads, (q k v), head_dim]
+        rows = tensor.view(heads, 3, -1, *tensor.shape[1:])
+        return rows[:, 0], rows[:, 1], rows[:, 2]
+    rows = tensor.view(heads + 2 * kv_heads, -1, *tensor.shape[1:])  # [q; k; v]
+    return rows[:heads], rows[heads:heads + kv_heads], rows[heads + kv_heads:]
+
+
 def families() -> list[dict]:
     """Every family hyperclone grows, as rows for people: `hyperclone presets` prints them."""
     rows = []

@@ -20,6 +20,7 @@ try:  # FSDP2's sharded parameters
 except ImportError:  # a torch built without distributed: nothing is ever sharded
     DTensor, distribute_tensor = (), None
 
+from hyperclone.arch import FAMILIES, fused_qkv_rows
 from hyperclone.kernels import use_kernels
 from hyperclone.kernels.gram import gram_triton
 
@@ -188,28 +189,23 @@ def _parts(update: torch.Tensor, group: dict) -> list[torch.Tensor]:
     and as every family with separate projections gets them)."""
     if group["halves"]:
         return list(update.chunk(2, dim=-2))
-    qkv = group.get("qkv")
-    if qkv is None:
+    if group.get("qkv") is None:
         return [update]
-    layout, heads, kv_heads = qkv
-    if layout == "per_head":  # rows [heads, (q k v), head_dim]
-        return [t.reshape(-1, update.shape[-1]) for t in update.view(heads, 3, -1, update.shape[-1]).unbind(1)]
-    dim = update.shape[-2] // (heads + 2 * kv_heads)  # rows [q; k; v]
-    return list(update.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-2))
+    return [rows.reshape(-1, update.shape[-1]) for rows in fused_qkv_rows(update, *group["qkv"])]
 
 
 def _join(parts: list[torch.Tensor], group: dict, shape: torch.Size) -> torch.Tensor:
     """`_parts` undone: the parameter's update from its orthogonalised parts."""
-    qkv = group.get("qkv")
-    if qkv is not None and qkv[0] == "per_head":
-        return torch.stack([t.view(qkv[1], -1, t.shape[-1]) for t in parts], dim=1).reshape(shape)
-    return torch.cat(parts, dim=-2)
+    if group.get("qkv") is None:
+        return torch.cat(parts, dim=-2)
+    update = torch.empty(shape, dtype=parts[0].dtype, device=parts[0].device)
+    for rows, part in zip(fused_qkv_rows(update, *group["qkv"]), parts):
+        rows.copy_(part.view(rows.shape))
+    return update
 
 
 def _fused_qkv(model: torch.nn.Module) -> tuple[str, tuple] | None:
     """(name suffix of the fused q/k/v weights, the `qkv` group option) for a family the table says fuses them."""
-    from hyperclone.arch import FAMILIES
-
     config = model.config
     family = FAMILIES.get(getattr(config, "model_type", None))
     if family is None or family.fused_qkv is None:

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import torch
 
-from hyperclone.arch import FAMILIES
+from hyperclone.arch import FAMILIES, fused_qkv_rows
 from hyperclone.kernels.attention import flash_attention_with_max, fused_applies
 from hyperclone.kernels.max_logit import max_logit, tag_structural, visible
 from hyperclone.train.optim import DTensor, shard_like
@@ -169,11 +169,8 @@ class QKClip:
 
         if self.fused and hasattr(module, self.fused):
             linear = getattr(module, self.fused)
-            if self.fused_layout == "per_head":  # [heads, (q k v), head_dim]
-                parts = lambda t: (t.view(heads, 3, dim, *t.shape[1:])[:, 0], t.view(heads, 3, dim, *t.shape[1:])[:, 1])
-            else:  # [q; k; v]
-                parts = lambda t: (split(t)[:heads], split(t)[heads:heads + kv_heads])
-            return [(p, parts) for p in (linear.weight, linear.bias) if p is not None]
+            return [(p, lambda t: fused_qkv_rows(t, self.fused_layout, heads, kv_heads)[:2])
+                    for p in (linear.weight, linear.bias) if p is not None]
         found = [(p, lambda t: (split(t), None)) for p in (module.q_proj.weight, module.q_proj.bias) if p is not None]
         return found + [(p, lambda t: (None, split(t))) for p in (module.k_proj.weight, module.k_proj.bias) if p is not None]
 
