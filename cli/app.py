@@ -458,13 +458,13 @@ def train(
     result = hyperclone.train(recipe=recipe, **settings)
     import torch.distributed as dist
 
-    grouped = bool(diloco) or (dist.is_available() and dist.is_initialized())
-    if dist.is_available() and dist.is_initialized():  # under a launcher: the group torn down here, not at interpreter exit
+    launched = dist.is_available() and dist.is_initialized()
+    if launched:  # under a launcher: the group torn down here, not at interpreter exit
         dist.destroy_process_group()
     if os.environ.get("RANK", "0") == "0":  # under a launcher, the first process speaks for all
         err.print(f"[green]trained[/] {result['steps']} steps, {result['tokens']:,} tokens: loss {_figure(result['loss'])}, "
                   f"eval loss {_figure(result['eval_loss'])} → {result['out']}/final", soft_wrap=True)
-    if grouped:
+    if launched or diloco:
         _exit_past_teardown()
 
 

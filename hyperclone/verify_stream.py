@@ -10,7 +10,6 @@ The residual stream after every source layer is compared with the grown model's 
 from __future__ import annotations
 
 import copy
-
 import json
 import math
 
