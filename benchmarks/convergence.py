@@ -12,9 +12,11 @@ Arms on the x2-width architecture: random init (2 seeds), HyperCloning with nois
 exact copies, and the MuonClip pair (grown vs MuonClip random init); then x2 width + x2 depth and x2
 depth only, each against its own random-init twin. Speedup = the twin's tokens / the arm's tokens to
 reach the twin's final eval loss; `speedup_including_small` also counts the small model's pretraining
-(its tokens x N_small / N_large).
+(its tokens x N_small / N_large). `--sizes` repeats the key arms at three model sizes; `--pretrain` at
+three lengths of the small model's pretraining (100, 300, 1000 tokens per parameter on CPU).
 
-    python benchmarks/convergence.py [--data PATH] [--scale cpu|gpu] [--sizes] [--minutes M] [--json] [--out DIR] [--record]
+    python benchmarks/convergence.py [--data PATH] [--scale cpu|gpu] [--sizes] [--pretrain] [--warmups] [--arms A,B]
+                                      [--reserve N] [--minutes M] [--json] [--out DIR] [--record]
 
 Without --data the corpus is the running interpreter's standard library source (real text, no download).
 """
@@ -51,9 +53,22 @@ class Scale:
     small_lr: float = 2e-3
     lrs: tuple[float, ...] = (2e-3, 4e-3, 8e-3)  # the wind tunnel's grid for every large arm (extended past an edge)
     noise: float = 0.5  # the after-growth recipe's noise (recipes/after-growth.yaml)
+    # the wind tunnel's budget as a share of the arm's. 1: every grid point is a full WSD run with decay
+    # branches, and the best one's branches are the arm's measurement. A shorter tunnel is cheaper but
+    # biased both ways: it picks too high a rate from scratch and too low a rate after growth (measured:
+    # results/convergence.md, "Tuned at a quarter of the budget")
+    tune_share: float = 1.0
     # --sizes: hidden (and ffn) x these; budgets grow with the parameters, so on 2 CPU cores the sweep
     # goes down from the main size (x2 would take 16x the main run's compute per arm), on a GPU up
     sweep: tuple[float, ...] = (0.5, 0.75, 1)
+    # --pretrain: the small model's tokens per parameter before growth (key arms, at the smallest --sizes
+    # size): the head start is worth what random init needs to reach the small model's loss, so this is
+    # the lever the paper pulled (its small models saw hundreds of tokens per parameter)
+    pretrain_sweep: tuple[int, ...] = (100, 300, 1000)
+    # --warmups: the grown arm's warmup fraction (its learning rate tuned again for each), against the
+    # default random init; the issue's quick check saw the loss jump while the grown model re-warmed
+    warmup_sweep: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5)
+    split_tokens_per_param: int | None = None  # pretraining bytes set aside (default: what the small model uses)
 
     def small_config(self) -> dict:
         return dict(vocab_size=260, hidden_size=self.hidden, intermediate_size=self.ffn, num_hidden_layers=self.layers,
@@ -64,7 +79,7 @@ class Scale:
 SCALES = {
     "cpu": Scale(),
     # about 10 minutes of one H100 for every arm (sized from CPU timings, not yet measured on the GPU)
-    "gpu": Scale(hidden=128, ffn=352, layers=6, heads=4, seq=256, batch=64, sweep=(1, 1.5, 2)),
+    "gpu": Scale(hidden=128, ffn=352, layers=6, heads=4, seq=256, batch=64, sweep=(1, 1.5, 2), pretrain_sweep=(100, 300)),
 }
 
 
@@ -77,6 +92,7 @@ class Arm:
     seed: int = 0
     baseline: str = "random_init"
     tune_as: str | None = None  # reuse another arm's tuned learning rate (the second seeds)
+    warmup: float = 0.05  # WSD warmup, a fraction of the budget
 
 
 def arms(noise: float, layers: int) -> list[Arm]:
@@ -155,7 +171,7 @@ class Bench:
         self.pretrain = self.cont = work / "unset"
         self.tokens_per_step = scale.seq * scale.batch
         self.common = dict(seq_len=scale.seq, batch_size=scale.batch, eval_batches=16, trackers="none", progress=False,
-                           warmup=0.05, decay_fraction=0.2)
+                           decay_fraction=0.2)
 
     def random_model(self, name: str, config: dict, seed: int) -> Path:
         """transformers' own initialisation (what 'from scratch' means), saved as a checkpoint."""
@@ -182,7 +198,8 @@ class Bench:
         out = self.work / "small"
         started = time.perf_counter()
         hyperclone.train(model=str(self.random_model("small-init", self.architectures()["small"], 0)), data=str(self.pretrain),
-                         out=str(out), max_steps=steps, optimizer="adamw", lr=self.scale.small_lr, force=True, **self.common)
+                         out=str(out), max_steps=steps, optimizer="adamw", lr=self.scale.small_lr, force=True, warmup=0.05,
+                         **self.common)
         loss = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line][-1]["eval_loss"]
         return out / "final", {"params": n_small, "tokens": steps * self.tokens_per_step, "final_eval_loss": loss,
                                "seconds": round(time.perf_counter() - started, 1)}
@@ -193,11 +210,11 @@ class Bench:
         # training seed 0 for every arm: one data order and one held-out eval set; a seed varies the
         # initialisation (random init) or the noise (grown) only, which is the spread the table shows
         return hyperclone.tune(model, str(self.cont), self.work / name, lrs=list(lrs), budget_tokens=budget, budgets=budgets,
-                               optimizer=arm.optimizer, seed=0, force=True, **self.common)
+                               optimizer=arm.optimizer, seed=0, force=True, warmup=arm.warmup, **self.common)
 
 
-def run(scale: Scale, source: Path | None, work: Path, names: set[str] | None = None) -> dict:
-    """Every arm (or those in `names`) at this scale: returns the result dictionary."""
+def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None = None) -> dict:
+    """Every arm (or the `chosen` ones) at this scale: returns the result dictionary."""
     began = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     bench = Bench(scale, work)
@@ -208,12 +225,13 @@ def run(scale: Scale, source: Path | None, work: Path, names: set[str] | None = 
     budgets = {a: 8 * math.ceil(scale.large_tokens_per_param * params[a] / bench.tokens_per_step / 8) * bench.tokens_per_step
                for a in ("wide", "wide_deep", "deep")}
     # byte tokens: a token is a byte; the held-out 5 % and packing remainders need a little more
-    bench.pretrain, bench.cont, corpus = split_corpus(source, work, int(1.1 * scale.small_tokens_per_param * params["small"]))
+    reserved = scale.split_tokens_per_param or scale.small_tokens_per_param
+    bench.pretrain, bench.cont, corpus = split_corpus(source, work, int(1.1 * reserved * params["small"]))
     corpus["continue_epochs"] = {a: round(b / (0.95 * corpus["continue_bytes"]), 2) for a, b in budgets.items()}
     small, small_report = bench.pretrain_small(params["small"])
     tuned: dict[str, float] = {}
     report = {}
-    for arm in [a for a in arms(scale.noise, scale.layers) if names is None or a.name in names]:
+    for arm in arms(scale.noise, scale.layers) if chosen is None else chosen:
         report[arm.name] = _arm(bench, arm, small, shapes[arm.arch], budgets[arm.arch], tuned)
         print(f"{arm.name:28} lr {report[arm.name]['lr']:.3g}  " + " ".join(f"{v:.3f}" for v in report[arm.name]["budget_eval_loss"].values()),
               file=sys.stderr, flush=True)
@@ -239,16 +257,21 @@ def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, tuned: d
     else:
         model = hyperclone.grow(small, {**arm.grow, "seed": arm.seed}, bench.work / f"grown-{arm.name}", force=True, progress=False)
         assert hyperclone.verify(small, model)["passed"], f"{arm.name} does not preserve the function"
-    tuning = None
+    tuning, share = None, bench.scale.tune_share
     if arm.tune_as is None:
-        wind = bench.tune(model, arm, f"tune-{arm.name}", bench.scale.lrs, budget // 4, (1,))
+        steps = budget // bench.tokens_per_step
+        wind = bench.tune(model, arm, f"tune-{arm.name}", bench.scale.lrs, round(steps * share) * bench.tokens_per_step,
+                          BRANCHES if share == 1 else (1,))
         tuned[arm.name] = wind["best_lr"]
-        tuning = {lr: by[str(budget // 4)] for lr, by in wind["eval_loss"].items()}
+        tuning = {lr: by[str(max(map(int, by)))] for lr, by in wind["eval_loss"].items()}
     lr = tuned[arm.tune_as or arm.name]
-    measured = bench.tune(model, arm, f"measure-{arm.name}", [lr], budget, BRANCHES)
-    curve = {int(t): loss for t, loss in next(iter(measured["eval_loss"].values())).items()}
+    if arm.tune_as is None and share == 1:
+        measured, run_dir = wind, bench.work / f"tune-{arm.name}"
+    else:
+        measured, run_dir = bench.tune(model, arm, f"measure-{arm.name}", [lr], budget, BRANCHES), bench.work / f"measure-{arm.name}"
+    curve = {int(t): loss for t, loss in measured["eval_loss"][f"{lr:.6g}"].items()}
     return {"arch": arm.arch, "optimizer": arm.optimizer, "seed": arm.seed, "grow": arm.grow, "baseline": arm.baseline, "lr": lr,
-            "tuning_eval_loss": tuning, "start_eval_loss": _start(bench.work / f"measure-{arm.name}"), "budget_eval_loss": curve,
+            "tuning_eval_loss": tuning, "start_eval_loss": _start(run_dir), "budget_eval_loss": curve,
             "final_eval_loss": curve[budget], "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -277,19 +300,57 @@ def _count(config: dict) -> list[int]:
     return [p.numel() for p in model.parameters()]
 
 
+def key_arms(scale: Scale) -> list[Arm]:
+    """Random init and x2 width with noise: the pair every sweep repeats."""
+    return [a for a in arms(scale.noise, scale.layers) if a.name in ("random_init", "hyperclone_noise")]
+
+
+def _key_row(result: dict, grown: str) -> dict:
+    """One sweep point: the grown arm against the run's random init."""
+    arm, random_init = result["arms"][grown], result["arms"]["random_init"]
+    return {"params_small": result["small"]["params"], "params_wide": result["large"]["params"]["wide"],
+            "tokens": result["large"]["tokens"]["wide"], "small_eval_loss": result["small"]["final_eval_loss"],
+            "random_init_final": random_init["final_eval_loss"], "grown_start": arm["start_eval_loss"],
+            "grown_final": arm["final_eval_loss"], "speedup": arm.get("speedup"),
+            "speedup_including_small": arm.get("speedup_including_small"),
+            "speedup_is_lower_bound": arm.get("speedup_is_lower_bound", False), "lr_random": random_init["lr"], "lr_grown": arm["lr"]}
+
+
 def sizes_sweep(base: Scale, main: dict, data: Path | None, work: Path) -> list[dict]:
-    """The key arms (random init, x2 width with noise) at three sizes, the same tokens per parameter;
-    factor 1 is the main run's."""
+    """The key arms at three sizes, the same tokens per parameter; factor 1 is the main run's."""
     rows = []
     for factor in base.sweep:  # hidden x factor: the blocks' parameters grow about factor^2
         scale = replace(base, hidden=round(base.hidden * factor), ffn=round(base.ffn * factor))
-        result = main if factor == 1 else run(scale, data, work / f"hidden-{scale.hidden}", {"random_init", "hyperclone_noise"})
-        arm = result["arms"]["hyperclone_noise"]
-        rows.append({"hidden": scale.hidden, "params_small": result["small"]["params"], "params_wide": result["large"]["params"]["wide"],
-                     "tokens": result["large"]["tokens"]["wide"], "speedup": arm.get("speedup"),
-                     "speedup_including_small": arm.get("speedup_including_small"),
-                     "lr_random": result["large"]["tuned_lr"]["random_init"], "lr_grown": result["large"]["tuned_lr"]["hyperclone_noise"]})
+        result = main if factor == 1 else run(scale, data, work / f"hidden-{scale.hidden}", key_arms(scale))
+        rows.append({"hidden": scale.hidden, **_key_row(result, "hyperclone_noise")})
     return rows
+
+
+def _smallest(base: Scale) -> Scale:
+    """The smallest --sizes size, with the largest --pretrain point's bytes set aside for pretraining, so
+    that every pretrain and warmup point's large arms continue on the same data."""
+    return replace(base, hidden=round(base.hidden * base.sweep[0]), ffn=round(base.ffn * base.sweep[0]),
+                   split_tokens_per_param=max(base.pretrain_sweep))
+
+
+def pretrain_sweep(base: Scale, data: Path | None, work: Path) -> list[dict]:
+    """The key arms with the small model pretrained for each of `base.pretrain_sweep` tokens per parameter."""
+    rows = []
+    for tokens in base.pretrain_sweep:
+        scale = replace(_smallest(base), small_tokens_per_param=tokens)
+        rows.append({"small_tokens_per_param": tokens, "hidden": scale.hidden,
+                     **_key_row(run(scale, data, work / f"pretrain-{tokens}", key_arms(scale)), "hyperclone_noise")})
+    return rows
+
+
+def warmup_sweep(base: Scale, data: Path | None, work: Path) -> list[dict]:
+    """The grown arm at each of `base.warmup_sweep` warmup fractions, each with its own tuned learning rate,
+    against one random init at the default warmup."""
+    scale = _smallest(base)
+    random_init, grown = key_arms(scale)
+    chosen = [random_init] + [replace(grown, name=f"hyperclone_noise_warmup{w:g}", warmup=w) for w in scale.warmup_sweep]
+    result = run(scale, data, work, chosen)
+    return [{"warmup": arm.warmup, "hidden": scale.hidden, **_key_row(result, arm.name)} for arm in chosen[1:]]
 
 
 def main() -> None:
@@ -297,6 +358,14 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     ap.add_argument("--sizes", action="store_true", help="also sweep three model sizes (key arms only)")
+    ap.add_argument("--pretrain", action="store_true", help="also sweep the small model's pretraining length (key arms only)")
+    ap.add_argument("--warmups", action="store_true", help="also sweep the grown arm's warmup fraction")
+    ap.add_argument("--arms", default=None, help="run only these arms (comma-separated names)")
+    ap.add_argument("--tune-share", type=float, default=None,
+                    help="tune each arm's learning rate at this share of its budget (default 1: at the budget itself)")
+    ap.add_argument("--reserve", type=int, default=None,
+                    help="set aside pretraining text for this many tokens per small-model parameter: moves where the "
+                         "large arms' data starts, to see how much the figures depend on the data split")
     ap.add_argument("--minutes", type=float, default=None, help="shrink the budgets to fit this many minutes (below 100/20 tokens per parameter)")
     ap.add_argument("--out", type=Path, default=Path("convergence-out"))
     ap.add_argument("--json", action="store_true")
@@ -308,31 +377,46 @@ def main() -> None:
     scale = SCALES[args.scale]
     if args.minutes is not None:
         scale = _fit(scale, args.minutes)
+    scale = replace(scale, split_tokens_per_param=args.reserve, tune_share=args.tune_share or scale.tune_share)
+    chosen = None if args.arms is None else [a for a in arms(scale.noise, scale.layers) if a.name in args.arms.split(",")]
     result = {"benchmark": "convergence", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "corpus": str(args.data) if args.data else "Python standard library source (.py, no tests), UTF-8 bytes as tokens",
-              **run(scale, data, args.out)}
-    stem = "convergence" if args.data is None else f"convergence-{args.data.name}"
+              **run(scale, data, args.out, chosen)}
+    # a variant never overwrites the default run's record
+    stem = "-".join(["convergence"] + ([args.data.name] if args.data else []) + ([f"reserve{args.reserve}"] if args.reserve else [])
+                    + ([f"tune{scale.tune_share:g}"] if scale.tune_share != 1 else []) + (["subset"] if chosen is not None else []))
     _write(result, args.out, stem, args.record)  # the arms first: a long --sizes sweep must not hold them hostage
     if args.sizes:
         result["sizes"] = sizes_sweep(scale, result, data, args.out / "sizes")
+        _write(result, args.out, stem, args.record)
+    if args.pretrain:
+        result["pretrain"] = pretrain_sweep(scale, data, args.out / "pretrain")
+        _write(result, args.out, stem, args.record)
+    if args.warmups:
+        result["warmups"] = warmup_sweep(scale, data, args.out / "warmups")
         _write(result, args.out, stem, args.record)
     print(json.dumps(result) if args.json else _table(result, stem))
 
 
 def _write(result: dict, out: Path, stem: str, record: bool) -> None:
-    _plot(result, out / f"{stem}.png")
-    (out / f"{stem}.md").write_text(_table(result, stem))
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    written = [out / f"{stem}.png", out / f"{stem}.md", out / f"{stem}.json"]
+    _plot(result, written[0])
+    written[1].write_text(_table(result, stem))
+    written[2].write_text(json.dumps(result, indent=2) + "\n")
+    if any(key in result for key in SWEEPS):
+        written.append(out / f"{stem}-sweeps.png")
+        _plot_sweeps(result, written[-1])
     if record:
-        for suffix in (".json", ".md", ".png"):
-            shutil.copy(out / f"{stem}{suffix}", HERE / "results" / f"{stem}{suffix}")
+        for path in written:
+            shutil.copy(path, HERE / "results" / path.name)
 
 
 def _fit(scale: Scale, minutes: float) -> Scale:
     """Fewer tokens per parameter when --minutes asks for a shorter run than the default (about 20 at cpu scale)."""
     share = min(1.0, minutes / 20)
     return replace(scale, small_tokens_per_param=max(1, round(scale.small_tokens_per_param * share)),
-                   large_tokens_per_param=max(1, round(scale.large_tokens_per_param * share)))
+                   large_tokens_per_param=max(1, round(scale.large_tokens_per_param * share)),
+                   pretrain_sweep=tuple(max(1, round(t * share)) for t in scale.pretrain_sweep))
 
 
 def _plot(result: dict, out: Path) -> None:
@@ -353,6 +437,41 @@ def _plot(result: dict, out: Path) -> None:
     ax.set_title("after growth vs random initialisation (each arm at its tuned learning rate)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+SWEEPS = {"sizes": ("hidden", "small model's hidden size (x2 wide after growth)"),
+          "pretrain": ("small_tokens_per_param", "small model's pretraining, tokens per parameter"),
+          "warmups": ("warmup", "grown arm's warmup, fraction of its budget")}
+
+
+def _plot_sweeps(result: dict, out: Path) -> None:
+    """Speedup of x2 width with noise along each sweep; a triangle is a lower bound (reached at the smallest budget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [key for key in SWEEPS if key in result]
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 4), squeeze=False)
+    for ax, key in zip(axes[0], shown):
+        field, label = SWEEPS[key]
+        rows = [r for r in result[key] if r["speedup"] is not None]
+        for value, name, color in (("speedup", "grown model's tokens", "C0"), ("speedup_including_small", "incl. small model", "C1")):
+            ax.plot([r[field] for r in rows], [r[value] for r in rows], "-", color=color, label=name)
+            for r in rows:
+                ax.plot(r[field], r[value], "^" if r.get("speedup_is_lower_bound") else "o", color=color)
+        if key == "pretrain":
+            ax.set_xscale("log")
+        ax.axhline(1, color="grey", linestyle=":")
+        ax.axhline(2, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("speedup over random init")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("x2 width with noise: speedup along each sweep (triangle: lower bound)")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -379,17 +498,32 @@ def _table(result: dict, stem: str) -> str:
     large, small = result["large"], result["small"]
     head = (f"# Convergence after growth\n\n{result['corpus']}. Small model {small['params']:,} parameters trained for "
             f"{small['tokens']:,} tokens ({small['tokens'] / small['params']:.0f} per parameter, eval loss {small['final_eval_loss']:.3f}); "
-            "each large pair (random init and grown twin) trained for 20 tokens per parameter of its architecture: "
+            f"each large pair (random init and grown twin) trained for {result['scale']['large_tokens_per_param']} tokens per parameter of its architecture: "
             + ", ".join(f"{k} {large['params'][k]:,} parameters, {large['tokens'][k]:,} tokens" for k in large["params"])
-            + f". {large['schedule']}. "
+            + f". {large['schedule']}; learning rates tuned at {result['scale'].get('tune_share', 0.25):g} of each arm's budget. "
             f"{_minutes(result['minutes'] * 60 if result['minutes'] is not None else None)} minutes on "
             f"{result['machine']['cuda'] or str(result['machine']['cpus']) + ' CPU cores'}.\n\n")
     table = head + "\n".join(rows) + "\n"
     if "sizes" in result:
-        table += "\n| hidden (small) | params (x2 wide) | tokens | speedup | incl. small | lr random / grown |\n|---|---|---|---|---|---|\n"
-        table += "\n".join(f"| {r['hidden']} | {r['params_wide']:,} | {r['tokens']:,} | {_x(r['speedup'])} | {_x(r['speedup_including_small'])} | "
-                           f"{r['lr_random']:.3g} / {r['lr_grown']:.3g} |" for r in result["sizes"]) + "\n"
+        table += _sweep_table(result["sizes"], "hidden (small)", "hidden")
+    if "pretrain" in result:
+        table += _sweep_table(result["pretrain"], "small model's tokens per parameter", "small_tokens_per_param")
+    if "warmups" in result:
+        table += _sweep_table(result["warmups"], "grown arm's warmup", "warmup")
     return table
+
+
+def _sweep_table(rows: list[dict], title: str, key: str) -> str:
+    head = (f"\n| {title} | params (x2 wide) | grown start | grown final | random init final | speedup | incl. small | lr random / grown |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(
+        f"| {r[key]} | {r['params_wide']:,} | {_loss(r.get('grown_start'))} | {_loss(r.get('grown_final'))} | {_loss(r.get('random_init_final'))} | "
+        f"{_x(r['speedup'], r.get('speedup_is_lower_bound', False))} | {_x(r['speedup_including_small'], r.get('speedup_is_lower_bound', False))} | "
+        f"{r['lr_random']:.3g} / {r['lr_grown']:.3g} |" for r in rows) + "\n"
+
+
+def _loss(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""The convergence benchmark runs end to end at a tiny budget: the arms, a sweep, the files it writes.
+
+Its figures are measured, never asserted; what is checked is that a run completes, that every arm's
+speedup is computed against its own random-init twin, and that a variant run (a subset of arms, another
+data split) writes under its own name instead of over the default run's record."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_convergence_benchmark_runs_its_arms_and_a_sweep(tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--minutes", "2", "--arms", "random_init,hyperclone_noise",
+            "--reserve", "20", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    stem = "convergence-reserve20-subset"
+    assert {p.name for p in out.glob(f"{stem}*")} == {f"{stem}{s}" for s in (".json", ".md", ".png")}
+    result = json.loads((out / f"{stem}.json").read_text())
+    assert list(result["arms"]) == ["random_init", "hyperclone_noise"]
+    grown = result["arms"]["hyperclone_noise"]
+    assert grown["target_eval_loss"] == result["arms"]["random_init"]["final_eval_loss"]
+    assert grown["start_eval_loss"] < result["arms"]["random_init"]["start_eval_loss"]  # growth keeps the small model's loss
+    # tuned at the whole budget: the arm's curve is its best grid point's, and that point is the best at the budget
+    assert grown["final_eval_loss"] == min(grown["tuning_eval_loss"].values())
+
+
+def test_recorded_sweeps_render_as_tables_and_a_plot(tmp_path):
+    """The recorded run's sweeps (sizes, pretraining length, warmup) come back as tables and one PNG."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import convergence
+
+    result = json.loads((ROOT / "benchmarks" / "results" / "convergence-tune0.25.json").read_text())
+    convergence._write(result, tmp_path, "sweeps", record=False)
+    table = (tmp_path / "sweeps.md").read_text()
+    for title in ("hidden (small)", "small model's tokens per parameter", "grown arm's warmup"):
+        assert title in table
+    assert "≥ 8.00x" in table  # a point reached at the smallest budget is shown as a bound
+    assert (tmp_path / "sweeps-sweeps.png").read_bytes()[:4] == b"\x89PNG"
