@@ -3,9 +3,9 @@ HyperCloning paper's regime: the small model trained to >= 100 tokens per parame
 each large architecture's pair (random init, grown twin) for 20 tokens per parameter of that
 architecture (Chinchilla's compute-optimal point), on data the small model never saw.
 
-Every large arm gets its own learning rate from `hyperclone.tune` (MiniCPM's wind tunnel, a quarter of
-the budget), then one run at that rate measured the WSD way: a constant-LR run with decay branches at
-1/8 .. 8/8 of the budget, so "tokens to reach loss L" is the smallest WSD budget whose decayed end
+Every large arm gets its own learning rate from `hyperclone.tune` (MiniCPM's wind tunnel, at the arm's
+whole budget unless --tune-share says less), measured the WSD way: a constant-LR run with decay branches
+at 1/8 .. 8/8 of the budget, so "tokens to reach loss L" is the smallest WSD budget whose decayed end
 reaches L (interpolated between branches) — not a point on a curve that only decays at its very end.
 
 Arms on the x2-width architecture: random init (2 seeds), HyperCloning with noise (AdamW, 2 seeds),
@@ -13,7 +13,8 @@ exact copies, and the MuonClip pair (grown vs MuonClip random init); then x2 wid
 depth only, each against its own random-init twin. Speedup = the twin's tokens / the arm's tokens to
 reach the twin's final eval loss; `speedup_including_small` also counts the small model's pretraining
 (its tokens x N_small / N_large). `--sizes` repeats the key arms at three model sizes; `--pretrain` at
-three lengths of the small model's pretraining (100, 300, 1000 tokens per parameter on CPU).
+three lengths of the small model's pretraining (100, 300, 1000 tokens per parameter on CPU); `--warmups`
+the grown arm at four warmup fractions.
 
     python benchmarks/convergence.py [--data PATH] [--scale cpu|gpu] [--sizes] [--pretrain] [--warmups] [--arms A,B]
                                       [--reserve N] [--minutes M] [--json] [--out DIR] [--record]
@@ -56,7 +57,7 @@ class Scale:
     # the wind tunnel's budget as a share of the arm's. 1: every grid point is a full WSD run with decay
     # branches, and the best one's branches are the arm's measurement. A shorter tunnel is cheaper but
     # biased both ways: it picks too high a rate from scratch and too low a rate after growth (measured:
-    # results/convergence.md, "Tuned at a quarter of the budget")
+    # results/convergence-subset.md against convergence-tune0.25.md)
     tune_share: float = 1.0
     # --sizes: hidden (and ffn) x these; budgets grow with the parameters, so on 2 CPU cores the sweep
     # goes down from the main size (x2 would take 16x the main run's compute per arm), on a GPU up
@@ -78,7 +79,8 @@ class Scale:
 
 SCALES = {
     "cpu": Scale(),
-    # about 10 minutes of one H100 for every arm (sized from CPU timings, not yet measured on the GPU)
+    # about 10 minutes of one H100 for every arm tuned at a quarter of its budget, 2-3x that at the whole
+    # budget (sized from CPU timings, not yet measured on the GPU)
     "gpu": Scale(hidden=128, ffn=352, layers=6, heads=4, seq=256, batch=64, sweep=(1, 1.5, 2), pretrain_sweep=(100, 300)),
 }
 
@@ -311,9 +313,8 @@ def _key_row(result: dict, grown: str) -> dict:
     return {"params_small": result["small"]["params"], "params_wide": result["large"]["params"]["wide"],
             "tokens": result["large"]["tokens"]["wide"], "small_eval_loss": result["small"]["final_eval_loss"],
             "random_init_final": random_init["final_eval_loss"], "grown_start": arm["start_eval_loss"],
-            "grown_final": arm["final_eval_loss"], "speedup": arm.get("speedup"),
-            "speedup_including_small": arm.get("speedup_including_small"),
-            "speedup_is_lower_bound": arm.get("speedup_is_lower_bound", False), "lr_random": random_init["lr"], "lr_grown": arm["lr"]}
+            "grown_final": arm["final_eval_loss"], "speedup": arm["speedup"], "speedup_including_small": arm["speedup_including_small"],
+            "speedup_is_lower_bound": arm["speedup_is_lower_bound"], "lr_random": random_init["lr"], "lr_grown": arm["lr"]}
 
 
 def sizes_sweep(base: Scale, main: dict, data: Path | None, work: Path) -> list[dict]:
@@ -462,7 +463,7 @@ def _plot_sweeps(result: dict, out: Path) -> None:
         for value, name, color in (("speedup", "grown model's tokens", "C0"), ("speedup_including_small", "incl. small model", "C1")):
             ax.plot([r[field] for r in rows], [r[value] for r in rows], "-", color=color, label=name)
             for r in rows:
-                ax.plot(r[field], r[value], "^" if r.get("speedup_is_lower_bound") else "o", color=color)
+                ax.plot(r[field], r[value], "^" if r["speedup_is_lower_bound"] else "o", color=color)
         if key == "pretrain":
             ax.set_xscale("log")
         ax.axhline(1, color="grey", linestyle=":")
@@ -500,7 +501,7 @@ def _table(result: dict, stem: str) -> str:
             f"{small['tokens']:,} tokens ({small['tokens'] / small['params']:.0f} per parameter, eval loss {small['final_eval_loss']:.3f}); "
             f"each large pair (random init and grown twin) trained for {result['scale']['large_tokens_per_param']} tokens per parameter of its architecture: "
             + ", ".join(f"{k} {large['params'][k]:,} parameters, {large['tokens'][k]:,} tokens" for k in large["params"])
-            + f". {large['schedule']}; learning rates tuned at {result['scale'].get('tune_share', 0.25):g} of each arm's budget. "
+            + f". {large['schedule']}; learning rates tuned at {result['scale']['tune_share']:g} of each arm's budget. "
             f"{_minutes(result['minutes'] * 60 if result['minutes'] is not None else None)} minutes on "
             f"{result['machine']['cuda'] or str(result['machine']['cpus']) + ' CPU cores'}.\n\n")
     table = head + "\n".join(rows) + "\n"
@@ -517,13 +518,9 @@ def _sweep_table(rows: list[dict], title: str, key: str) -> str:
     head = (f"\n| {title} | params (x2 wide) | grown start | grown final | random init final | speedup | incl. small | lr random / grown |\n"
             "|---|---|---|---|---|---|---|---|\n")
     return head + "\n".join(
-        f"| {r[key]} | {r['params_wide']:,} | {_loss(r.get('grown_start'))} | {_loss(r.get('grown_final'))} | {_loss(r.get('random_init_final'))} | "
-        f"{_x(r['speedup'], r.get('speedup_is_lower_bound', False))} | {_x(r['speedup_including_small'], r.get('speedup_is_lower_bound', False))} | "
+        f"| {r[key]} | {r['params_wide']:,} | {r['grown_start']:.3f} | {r['grown_final']:.3f} | {r['random_init_final']:.3f} | "
+        f"{_x(r['speedup'], r['speedup_is_lower_bound'])} | {_x(r['speedup_including_small'], r['speedup_is_lower_bound'])} | "
         f"{r['lr_random']:.3g} / {r['lr_grown']:.3g} |" for r in rows) + "\n"
-
-
-def _loss(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

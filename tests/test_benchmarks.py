@@ -1,4 +1,4 @@
-"""The convergence benchmark runs end to end at a tiny budget: the arms, a sweep, the files it writes.
+"""The convergence benchmark runs end to end at a tiny budget, and its recorded sweeps render.
 
 Its figures are measured, never asserted; what is checked is that a run completes, that every arm's
 speedup is computed against its own random-init twin, and that a variant run (a subset of arms, another
@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_convergence_benchmark_runs_its_arms_and_a_sweep(tmp_path):
+def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--minutes", "2", "--arms", "random_init,hyperclone_noise",
             "--reserve", "20", "--out", str(out)]
