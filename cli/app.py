@@ -524,7 +524,11 @@ def tune(
     table = Table("peak lr", *(f"{t:,} tokens" for t in result["budgets_tokens"]))
     for lr, by in result["eval_loss"].items():
         table.add_row(("* " if float(lr) == result["best_lr"] else "") + lr, *(f"{v:.4f}" for v in by.values()))
+    table.add_row("best lr", *(f"{lr:.3g}" for lr in result["best_lr_by_budget"].values()))
     out.print(table)
+    if len(set(result["best_lr_by_budget"].values())) > 1:
+        err.print(f"the best learning rate moves with the budget: the recipe holds for {result['budget_tokens']:,} tokens; "
+                  "tune again with --budget-tokens for a different one", soft_wrap=True)
     err.print(f"[green]best learning rate[/] {result['best_lr']:.3g} (eval loss {result['best_eval_loss']:.4f}) → "
               f"recipe {result['recipe']}, plot {result['plot']}", soft_wrap=True)
 

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sysconfig
+import warnings
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,17 @@ def test_wind_tunnel_finds_a_sane_learning_rate_and_writes_a_recipe(tiny, tmp_pa
     branch = [json.loads(line) for line in (tmp_path / "tune" / "runs" / "lr-0.003" / "budget-4" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in branch if "loss" in r]
     assert steps == list(range(13, 17)) and branch[-1]["eval_loss"] == sane[16 * 256]
-    recipe = make_config(result["recipe"], model=str(model), data=DATA)
+    assert result["best_lr_by_budget"] == {str(t): min(losses, key=lambda lr: losses[lr][t]) for t in result["budgets_tokens"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # trained for the budget it was tuned at: nothing to say
+        recipe = make_config(result["recipe"], model=str(model), data=DATA)
     assert recipe.lr == result["best_lr"] and recipe.optimizer == "adamw" and recipe.schedule == "wsd"
+    assert recipe.max_steps == 32 and recipe.tuned_tokens == 32 * 256 and recipe.seq_len * recipe.batch_size == 256
+    with pytest.warns(UserWarning, match=r"tuned for 8,192 tokens and this run trains for 81,920: .*--budget-tokens 81920"):
+        make_config(result["recipe"], model=str(model), data=DATA, max_steps=320)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a learning rate given by hand is the user's, not the recipe's tuned one
+        make_config(result["recipe"], model=str(model), data=DATA, max_steps=320, lr=1e-3)
     assert (tmp_path / "tune" / "tune.png").stat().st_size > 1000
     assert json.loads((tmp_path / "tune" / "tune.json").read_text())["best_lr"] == result["best_lr"]
 
@@ -52,6 +62,7 @@ def test_cli_extends_past_the_edge_and_keeps_to_the_force_rules(tiny, tmp_path):
     tried = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert sorted(map(float, tried["eval_loss"])) == [3e-4, 3e-3, 6e-3]
     assert f"best learning rate {tried['best_lr']:.3g}" in first.stderr and f"* {tried['best_lr']:.6g}" in first.stdout
+    assert "best lr" in first.stdout  # each budget's own best rate, under its column
     again = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
     assert again.returncode == 2 and "already holds results" in again.stderr and "Traceback" not in again.stderr
     rerun = subprocess.run([*args, "--force", "--lrs", "3e-3", "--extend", "0"], capture_output=True, text=True, env=ENV, timeout=600)

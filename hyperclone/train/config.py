@@ -24,6 +24,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 1e-3
+    tuned_tokens: int = 0  # the budget `hyperclone tune` found `lr` at (its recipes set it); 0: not tuned
     optimizer: str = "muonclip"  # muonclip | muon | adamw
     schedule: str = "wsd"  # wsd | cosine | constant
     warmup: float = 0.05  # a fraction of max_steps (< 1) or a step count
@@ -124,7 +125,7 @@ RANGES = (
     ("save_every", 0, None, True), ("keep", 0, None, True), ("eval_every", 0, None, True), ("eval_fraction", 0, 1, True),
     ("eval_batches", 1, None, True), ("max_bad_steps", 1, None, True), ("sync_every", 1, None, True),
     ("outer_lr", 0, None, False), ("outer_momentum", 0, 1, True), ("replica_index", 0, None, True), ("replicas", 1, None, True),
-    ("min_replicas", 1, None, True), ("diloco_timeout", 0, None, False),
+    ("min_replicas", 1, None, True), ("diloco_timeout", 0, None, False), ("tuned_tokens", 0, None, True),
 )
 
 
@@ -145,6 +146,19 @@ def _warn_about_schedule(config: TrainConfig) -> None:
     elif config.schedule == "wsd" and warmup + config.decay_fraction * config.max_steps > config.max_steps:
         warnings.warn(f"the warmup ({warmup} steps) and the decay ({config.decay_fraction:.0%} of {config.max_steps}) "
                       "overlap: the run has no stable phase", UserWarning, stacklevel=3)
+
+
+def _warn_about_tuning(config: TrainConfig) -> None:
+    """A tuned learning rate is the best for the budget it was tuned at, and the optimum moves with the
+    budget (measured: 4x after growth between a quarter of the budget and all of it), so say when a run
+    trains for a budget far from that one. Data-parallel processes share one global batch."""
+    if not config.tuned_tokens:
+        return
+    tokens = config.max_steps * config.batch_size * config.seq_len * config.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0.5 <= tokens / config.tuned_tokens <= 2:
+        warnings.warn(f"the learning rate {config.lr:.3g} was tuned for {config.tuned_tokens:,} tokens and this run trains for "
+                      f"{tokens:,}: the best rate moves with the budget; run `hyperclone tune --budget-tokens {tokens}` for this "
+                      "budget", UserWarning, stacklevel=3)
 
 
 def _check_checkpoints(config: TrainConfig) -> None:
@@ -210,6 +224,8 @@ def make_config(recipe: str | os.PathLike | None = None, **overrides) -> TrainCo
     known = {f.name: f for f in fields(TrainConfig)}
     values = _recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("lr") is not None and overrides.get("tuned_tokens") is None:
+        values.pop("tuned_tokens", None)  # a learning rate given by hand is not the one the recipe was tuned for
     values.update(_from_launcher(values))
     if values.get("fsdp") and "checkpoint_format" not in values:
         values["checkpoint_format"] = "dcp"  # sharded weights, sharded checkpoints
@@ -240,4 +256,5 @@ def make_config(recipe: str | os.PathLike | None = None, **overrides) -> TrainCo
     _check_diloco(config)
     _check_checkpoints(config)
     _warn_about_schedule(config)
+    _warn_about_tuning(config)
     return config

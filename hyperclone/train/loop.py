@@ -9,6 +9,7 @@ checkpoints and the output directory.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -184,12 +185,10 @@ class _Feed:
 
 
 def _trackers(cfg: TrainConfig) -> str | None:
+    """The Accelerate tracker, or None when it is off or tensorboard (the default) is not installed."""
     trackers = None if cfg.trackers == "none" else cfg.trackers
-    if trackers == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            return None
+    if trackers == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        return None
     return trackers
 
 

@@ -114,7 +114,7 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     (a factor 2 apart), so a grid that missed the optimum does not hand back its edge as the answer."""
     source = str(model)
     model = resolve_source(source, "model")  # hf://org/name[@rev]: its snapshot, resolved once for every run
-    base = make_config(recipe, model=str(model), data=data, **settings)
+    base = make_config(recipe, model=str(model), data=data, **{**settings, "tuned_tokens": 0})
     tokens_per_step = base.batch_size * base.seq_len * base.grad_accum
     total = budget_tokens // tokens_per_step if budget_tokens else base.max_steps
     branches = Branches.plan(total, tuple(budgets), base.decay_fraction)
@@ -148,25 +148,31 @@ def _report(results: dict[float, dict[int, float]], base: TrainConfig, branches:
     if len(results) > 1 and _beyond_edge(results, full):
         warnings.warn(f"the best learning rate {best:.3g} is at the edge of the grid: the optimum may lie beyond it; "
                       "extend --lrs", UserWarning, stacklevel=3)
+    by_budget = {steps: min(results, key=lambda lr: results[lr][steps]) for steps in map(branches.steps, branches.budgets)}
     summary = {
         "model": base.model, "data": base.data, "optimizer": base.optimizer, "best_lr": best, "best_eval_loss": results[best][full],
         "budget_tokens": full * tokens_per_step, "warmup": base.warmup, "decay_fraction": base.decay_fraction,
         "budgets_tokens": [branches.steps(k) * tokens_per_step for k in branches.budgets],
+        # the optimum moves with the budget (on the convergence benchmark, 4x after growth between a quarter
+        # of the budget and all of it), so the recipe is only right for the budget it was tuned at
+        "best_lr_by_budget": {str(steps * tokens_per_step): lr for steps, lr in by_budget.items()},
         "eval_loss": {f"{lr:.6g}": {str(steps * tokens_per_step): loss for steps, loss in by.items()} for lr, by in results.items()},
         "recipe": str(out / "recipe.yaml"), "plot": str(out / "tune.png"),
     }
     (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _write_recipe(out / "recipe.yaml", base, best, summary)
+    _write_recipe(out / "recipe.yaml", base, best, full, summary)
     plot_lr_sweep({lr: {steps * tokens_per_step: loss for steps, loss in by.items()} for lr, by in results.items()}, best,
                   out / "tune.png")
     return summary
 
 
-def _write_recipe(path: Path, base: TrainConfig, lr: float, summary: dict) -> None:
+def _write_recipe(path: Path, base: TrainConfig, lr: float, steps: int, summary: dict) -> None:
+    """The best learning rate with the budget it was found at: `train` warns when a run's budget is far from it."""
     lines = ["kind: training",
              f"description: chosen by hyperclone tune, best final eval loss {summary['best_eval_loss']:.4f} at "
              f"{summary['budget_tokens']:,} tokens over learning rates {', '.join(summary['eval_loss'])}",
              f"optimizer: {base.optimizer}", f"lr: {lr:.6g}", "schedule: wsd", f"warmup: {base.warmup}",
              f"decay_fraction: {base.decay_fraction}", f"decay_shape: {base.decay_shape}", f"weight_decay: {base.weight_decay}",
-             f"seq_len: {base.seq_len}", f"batch_size: {base.batch_size}"]
+             f"seq_len: {base.seq_len}", f"batch_size: {base.batch_size}", f"grad_accum: {base.grad_accum}",
+             f"max_steps: {steps}", f"tuned_tokens: {summary['budget_tokens']}"]
     path.write_text("\n".join(lines) + "\n")
