@@ -14,10 +14,11 @@ depth only, each against its own random-init twin. Speedup = the twin's tokens /
 reach the twin's final eval loss; `speedup_including_small` also counts the small model's pretraining
 (its tokens x N_small / N_large). `--sizes` repeats the key arms at three model sizes; `--pretrain` at
 three lengths of the small model's pretraining (100, 300, 1000 tokens per parameter on CPU); `--warmups`
-the grown arm at four warmup fractions.
+the grown arm at four warmup fractions; `--noises` at four noise scales. Every width arm also reports how far
+its copies came apart in training (`copies`: the correlation of each FFN unit with its copy, 1 = still copies).
 
-    python benchmarks/convergence.py [--data PATH] [--scale cpu|gpu] [--sizes] [--pretrain] [--warmups] [--arms A,B]
-                                      [--reserve N] [--minutes M] [--json] [--out DIR] [--record]
+    python benchmarks/convergence.py [--data PATH] [--scale cpu|gpu] [--sizes] [--pretrain] [--warmups] [--noises]
+                                      [--arms A,B] [--reserve N] [--minutes M] [--json] [--out DIR] [--record]
 
 Without --data the corpus is the running interpreter's standard library source (real text, no download).
 """
@@ -69,6 +70,10 @@ class Scale:
     # --warmups: the grown arm's warmup fraction (its learning rate tuned again for each), against the
     # default random init; the issue's quick check saw the loss jump while the grown model re-warmed
     warmup_sweep: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5)
+    # --noises: the grown arm's symmetry-breaking noise (its learning rate tuned again for each). The split
+    # caps each copy's share at |w|/4 either side of w/2 to stay exact, and noise 0.5 already reaches that
+    # cap for almost every weight, so 0.5 is about the most asymmetry an exact x2 split can start with
+    noise_sweep: tuple[float, ...] = (0.0, 0.01, 0.1, 0.5)
     split_tokens_per_param: int | None = None  # pretraining bytes set aside (default: what the small model uses)
 
     def small_config(self) -> dict:
@@ -272,15 +277,81 @@ def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, tuned: d
     else:
         measured, run_dir = bench.tune(model, arm, f"measure-{arm.name}", [lr], budget, BRANCHES), bench.work / f"measure-{arm.name}"
     curve = {int(t): loss for t, loss in measured["eval_loss"][f"{lr:.6g}"].items()}
-    return {"arch": arm.arch, "optimizer": arm.optimizer, "seed": arm.seed, "grow": arm.grow, "baseline": arm.baseline, "lr": lr,
-            "tuning_eval_loss": tuning, "start_eval_loss": _start(run_dir), "budget_eval_loss": curve,
-            "final_eval_loss": curve[budget], "seconds": round(time.perf_counter() - started, 1)}
+    entry = {"arch": arm.arch, "optimizer": arm.optimizer, "seed": arm.seed, "grow": arm.grow, "baseline": arm.baseline, "lr": lr,
+             "tuning_eval_loss": tuning, "start_eval_loss": _start(run_dir), "budget_eval_loss": curve,
+             "final_eval_loss": curve[budget]}
+    if arm.grow is not None and "width" in arm.grow:
+        trained = run_dir / "runs" / f"lr-{lr:.3g}" / f"budget-{max(BRANCHES)}" / "final"
+        entry["copies"] = copy_correlation(model, trained, bench.cont, bench.scale.seq)
+    return {**entry, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def _start(run: Path) -> float:
     """The eval loss before the arm's first step (where a grown model starts)."""
     metrics = next((run / "runs").glob("*/stable/metrics.jsonl"))
     return next(r["eval_loss"] for r in map(json.loads, metrics.read_text().splitlines()) if "eval_loss" in r)
+
+
+def copy_correlation(grown: Path, trained: Path, corpus: Path, seq: int, blocks: int = 16) -> dict:
+    """Did the copies that width growth made come apart in training? Measured on the FFN's hidden units (the
+    input of every down_proj): `copies` is the mean Pearson correlation of each unit with its copy over
+    `blocks` blocks of text, after training; `unrelated` the mean |correlation| of units that were never
+    copies, the floor it could fall to. Copies still at 1 compute the same thing, so the extra width is unused.
+
+    Copies are found, not assumed from a layout: in the grown model before training, a unit's copy is the
+    one whose activations equal its own (correlation > 0.999), whatever order growth wrote them in."""
+    import torch
+
+    ids = torch.tensor(list(_first_bytes(corpus, blocks * seq)), dtype=torch.long).reshape(blocks, seq)
+    pairs, unrelated = [], []
+    for before, after in zip(_ffn_units(grown, ids), _ffn_units(trained, ids)):
+        start, end = _correlations(before), _correlations(after)
+        start.fill_diagonal_(-2.0)
+        best, partner = start.max(dim=1)
+        found = best > 0.999
+        pairs.append(end[found.nonzero().squeeze(1), partner[found]])
+        mask = ~torch.eye(len(end), dtype=torch.bool)
+        mask[found.nonzero().squeeze(1), partner[found]] = False
+        unrelated.append(end[mask].abs())
+    pairs = torch.cat(pairs)
+    return {"copies": round(pairs.mean().item(), 4) if len(pairs) else None, "pairs": len(pairs),
+            "unrelated": round(torch.cat(unrelated).mean().item(), 4)}
+
+
+def _first_bytes(corpus: Path, count: int) -> bytes:
+    """The first `count` UTF-8 bytes of a .jsonl corpus's documents (the benchmark's tokens are bytes)."""
+    seen = []
+    with corpus.open() as lines:
+        for line in lines:
+            seen.append(json.loads(line)["text"].encode())
+            if sum(map(len, seen)) >= count:
+                break
+    return b"".join(seen)[:count]
+
+
+def _ffn_units(model_dir: Path, ids) -> list:
+    """Each layer's FFN hidden units on `ids`: the input of its down_proj, [tokens, units], in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # a bar per load would bury the arms' lines
+    model = AutoModelForCausalLM.from_pretrained(model_dir).float().eval()
+    seen = []
+    hooks = [module.register_forward_pre_hook(lambda _, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+             for name, module in model.named_modules() if name.endswith("mlp.down_proj")]
+    with torch.no_grad():
+        model(ids)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def _correlations(units):
+    """Pearson correlation between every pair of columns of [tokens, units] (a dead unit correlates with nothing)."""
+    centred = units - units.mean(dim=0)
+    scaled = centred / centred.norm(dim=0).clamp_min(1e-12)
+    return scaled.T @ scaled
 
 
 def _speedups(entry: dict, target: float, budget: int, small_cost: float) -> None:
@@ -314,7 +385,8 @@ def _key_row(result: dict, grown: str) -> dict:
             "tokens": result["large"]["tokens"]["wide"], "small_eval_loss": result["small"]["final_eval_loss"],
             "random_init_final": random_init["final_eval_loss"], "grown_start": arm["start_eval_loss"],
             "grown_final": arm["final_eval_loss"], "speedup": arm["speedup"], "speedup_including_small": arm["speedup_including_small"],
-            "speedup_is_lower_bound": arm["speedup_is_lower_bound"], "lr_random": random_init["lr"], "lr_grown": arm["lr"]}
+            "speedup_is_lower_bound": arm["speedup_is_lower_bound"], "lr_random": random_init["lr"], "lr_grown": arm["lr"],
+            "copies": arm["copies"]["copies"], "unrelated": arm["copies"]["unrelated"]}
 
 
 def sizes_sweep(base: Scale, main: dict, data: Path | None, work: Path) -> list[dict]:
@@ -354,6 +426,16 @@ def warmup_sweep(base: Scale, data: Path | None, work: Path) -> list[dict]:
     return [{"warmup": arm.warmup, "hidden": scale.hidden, **_key_row(result, arm.name)} for arm in chosen[1:]]
 
 
+def noise_sweep(base: Scale, data: Path | None, work: Path) -> list[dict]:
+    """The grown arm at each of `base.noise_sweep` noise scales, each with its own tuned learning rate, against
+    one random init: how much symmetry breaking the copies need to use their width."""
+    scale = _smallest(base)
+    random_init, grown = key_arms(scale)
+    chosen = [random_init] + [replace(grown, name=f"hyperclone_noise{n:g}", grow={**grown.grow, "noise": n}) for n in scale.noise_sweep]
+    result = run(scale, data, work, chosen)
+    return [{"noise": arm.grow["noise"], "hidden": scale.hidden, **_key_row(result, arm.name)} for arm in chosen[1:]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None)
@@ -361,6 +443,7 @@ def main() -> None:
     ap.add_argument("--sizes", action="store_true", help="also sweep three model sizes (key arms only)")
     ap.add_argument("--pretrain", action="store_true", help="also sweep the small model's pretraining length (key arms only)")
     ap.add_argument("--warmups", action="store_true", help="also sweep the grown arm's warmup fraction")
+    ap.add_argument("--noises", action="store_true", help="also sweep the grown arm's symmetry-breaking noise")
     ap.add_argument("--arms", default=None, help="run only these arms (comma-separated names)")
     ap.add_argument("--tune-share", type=float, default=None,
                     help="tune each arm's learning rate at this share of its budget (default 1: at the budget itself)")
@@ -395,6 +478,9 @@ def main() -> None:
         _write(result, args.out, stem, args.record)
     if args.warmups:
         result["warmups"] = warmup_sweep(scale, data, args.out / "warmups")
+        _write(result, args.out, stem, args.record)
+    if args.noises:
+        result["noises"] = noise_sweep(scale, data, args.out / "noises")
         _write(result, args.out, stem, args.record)
     print(json.dumps(result) if args.json else _table(result, stem))
 
@@ -445,7 +531,8 @@ def _plot(result: dict, out: Path) -> None:
 
 SWEEPS = {"sizes": ("hidden", "small model's hidden size (x2 wide after growth)"),
           "pretrain": ("small_tokens_per_param", "small model's pretraining, tokens per parameter"),
-          "warmups": ("warmup", "grown arm's warmup, fraction of its budget")}
+          "warmups": ("warmup", "grown arm's warmup, fraction of its budget"),
+          "noises": ("noise", "grown arm's noise (relative to each row's RMS)")}
 
 
 def _plot_sweeps(result: dict, out: Path) -> None:
@@ -466,6 +553,8 @@ def _plot_sweeps(result: dict, out: Path) -> None:
                 ax.plot(r[field], r[value], "^" if r["speedup_is_lower_bound"] else "o", color=color)
         if key == "pretrain":
             ax.set_xscale("log")
+        if key == "noises":
+            ax.set_xscale("symlog", linthresh=0.01)
         ax.axhline(1, color="grey", linestyle=":")
         ax.axhline(2, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xlabel(label)
@@ -487,15 +576,16 @@ def _minutes(seconds: float | None) -> str:
 
 
 def _table(result: dict, stem: str) -> str:
-    rows = ["| arm | lr (tuned) | start eval loss | final eval loss | target (twin's final) | tokens to target | speedup | incl. small model | minutes |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| arm | lr (tuned) | start eval loss | final eval loss | target (twin's final) | tokens to target | speedup | incl. small model | copies' correlation | minutes |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for name, arm in result["arms"].items():
         reached = arm.get("tokens_to_baseline_final")
+        copies = "—" if "copies" not in arm else _corr(arm["copies"]["copies"])  # width arms only
         rows.append(f"| {name} | {arm['lr']:.3g} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | "
                     f"{arm['target_eval_loss']:.3f} | {'—' if reached is None else f'{reached:,.0f}'} | "
-                    f"{_x(arm['speedup'], arm['speedup_is_lower_bound'])} | {_x(arm['speedup_including_small'])} | {_minutes(arm['seconds'])} |"
+                    f"{_x(arm['speedup'], arm['speedup_is_lower_bound'])} | {_x(arm['speedup_including_small'])} | {copies} | {_minutes(arm['seconds'])} |"
                     if "speedup" in arm else
-                    f"| {name} | {arm['lr']:.3g} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | — | — | — | — | {_minutes(arm['seconds'])} |")
+                    f"| {name} | {arm['lr']:.3g} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | — | — | — | — | {copies} | {_minutes(arm['seconds'])} |")
     large, small = result["large"], result["small"]
     head = (f"# Convergence after growth\n\n{result['corpus']}. Small model {small['params']:,} parameters trained for "
             f"{small['tokens']:,} tokens ({small['tokens'] / small['params']:.0f} per parameter, eval loss {small['final_eval_loss']:.3f}); "
@@ -511,16 +601,24 @@ def _table(result: dict, stem: str) -> str:
         table += _sweep_table(result["pretrain"], "small model's tokens per parameter", "small_tokens_per_param")
     if "warmups" in result:
         table += _sweep_table(result["warmups"], "grown arm's warmup", "warmup")
+    if "noises" in result:
+        table += _sweep_table(result["noises"], "grown arm's noise", "noise")
     return table
 
 
 def _sweep_table(rows: list[dict], title: str, key: str) -> str:
-    head = (f"\n| {title} | params (x2 wide) | grown start | grown final | random init final | speedup | incl. small | lr random / grown |\n"
-            "|---|---|---|---|---|---|---|---|\n")
+    copies = "copies" in rows[0]  # records from before the copy correlation was measured lack the column
+    head = (f"\n| {title} | params (x2 wide) | grown start | grown final | random init final | speedup | incl. small | lr random / grown |"
+            + (" copies' correlation (unrelated units) |" if copies else "") + "\n|---|---|---|---|---|---|---|---|" + ("---|" if copies else "") + "\n")
     return head + "\n".join(
         f"| {r[key]} | {r['params_wide']:,} | {r['grown_start']:.3f} | {r['grown_final']:.3f} | {r['random_init_final']:.3f} | "
         f"{_x(r['speedup'], r['speedup_is_lower_bound'])} | {_x(r['speedup_including_small'], r['speedup_is_lower_bound'])} | "
-        f"{r['lr_random']:.3g} / {r['lr_grown']:.3g} |" for r in rows) + "\n"
+        f"{r['lr_random']:.3g} / {r['lr_grown']:.3g} |" + (f" {_corr(r['copies'])} ({r['unrelated']:.2f}) |" if copies else "")
+        for r in rows) + "\n"
+
+
+def _corr(value: float | None) -> str:
+    return "no copies found" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

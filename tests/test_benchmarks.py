@@ -27,6 +27,36 @@ def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
     assert grown["start_eval_loss"] < result["arms"]["random_init"]["start_eval_loss"]  # growth keeps the small model's loss
     # tuned at the whole budget: the arm's curve is its best grid point's, and that point is the best at the budget
     assert grown["final_eval_loss"] == min(grown["tuning_eval_loss"].values())
+    assert grown["copies"]["pairs"] > 0 and -1 <= grown["copies"]["copies"] <= 1
+    assert "copies" not in result["arms"]["random_init"]
+
+
+def test_copy_correlation_finds_the_copies_growth_made_and_sees_them_part(tmp_path):
+    """A grown model before training: every FFN unit has a copy, correlated 1. The same units after their
+    weights are replaced by another model's are not copies any more, and the diagnostic says so."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    import hyperclone
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import convergence
+
+    config = dict(vocab_size=260, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(**config)).save_pretrained(tmp_path / "small")
+    grown = hyperclone.grow(tmp_path / "small", {"width": 2, "noise": 0.5}, tmp_path / "grown", progress=False)
+    wide = {**config, "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4, "num_key_value_heads": 4}
+    AutoModelForCausalLM.from_config(LlamaConfig(**wide)).save_pretrained(tmp_path / "other")
+    corpus = tmp_path / "text.jsonl"
+    corpus.write_text(json.dumps({"text": (ROOT / "README.md").read_text()}) + "\n")
+
+    unchanged = convergence.copy_correlation(grown, grown, corpus, seq=64, blocks=8)
+    assert unchanged["pairs"] == 2 * 48 and unchanged["copies"] > 0.999  # every unit of both layers paired
+    parted = convergence.copy_correlation(grown, tmp_path / "other", corpus, seq=64, blocks=8)
+    assert parted["pairs"] == 2 * 48 and parted["copies"] < 0.5
+    assert convergence.copy_correlation(tmp_path / "other", tmp_path / "other", corpus, seq=64, blocks=8)["pairs"] == 0
 
 
 def test_recorded_sweeps_render_as_tables_and_a_plot(tmp_path):
