@@ -54,11 +54,11 @@ class Scale:
     large_tokens_per_param: int = 20
     small_lr: float = 2e-3
     lrs: tuple[float, ...] = (2e-3, 4e-3, 8e-3)  # the wind tunnel's grid for every large arm (extended past an edge)
-    noise: float = 0.5  # the after-growth recipe's noise (recipes/after-growth.yaml)
+    noise: float = 0.5  # hyperclone's default noise (targets.DEFAULT_NOISE), chosen by --noises
     # the wind tunnel's budget as a share of the arm's. 1: every grid point is a full WSD run with decay
     # branches, and the best one's branches are the arm's measurement. A shorter tunnel is cheaper but
     # biased both ways: it picks too high a rate from scratch and too low a rate after growth (measured:
-    # results/convergence-subset.md against convergence-tune0.25.md)
+    # results/convergence.md against convergence-tune0.25.md)
     tune_share: float = 1.0
     # --sizes: hidden (and ffn) x these; budgets grow with the parameters, so on 2 CPU cores the sweep
     # goes down from the main size (x2 would take 16x the main run's compute per arm), on a GPU up
@@ -281,9 +281,16 @@ def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, tuned: d
              "tuning_eval_loss": tuning, "start_eval_loss": _start(run_dir), "budget_eval_loss": curve,
              "final_eval_loss": curve[budget]}
     if arm.grow is not None and "width" in arm.grow:
-        trained = run_dir / "runs" / f"lr-{lr:.3g}" / f"budget-{max(BRANCHES)}" / "final"
-        entry["copies"] = copy_correlation(model, trained, bench.cont, bench.scale.seq)
+        entry.update(_copies(model, run_dir, lr, bench))
     return {**entry, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _copies(grown: Path, run_dir: Path, lr: float, bench: Bench) -> dict:
+    """The copies' correlation at the arm's learning rate, and at every learning rate its tunnel tried:
+    how far the copies part depends on the rate, which is part of why a grown model wants its own."""
+    by_lr = {d.name.removeprefix("lr-"): copy_correlation(grown, d / f"budget-{max(BRANCHES)}" / "final", bench.cont, bench.scale.seq)
+             for d in sorted((run_dir / "runs").glob("lr-*"), key=lambda d: float(d.name.removeprefix("lr-")))}
+    return {"copies": by_lr[f"{lr:.3g}"], "copies_by_lr": {rate: found["copies"] for rate, found in by_lr.items()}}
 
 
 def _start(run: Path) -> float:
@@ -591,10 +598,13 @@ def _table(result: dict, stem: str) -> str:
             f"{small['tokens']:,} tokens ({small['tokens'] / small['params']:.0f} per parameter, eval loss {small['final_eval_loss']:.3f}); "
             f"each large pair (random init and grown twin) trained for {result['scale']['large_tokens_per_param']} tokens per parameter of its architecture: "
             + ", ".join(f"{k} {large['params'][k]:,} parameters, {large['tokens'][k]:,} tokens" for k in large["params"])
-            + f". {large['schedule']}; learning rates tuned at {result['scale']['tune_share']:g} of each arm's budget. "
+            + f". {large['schedule']}; learning rates tuned at {_share(result['scale']['tune_share'])}. "
             f"{_minutes(result['minutes'] * 60 if result['minutes'] is not None else None)} minutes on "
             f"{result['machine']['cuda'] or str(result['machine']['cpus']) + ' CPU cores'}.\n\n")
     table = head + "\n".join(rows) + "\n"
+    if "copies_by_lr" in result["arms"].get("hyperclone_noise", {}):
+        table += ("\nx2 width with noise, copies' correlation after training at each learning rate tried: "
+                  + ", ".join(f"{lr} {value:.2f}" for lr, value in result["arms"]["hyperclone_noise"]["copies_by_lr"].items()) + "\n")
     if "sizes" in result:
         table += _sweep_table(result["sizes"], "hidden (small)", "hidden")
     if "pretrain" in result:
@@ -615,6 +625,10 @@ def _sweep_table(rows: list[dict], title: str, key: str) -> str:
         f"{_x(r['speedup'], r['speedup_is_lower_bound'])} | {_x(r['speedup_including_small'], r['speedup_is_lower_bound'])} | "
         f"{r['lr_random']:.3g} / {r['lr_grown']:.3g} |" + (f" {_corr(r['copies'])} ({r['unrelated']:.2f}) |" if copies else "")
         for r in rows) + "\n"
+
+
+def _share(share: float) -> str:
+    return "each arm's whole budget" if share == 1 else f"{share:g} of each arm's budget"
 
 
 def _corr(value: float | None) -> str:

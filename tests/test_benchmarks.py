@@ -28,6 +28,8 @@ def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
     # tuned at the whole budget: the arm's curve is its best grid point's, and that point is the best at the budget
     assert grown["final_eval_loss"] == min(grown["tuning_eval_loss"].values())
     assert grown["copies"]["pairs"] > 0 and -1 <= grown["copies"]["copies"] <= 1
+    assert grown["copies_by_lr"][f"{grown['lr']:.3g}"] == grown["copies"]["copies"]  # and at every rate its tunnel tried
+    assert len(grown["copies_by_lr"]) == len(grown["tuning_eval_loss"])
     assert "copies" not in result["arms"]["random_init"]
 
 
