@@ -306,7 +306,9 @@ def copy_correlation(grown: Path, trained: Path, corpus: Path, seq: int, blocks:
     copies, the floor it could fall to. Copies still at 1 compute the same thing, so the extra width is unused.
 
     Copies are found, not assumed from a layout: in the grown model before training, a unit's copy is the
-    one whose activations equal its own (correlation > 0.999), whatever order growth wrote them in."""
+    one whose activations equal its own (correlation > 0.999), whatever order growth wrote them in. The
+    text is the start of `corpus` (the large arms' own data): what is asked is whether two units respond
+    alike, not how well the model predicts."""
     import torch
 
     ids = torch.tensor(list(_first_bytes(corpus, blocks * seq)), dtype=torch.long).reshape(blocks, seq)
@@ -315,10 +317,10 @@ def copy_correlation(grown: Path, trained: Path, corpus: Path, seq: int, blocks:
         start, end = _correlations(before), _correlations(after)
         start.fill_diagonal_(-2.0)
         best, partner = start.max(dim=1)
-        found = best > 0.999
-        pairs.append(end[found.nonzero().squeeze(1), partner[found]])
+        found = (best > 0.999).nonzero().squeeze(1)
+        pairs.append(end[found, partner[found]])
         mask = ~torch.eye(len(end), dtype=torch.bool)
-        mask[found.nonzero().squeeze(1), partner[found]] = False
+        mask[found, partner[found]] = False
         unrelated.append(end[mask].abs())
     pairs = torch.cat(pairs)
     return {"copies": round(pairs.mean().item(), 4) if len(pairs) else None, "pairs": len(pairs),

@@ -62,14 +62,15 @@ def test_copy_correlation_finds_the_copies_growth_made_and_sees_them_part(tmp_pa
 
 
 def test_recorded_sweeps_render_as_tables_and_a_plot(tmp_path):
-    """The recorded run's sweeps (sizes, pretraining length, warmup) come back as tables and one PNG."""
+    """The recorded run's sweeps (sizes, pretraining length, warmup, noise) come back as tables and one PNG."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import convergence
 
-    result = json.loads((ROOT / "benchmarks" / "results" / "convergence-tune0.25.json").read_text())
+    result = json.loads((ROOT / "benchmarks" / "results" / "convergence.json").read_text())
     convergence._write(result, tmp_path, "sweeps", record=False)
     table = (tmp_path / "sweeps.md").read_text()
-    for title in ("hidden (small)", "small model's tokens per parameter", "grown arm's warmup"):
+    for title in ("hidden (small)", "small model's tokens per parameter", "grown arm's warmup", "grown arm's noise"):
         assert title in table
+    assert "| 1.000 (0.19) |" in table  # exact copies: their copies' correlation beside the unrelated units' floor
     assert "≥ 8.00x" in table  # a point reached at the smallest budget is shown as a bound
     assert (tmp_path / "sweeps-sweeps.png").read_bytes()[:4] == b"\x89PNG"
