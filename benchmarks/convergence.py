@@ -288,9 +288,10 @@ def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, tuned: d
 def _copies(grown: Path, run_dir: Path, lr: float, bench: Bench) -> dict:
     """The copies' correlation at the arm's learning rate, and at every learning rate its tunnel tried:
     how far the copies part depends on the rate, which is part of why a grown model wants its own."""
-    by_lr = {d.name.removeprefix("lr-"): copy_correlation(grown, d / f"budget-{max(BRANCHES)}" / "final", bench.cont, bench.scale.seq)
-             for d in sorted((run_dir / "runs").glob("lr-*"), key=lambda d: float(d.name.removeprefix("lr-")))}
-    return {"copies": by_lr[f"{lr:.3g}"], "copies_by_lr": {rate: found["copies"] for rate, found in by_lr.items()}}
+    runs = sorted((run_dir / "runs").glob("lr-*"), key=lambda d: float(d.name.removeprefix("lr-")))
+    found = copy_correlation(grown, [d / f"budget-{max(BRANCHES)}" / "final" for d in runs], bench.cont, bench.scale.seq)
+    by_lr = {d.name.removeprefix("lr-"): one for d, one in zip(runs, found)}
+    return {"copies": by_lr[f"{lr:.3g}"], "copies_by_lr": {rate: one["copies"] for rate, one in by_lr.items()}}
 
 
 def _start(run: Path) -> float:
@@ -299,11 +300,12 @@ def _start(run: Path) -> float:
     return next(r["eval_loss"] for r in map(json.loads, metrics.read_text().splitlines()) if "eval_loss" in r)
 
 
-def copy_correlation(grown: Path, trained: Path, corpus: Path, seq: int, blocks: int = 16) -> dict:
+def copy_correlation(grown: Path, trained: list[Path], corpus: Path, seq: int, blocks: int = 16) -> list[dict]:
     """Did the copies that width growth made come apart in training? Measured on the FFN's hidden units (the
-    input of every down_proj): `copies` is the mean Pearson correlation of each unit with its copy over
-    `blocks` blocks of text, after training; `unrelated` the mean |correlation| of units that were never
-    copies, the floor it could fall to. Copies still at 1 compute the same thing, so the extra width is unused.
+    input of every down_proj), for each of the `trained` models: `copies` is the mean Pearson correlation of
+    each unit with its copy over `blocks` blocks of text; `unrelated` the mean |correlation| of units that
+    were never copies, the floor it could fall to. Copies still at 1 compute the same thing, so the extra
+    width is unused.
 
     Copies are found, not assumed from a layout: in the grown model before training, a unit's copy is the
     one whose activations equal its own (correlation > 0.999), whatever order growth wrote them in. The
@@ -312,15 +314,25 @@ def copy_correlation(grown: Path, trained: Path, corpus: Path, seq: int, blocks:
     import torch
 
     ids = torch.tensor(list(_first_bytes(corpus, blocks * seq)), dtype=torch.long).reshape(blocks, seq)
-    pairs, unrelated = [], []
-    for before, after in zip(_ffn_units(grown, ids), _ffn_units(trained, ids)):
-        start, end = _correlations(before), _correlations(after)
-        start.fill_diagonal_(-2.0)
+    partners = []  # per layer: (units that have a copy, their copies)
+    for before in _ffn_units(grown, ids):
+        start = _correlations(before).fill_diagonal_(-2.0)
         best, partner = start.max(dim=1)
         found = (best > 0.999).nonzero().squeeze(1)
-        pairs.append(end[found, partner[found]])
+        partners.append((found, partner[found]))
+    return [_parted(partners, _ffn_units(model, ids)) for model in trained]
+
+
+def _parted(partners: list, units: list) -> dict:
+    """The copies' mean correlation in one trained model, and the unrelated units' floor."""
+    import torch
+
+    pairs, unrelated = [], []
+    for (found, partner), after in zip(partners, units):
+        end = _correlations(after)
+        pairs.append(end[found, partner])
         mask = ~torch.eye(len(end), dtype=torch.bool)
-        mask[found, partner[found]] = False
+        mask[found, partner] = False
         unrelated.append(end[mask].abs())
     pairs = torch.cat(pairs)
     return {"copies": round(pairs.mean().item(), 4) if len(pairs) else None, "pairs": len(pairs),
@@ -329,11 +341,12 @@ def copy_correlation(grown: Path, trained: Path, corpus: Path, seq: int, blocks:
 
 def _first_bytes(corpus: Path, count: int) -> bytes:
     """The first `count` UTF-8 bytes of a .jsonl corpus's documents (the benchmark's tokens are bytes)."""
-    seen = []
+    seen, size = [], 0
     with corpus.open() as lines:
         for line in lines:
             seen.append(json.loads(line)["text"].encode())
-            if sum(map(len, seen)) >= count:
+            size += len(seen[-1])
+            if size >= count:
                 break
     return b"".join(seen)[:count]
 
@@ -426,23 +439,26 @@ def pretrain_sweep(base: Scale, data: Path | None, work: Path) -> list[dict]:
 
 
 def warmup_sweep(base: Scale, data: Path | None, work: Path) -> list[dict]:
-    """The grown arm at each of `base.warmup_sweep` warmup fractions, each with its own tuned learning rate,
-    against one random init at the default warmup."""
-    scale = _smallest(base)
-    random_init, grown = key_arms(scale)
-    chosen = [random_init] + [replace(grown, name=f"hyperclone_noise_warmup{w:g}", warmup=w) for w in scale.warmup_sweep]
-    result = run(scale, data, work, chosen)
-    return [{"warmup": arm.warmup, "hidden": scale.hidden, **_key_row(result, arm.name)} for arm in chosen[1:]]
+    """The grown arm at each of `base.warmup_sweep` warmup fractions."""
+    return _grown_sweep(base, data, work, "warmup", base.warmup_sweep,
+                        lambda grown, w: replace(grown, name=f"hyperclone_noise_warmup{w:g}", warmup=w))
 
 
 def noise_sweep(base: Scale, data: Path | None, work: Path) -> list[dict]:
-    """The grown arm at each of `base.noise_sweep` noise scales, each with its own tuned learning rate, against
-    one random init: how much symmetry breaking the copies need to use their width."""
+    """The grown arm at each of `base.noise_sweep` noise scales: how much symmetry breaking the copies need
+    to use their width."""
+    return _grown_sweep(base, data, work, "noise", base.noise_sweep,
+                        lambda grown, n: replace(grown, name=f"hyperclone_noise{n:g}", grow={**grown.grow, "noise": n}))
+
+
+def _grown_sweep(base: Scale, data: Path | None, work: Path, key: str, values: tuple, vary) -> list[dict]:
+    """The grown arm varied along `values` (each point's learning rate tuned on its own) against one random
+    init at the default settings, at the smallest size."""
     scale = _smallest(base)
     random_init, grown = key_arms(scale)
-    chosen = [random_init] + [replace(grown, name=f"hyperclone_noise{n:g}", grow={**grown.grow, "noise": n}) for n in scale.noise_sweep]
-    result = run(scale, data, work, chosen)
-    return [{"noise": arm.grow["noise"], "hidden": scale.hidden, **_key_row(result, arm.name)} for arm in chosen[1:]]
+    chosen = [vary(grown, value) for value in values]
+    result = run(scale, data, work, [random_init, *chosen])
+    return [{key: value, "hidden": scale.hidden, **_key_row(result, arm.name)} for value, arm in zip(values, chosen)]
 
 
 def main() -> None:
@@ -478,19 +494,13 @@ def main() -> None:
     # a variant never overwrites the default run's record
     stem = "-".join(["convergence"] + ([args.data.name] if args.data else []) + ([f"reserve{args.reserve}"] if args.reserve else [])
                     + ([f"tune{scale.tune_share:g}"] if scale.tune_share != 1 else []) + (["subset"] if chosen is not None else []))
-    _write(result, args.out, stem, args.record)  # the arms first: a long --sizes sweep must not hold them hostage
-    if args.sizes:
-        result["sizes"] = sizes_sweep(scale, result, data, args.out / "sizes")
-        _write(result, args.out, stem, args.record)
-    if args.pretrain:
-        result["pretrain"] = pretrain_sweep(scale, data, args.out / "pretrain")
-        _write(result, args.out, stem, args.record)
-    if args.warmups:
-        result["warmups"] = warmup_sweep(scale, data, args.out / "warmups")
-        _write(result, args.out, stem, args.record)
-    if args.noises:
-        result["noises"] = noise_sweep(scale, data, args.out / "noises")
-        _write(result, args.out, stem, args.record)
+    _write(result, args.out, stem, args.record)  # the arms first: a long sweep must not hold them hostage
+    sweeps = {"sizes": lambda work: sizes_sweep(scale, result, data, work), "pretrain": lambda work: pretrain_sweep(scale, data, work),
+              "warmups": lambda work: warmup_sweep(scale, data, work), "noises": lambda work: noise_sweep(scale, data, work)}
+    for key, sweep in sweeps.items():
+        if getattr(args, key):
+            result[key] = sweep(args.out / key)
+            _write(result, args.out, stem, args.record)
     print(json.dumps(result) if args.json else _table(result, stem))
 
 
@@ -538,10 +548,11 @@ def _plot(result: dict, out: Path) -> None:
     plt.close(fig)
 
 
-SWEEPS = {"sizes": ("hidden", "small model's hidden size (x2 wide after growth)"),
-          "pretrain": ("small_tokens_per_param", "small model's pretraining, tokens per parameter"),
-          "warmups": ("warmup", "grown arm's warmup, fraction of its budget"),
-          "noises": ("noise", "grown arm's noise (relative to each row's RMS)")}
+# each sweep's row field, plot axis and table title
+SWEEPS = {"sizes": ("hidden", "small model's hidden size (x2 wide after growth)", "hidden (small)"),
+          "pretrain": ("small_tokens_per_param", "small model's pretraining, tokens per parameter", "small model's tokens per parameter"),
+          "warmups": ("warmup", "grown arm's warmup, fraction of its budget", "grown arm's warmup"),
+          "noises": ("noise", "grown arm's noise (relative to each row's RMS)", "grown arm's noise")}
 
 
 def _plot_sweeps(result: dict, out: Path) -> None:
@@ -554,7 +565,7 @@ def _plot_sweeps(result: dict, out: Path) -> None:
     shown = [key for key in SWEEPS if key in result]
     fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 4), squeeze=False)
     for ax, key in zip(axes[0], shown):
-        field, label = SWEEPS[key]
+        field, label, _ = SWEEPS[key]
         rows = [r for r in result[key] if r["speedup"] is not None]
         for value, name, color in (("speedup", "grown model's tokens", "C0"), ("speedup_including_small", "incl. small model", "C1")):
             ax.plot([r[field] for r in rows], [r[value] for r in rows], "-", color=color, label=name)
@@ -607,14 +618,9 @@ def _table(result: dict, stem: str) -> str:
     if "copies_by_lr" in result["arms"].get("hyperclone_noise", {}):
         table += ("\nx2 width with noise, copies' correlation after training at each learning rate tried: "
                   + ", ".join(f"{lr} {value:.2f}" for lr, value in result["arms"]["hyperclone_noise"]["copies_by_lr"].items()) + "\n")
-    if "sizes" in result:
-        table += _sweep_table(result["sizes"], "hidden (small)", "hidden")
-    if "pretrain" in result:
-        table += _sweep_table(result["pretrain"], "small model's tokens per parameter", "small_tokens_per_param")
-    if "warmups" in result:
-        table += _sweep_table(result["warmups"], "grown arm's warmup", "warmup")
-    if "noises" in result:
-        table += _sweep_table(result["noises"], "grown arm's noise", "noise")
+    for key, (field, _, title) in SWEEPS.items():
+        if key in result:
+            table += _sweep_table(result[key], title, field)
     return table
 
 

@@ -54,11 +54,10 @@ def test_copy_correlation_finds_the_copies_growth_made_and_sees_them_part(tmp_pa
     corpus = tmp_path / "text.jsonl"
     corpus.write_text(json.dumps({"text": (ROOT / "README.md").read_text()}) + "\n")
 
-    unchanged = convergence.copy_correlation(grown, grown, corpus, seq=64, blocks=8)
+    unchanged, parted = convergence.copy_correlation(grown, [grown, tmp_path / "other"], corpus, seq=64, blocks=8)
     assert unchanged["pairs"] == 2 * 48 and unchanged["copies"] > 0.999  # every unit of both layers paired
-    parted = convergence.copy_correlation(grown, tmp_path / "other", corpus, seq=64, blocks=8)
     assert parted["pairs"] == 2 * 48 and parted["copies"] < 0.5
-    assert convergence.copy_correlation(tmp_path / "other", tmp_path / "other", corpus, seq=64, blocks=8)["pairs"] == 0
+    assert convergence.copy_correlation(tmp_path / "other", [tmp_path / "other"], corpus, seq=64, blocks=8)[0]["pairs"] == 0
 
 
 def test_recorded_sweeps_render_as_tables_and_a_plot(tmp_path):

@@ -144,11 +144,11 @@ def _beyond_edge(results: dict[float, dict[int, float]], full: int) -> list[floa
 
 def _report(results: dict[float, dict[int, float]], base: TrainConfig, branches: Branches, tokens_per_step: int, out: Path) -> dict:
     full = branches.steps(max(branches.budgets))
-    best = min(results, key=lambda lr: results[lr][full])
+    by_budget = {steps: min(results, key=lambda lr: results[lr][steps]) for steps in map(branches.steps, branches.budgets)}
+    best = by_budget[full]
     if len(results) > 1 and _beyond_edge(results, full):
         warnings.warn(f"the best learning rate {best:.3g} is at the edge of the grid: the optimum may lie beyond it; "
                       "extend --lrs", UserWarning, stacklevel=3)
-    by_budget = {steps: min(results, key=lambda lr: results[lr][steps]) for steps in map(branches.steps, branches.budgets)}
     summary = {
         "model": base.model, "data": base.data, "optimizer": base.optimizer, "best_lr": best, "best_eval_loss": results[best][full],
         "budget_tokens": full * tokens_per_step, "warmup": base.warmup, "decay_fraction": base.decay_fraction,
