@@ -330,11 +330,12 @@ def push(
 def consolidate(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written with --checkpoint-format dcp (run/checkpoints/step-N)."),
     output: Path = typer.Option(..., "-o", "--output", help="New model directory (safetensors, config, tokenizer)."),
+    shard_size: str = typer.Option("5GB", "--shard-size", help="Largest shard, e.g. 5GB or 500MB."),
 ) -> None:
     """Gather a sharded torch.distributed.checkpoint checkpoint into one model directory transformers loads."""
     import hyperclone
 
-    path = hyperclone.consolidate(checkpoint, output)
+    path = hyperclone.consolidate(checkpoint, output, shard_size=shard_size)
     err.print(f"[green]consolidated[/] {checkpoint} → {path}", soft_wrap=True)
 
 

@@ -165,7 +165,7 @@ def test_async_dcp_checkpoint_from_two_processes_resumes_on_one_and_consolidates
     """Two processes write a torch.distributed.checkpoint checkpoint in the background (each its own
     shard file) while they train; one process, and four, resume from it with the same global batch and
     take the same next steps; `hyperclone consolidate` turns the last one into the trained model."""
-    model = tiny("llama", vocab_size=300)
+    model = tiny("llama", vocab_size=300, tie_word_embeddings=True)
     common = ["--model", str(model), "--data", DATA, "--max-steps", "4", "--save-every", "2", "--seq-len", "32",
               "--trackers", "none", "--checkpoint-format", "dcp", "--async-checkpoint"]
     # launched as the README says, with the DDP launch config shipped in recipes/ (on gloo here)
@@ -197,10 +197,19 @@ def test_async_dcp_checkpoint_from_two_processes_resumes_on_one_and_consolidates
     out = tmp_path / "consolidated"
     done = cli("consolidate", str(tmp_path / "two" / "checkpoints" / "step-4"), "-o", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
-    merged, trained = hyperclone.load_model(out).state_dict(), hyperclone.load_model(tmp_path / "two" / "final").state_dict()
-    assert merged.keys() == trained.keys() and all(torch.equal(merged[k], trained[k]) for k in merged)
+    # streamed a few tensors at a time into several shards: the same model, strictly loadable (the tied head left out)
+    streamed = hyperclone.consolidate(tmp_path / "two" / "checkpoints" / "step-4", tmp_path / "streamed", shard_size="30KB",
+                                      progress=False, read_bytes=20_000)
+    index = json.loads((streamed / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(index.values())) > 1 and "lm_head.weight" not in index
+    trained = hyperclone.load_model(tmp_path / "two" / "final").state_dict()
+    for path in (out, streamed):
+        merged = hyperclone.load_model(path).state_dict()
+        assert merged.keys() == trained.keys() and all(torch.equal(merged[k], trained[k]) for k in merged)
     again = cli("consolidate", str(tmp_path / "two" / "checkpoints" / "step-4"), "-o", str(out))
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    run_dir = cli("consolidate", str(tmp_path / "two"), "-o", str(tmp_path / "c2"))  # the run, not one of its checkpoints
+    assert run_dir.returncode == 2 and "step-4" in run_dir.stderr and not (tmp_path / "c2").exists()
 
 
 def test_decay_branches_from_a_stable_checkpoint(tiny, tmp_path):

@@ -16,13 +16,14 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from hyperclone.errors import UserError
 from hyperclone.manifest import sha256_file
 
 STATE_FILE = "hyperclone_state.json"  # written last: a checkpoint without it is incomplete
 SCHEDULE_FILE = "schedule.json"  # DCP checkpoints: the learning-rate schedule's position
+READ_BYTES = 256 * 2**20  # consolidate reads this much of the checkpoint at a time (or one tensor, when larger)
 RNG_PREFIX = "rng-"  # DCP checkpoints: each rank's random state, rng-<rank>.safetensors
 # DCP warns, from its background writer too, that it works in one process whenever no process group
 # exists: that is the intent in a single-process run, not news to the user
@@ -140,7 +141,10 @@ class Checkpointer:
         """The newest intact checkpoint; a damaged newer one is named, and skipped only when an older one is intact."""
         found = self.complete()
         if not found:
-            raise UserError(f"--resume: {self.root.parent} has no complete checkpoint to continue from")
+            run = self.root.parent
+            how = (f"it finished without one (--save-every): train {run / 'final'} further with --model, or start over with --force"
+                   if (run / "final").is_dir() else "start over with --force")
+            raise UserError(f"--resume: {run} has no complete checkpoint to continue from: {how}")
         problems: dict[Path, str] = {}
         for candidate in reversed(found):
             problem = damage(candidate)
@@ -160,7 +164,9 @@ class Checkpointer:
     def require_intact(checkpoint: Path) -> Path:
         """A checkpoint named by the user (--decay-from) must be complete and unchanged."""
         if not (checkpoint / STATE_FILE).exists():
-            raise UserError(f"{checkpoint} is not a complete hyperclone checkpoint")
+            steps = sorted((checkpoint / "checkpoints").glob("step-*"), key=lambda p: (len(p.name), p.name))  # step-10 after step-9
+            how = f"it is a run: give one of its checkpoints, e.g. {steps[-1]}" if steps else "give a run's checkpoints/step-N"
+            raise UserError(f"{checkpoint} is not a complete hyperclone checkpoint: {how}")
         problem = damage(checkpoint)
         if problem is not None:
             raise UserError(f"checkpoint {checkpoint} is damaged ({problem}): give an intact one")
@@ -244,13 +250,16 @@ def _load_dcp(checkpoint: Path, model, optimizer, scheduler) -> None:
     scheduler.load_state_dict(json.loads((checkpoint / SCHEDULE_FILE).read_text()))
 
 
-def consolidate(checkpoint: str | Path, out: str | Path) -> Path:
-    """A DCP checkpoint as a model directory transformers loads (safetensors, config, tokenizer), in one process."""
-    import torch
-    import torch.distributed.checkpoint as dcp
-    from transformers import AutoConfig, AutoModelForCausalLM
+def consolidate(checkpoint: str | Path, out: str | Path, shard_size: str | int = "5GB", progress: bool = True,
+                read_bytes: int = READ_BYTES) -> Path:
+    """A DCP checkpoint as a model directory transformers loads (safetensors, config, tokenizer), in one process.
 
+    Memory stays bounded whatever the model's size: tensors are read from the checkpoint a group of
+    `read_bytes` at a time (one tensor, when it is larger) and streamed into the shards by grow's own
+    writer, so a model larger than this machine's memory consolidates."""
     from hyperclone.io.output import copy_side_files
+    from hyperclone.io.writer import parse_size, plan_shards, write_shards
+    from hyperclone.progress import byte_progress
 
     checkpoint, out = Checkpointer.require_intact(Path(checkpoint)), Path(out)
     if out.exists():
@@ -258,20 +267,72 @@ def consolidate(checkpoint: str | Path, out: str | Path) -> Path:
     if not (checkpoint / SCHEDULE_FILE).is_file():
         raise UserError(f"{checkpoint} was not written with --checkpoint-format dcp: its final/ directory, "
                         "or Accelerate's own tools, give the model")
-    config = AutoConfig.from_pretrained(str(checkpoint))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.to_empty(device="cpu")
-    dcp.load({"model": model.state_dict()}, checkpoint_id=str(checkpoint), no_dist=True)  # in place, into the parameters
-    model.tie_weights()
+    try:
+        shards = plan_shards(_model_slots(checkpoint), parse_size(shard_size))
+    except ValueError as exc:
+        raise UserError(f"--shard-size: {exc}") from None
+    reader = _GroupReader(checkpoint, [slot for shard in shards for slot in shard.slots], read_bytes)
     # a fresh hidden sibling of our own (never a name that may already hold someone's files), renamed when complete
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        model.save_pretrained(str(tmp))
+        with byte_progress("consolidating", sum(s.file_bytes for s in shards), progress) as advance:
+            write_shards(tmp, shards, reader.chunks, advance)
+        shutil.copy2(checkpoint / "config.json", tmp / "config.json")
         copy_side_files(checkpoint, tmp)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _model_slots(checkpoint: Path) -> list:
+    """The tensors transformers saves for the checkpoint's config (tied copies left out: it ties them
+    again on load), with the shapes and dtypes the checkpoint holds them in."""
+    import torch
+    from torch.distributed.checkpoint import FileSystemReader
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hyperclone.io.writer import TensorSlot
+
+    with torch.device("meta"):  # names only: no memory
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(checkpoint)))
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    names = [name for name in model.state_dict() if name not in tied]
+    stored = FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
+    missing = [name for name in names if f"model.{name}" not in stored]
+    if missing:
+        raise UserError(f"{checkpoint} lacks {len(missing)} of its config's tensors (first {missing[0]}): "
+                        "it was not written by hyperclone train with this config.json")
+    return [TensorSlot(name, tuple(stored[f"model.{name}"].size), stored[f"model.{name}"].properties.dtype) for name in names]
+
+
+class _GroupReader:
+    """The model's tensors read from a DCP checkpoint in the order the shards are written, a group at a
+    time: one dcp.load per `read_bytes` rather than per tensor, and never more than that group in memory."""
+
+    def __init__(self, checkpoint: Path, slots: list, read_bytes: int):
+        self.checkpoint, self.slots, self.read_bytes = checkpoint, slots, read_bytes
+        self.index = {slot.name: i for i, slot in enumerate(slots)}
+        self.loaded: dict = {}
+
+    def chunks(self, slot) -> Iterator[Callable]:
+        yield lambda: self._take(slot)  # one chunk per tensor: it is whole in memory once read
+
+    def _take(self, slot):
+        if slot.name not in self.loaded:  # the group before was written whole: read the next one
+            self.loaded = self._read(self.index[slot.name])
+        return self.loaded.pop(slot.name)
+
+    def _read(self, first: int) -> dict:
+        import torch
+        import torch.distributed.checkpoint as dcp
+
+        group, size = {}, 0
+        for slot in self.slots[first:]:
+            if group and size + slot.nbytes > self.read_bytes:
+                break
+            group[slot.name], size = torch.empty(slot.shape, dtype=slot.dtype), size + slot.nbytes
+        dcp.load({"model": group}, checkpoint_id=str(self.checkpoint), no_dist=True)  # in place, from every rank's shards
+        return group
