@@ -82,3 +82,12 @@ def test_cli_extends_past_the_edge_and_keeps_to_the_force_rules(tiny, tmp_path):
 def test_too_short_a_budget_is_one_line(tiny, tmp_path):
     with pytest.raises(hyperclone.UserError, match="too short to branch"):
         hyperclone.tune(tiny("llama", vocab_size=300), DATA, tmp_path / "t", budget_tokens=4 * 256, **SMALL)
+
+
+def test_bad_input_leaves_no_tune_directory_behind(tiny, tmp_path):
+    """A tune that fails before its first learning rate is done (here: data that is not there) removes the
+    directory it made, so the corrected command runs without --force."""
+    for _ in range(2):  # the second time the same error, not "already holds"
+        with pytest.raises(hyperclone.UserError, match="missing"):
+            hyperclone.tune(tiny("llama", vocab_size=300), str(tmp_path / "missing"), tmp_path / "t", budget_tokens=64 * 256, **SMALL)
+        assert not (tmp_path / "t").exists()

@@ -68,7 +68,8 @@ def _prepare(out: Path, model: Path, force: bool) -> None:
     refuse_overlap(out, [model], "the model being tuned")
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise UserError(f"{out} already holds results: pass --force to tune again there, or another -o")
+            what = "results" if (out / "tune.json").exists() else "an unfinished tune"
+            raise UserError(f"{out} already holds {what}: pass --force to tune again there, or another -o")
         check_replaceable(out, "tune")
         runs = out / "runs"
         folders = [runs] if runs.is_symlink() or runs.is_file() else sorted(runs.iterdir()) if runs.is_dir() else []
@@ -121,17 +122,23 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     grid = _grid(lrs, base.lr)
     warmup = TrainConfig(**{**base.as_dict(), "max_steps": branches.steps(max(branches.budgets))}).warmup_steps()
     target = Path(out or f"{Path(source.split('@')[0]).name}-tune")
+    created = not target.exists()
     _prepare(target, model, force)
     results: dict[float, dict[int, float]] = {}
     full = branches.steps(max(branches.budgets))
-    while grid:
-        for lr in grid:
-            stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(branches.budgets)} decay branches", highlight=False)
-            results[lr] = _one_lr(base, lr, branches, warmup, target / "runs" / f"lr-{lr:.3g}")
-            stderr.print("  final eval loss " + ", ".join(f"{loss:.4f} at {s * tokens_per_step:,} tokens" for s, loss in results[lr].items()),
-                         highlight=False)
-        grid = _beyond_edge(results, full) if extend > 0 and len(results) > 1 else []
-        extend -= 1
+    try:
+        while grid:
+            for lr in grid:
+                stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(branches.budgets)} decay branches", highlight=False)
+                results[lr] = _one_lr(base, lr, branches, warmup, target / "runs" / f"lr-{lr:.3g}")
+                stderr.print("  final eval loss " + ", ".join(f"{loss:.4f} at {s * tokens_per_step:,} tokens"
+                                                              for s, loss in results[lr].items()), highlight=False)
+            grid = _beyond_edge(results, full) if extend > 0 and len(results) > 1 else []
+            extend -= 1
+    except BaseException:
+        if created and not results:  # bad data or settings: leave nothing that a retry would need --force for
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     return _report(results, base, branches, tokens_per_step, target)
 
 
