@@ -327,6 +327,9 @@ def test_fsdp2_on_two_processes_matches_one_process(tiny, tmp_path):
         whole = AutoModelForCausalLM.from_pretrained(tmp_path / f"{family}-one" / "final")
         gathered, info = AutoModelForCausalLM.from_pretrained(tmp_path / f"{family}-two" / "final", output_loading_info=True)
         assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+        # streamed from each process's shards (never gathered whole), saved as save_pretrained would
+        configs = [json.loads((tmp_path / f"{family}-{n}" / "final" / "config.json").read_text()) for n in ("one", "two")]
+        assert configs[0]["architectures"] == configs[1]["architectures"] and not (tmp_path / f"{family}-two" / ".final.dcp.tmp").exists()
         ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             x, y = whole(input_ids=ids).logits, gathered(input_ids=ids).logits

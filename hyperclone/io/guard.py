@@ -29,8 +29,9 @@ LOCK_INFO = ".hyperclone-lock"  # who holds the lock: read only when the lock it
 MANIFEST = "growth.json"
 RUN_MARKER = "hyperclone_run.json"
 # What the training loop writes at the top of a run directory ("hyperclone" is tensorboard's project folder).
-RUN_ENTRIES = frozenset({RUN_MARKER, RUN_MARKER + ".tmp", LOCK_INFO, "checkpoints", "final", ".final.tmp", "metrics.jsonl", "loss.png",
-                         "expert_load.png", "hyperclone", "README.md",
+RUN_ENTRIES = frozenset({RUN_MARKER, RUN_MARKER + ".tmp", LOCK_INFO, "checkpoints", "final", ".final.tmp",
+                         ".final.dcp.tmp",  # --fsdp: each process's shards of the final model, streamed into final/
+                         "metrics.jsonl", "loss.png", "expert_load.png", "hyperclone", "README.md",
                          "diloco_position.json", "diloco_position.json.tmp"})  # a DiLoCo group's last committed place
 TUNE_MARKER = "hyperclone_tune.json"
 TUNE_ENTRIES = frozenset({TUNE_MARKER, LOCK_INFO, "tune.json", "tune.png", "recipe.yaml", "runs"})  # what `tune` writes

@@ -252,14 +252,12 @@ def _load_dcp(checkpoint: Path, model, optimizer, scheduler) -> None:
 
 def consolidate(checkpoint: str | Path, out: str | Path, shard_size: str | int = "5GB", progress: bool = True,
                 read_bytes: int = READ_BYTES) -> Path:
-    """A DCP checkpoint as a model directory transformers loads (safetensors, config, tokenizer), in one process.
+    """A DCP checkpoint as a model directory transformers loads (safetensors, config, tokenizer), in one
+    process and in bounded memory (`write_weights`), so a model larger than this machine's memory consolidates."""
+    from transformers import AutoConfig
 
-    Memory stays bounded whatever the model's size: tensors are read from the checkpoint a group of
-    `read_bytes` at a time (one tensor, when it is larger) and streamed into the shards by grow's own
-    writer, so a model larger than this machine's memory consolidates."""
     from hyperclone.io.output import copy_side_files
-    from hyperclone.io.writer import parse_size, plan_shards, write_shards
-    from hyperclone.progress import byte_progress
+    from hyperclone.io.writer import parse_size
 
     checkpoint, out = Checkpointer.require_intact(Path(checkpoint)), Path(out)
     if out.exists():
@@ -268,16 +266,14 @@ def consolidate(checkpoint: str | Path, out: str | Path, shard_size: str | int =
         raise UserError(f"{checkpoint} was not written with --checkpoint-format dcp: its final/ directory, "
                         "or Accelerate's own tools, give the model")
     try:
-        shards = plan_shards(_model_slots(checkpoint), parse_size(shard_size))
+        shard_bytes = parse_size(shard_size)
     except ValueError as exc:
         raise UserError(f"--shard-size: {exc}") from None
-    reader = _GroupReader(checkpoint, [slot for shard in shards for slot in shard.slots], read_bytes)
     # a fresh hidden sibling of our own (never a name that may already hold someone's files), renamed when complete
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        with byte_progress("consolidating", sum(s.file_bytes for s in shards), progress) as advance:
-            write_shards(tmp, shards, reader.chunks, advance)
+        write_weights(checkpoint, AutoConfig.from_pretrained(str(checkpoint)), tmp, shard_bytes, progress, read_bytes)
         shutil.copy2(checkpoint / "config.json", tmp / "config.json")
         copy_side_files(checkpoint, tmp)
         tmp.rename(out)
@@ -287,17 +283,32 @@ def consolidate(checkpoint: str | Path, out: str | Path, shard_size: str | int =
     return out
 
 
-def _model_slots(checkpoint: Path) -> list:
-    """The tensors transformers saves for the checkpoint's config (tied copies left out: it ties them
-    again on load), with the shapes and dtypes the checkpoint holds them in."""
+def write_weights(checkpoint: Path, config, out: Path, shard_bytes: int = 5 * 10**9, progress: bool = True,
+                  read_bytes: int = READ_BYTES) -> None:
+    """The model weights of a DCP checkpoint as transformers' safetensors shards (and index) in `out`.
+
+    Memory stays bounded whatever the model's size: tensors are read a group of `read_bytes` at a
+    time (one tensor, when it is larger) and streamed into the shards by grow's own writer."""
+    from hyperclone.io.writer import plan_shards, write_shards
+    from hyperclone.progress import byte_progress
+
+    shards = plan_shards(_model_slots(checkpoint, config), shard_bytes)
+    reader = _GroupReader(checkpoint, [slot for shard in shards for slot in shard.slots], read_bytes)
+    with byte_progress("writing weights", sum(s.file_bytes for s in shards), progress) as advance:
+        write_shards(out, shards, reader.chunks, advance)
+
+
+def _model_slots(checkpoint: Path, config) -> list:
+    """The tensors transformers saves for `config` (tied copies left out: it ties them again on load),
+    with the shapes and dtypes the checkpoint holds them in."""
     import torch
     from torch.distributed.checkpoint import FileSystemReader
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from hyperclone.io.writer import TensorSlot
 
     with torch.device("meta"):  # names only: no memory
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(checkpoint)))
+        model = AutoModelForCausalLM.from_config(config)
     tied = getattr(model, "all_tied_weights_keys", None) or {}
     names = [name for name in model.state_dict() if name not in tied]
     stored = FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata

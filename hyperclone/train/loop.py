@@ -494,31 +494,59 @@ def _replica_groups(run: Run):
         yield replica
 
 
-def _full_state_dict(run: Run) -> dict:
-    """The whole model's tensors, on the main process (gathered from the shards under --fsdp)."""
-    if not run.cfg.fsdp:
-        return run.accelerator.get_state_dict(run.model)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def _save_model(run: Run, tmp: Path) -> None:
+    """The trained model in transformers' format into `tmp` (made by the main process).
 
-    return get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    Under --fsdp no process ever holds the whole model, at the end either: each writes its own shards
+    with DCP, and the main process streams them into safetensors a group of tensors at a time, as
+    `hyperclone consolidate` does. Every process must call this."""
+    import shutil
+
+    acc = run.accelerator
+    model = acc.unwrap_model(run.model)
+    if not run.cfg.fsdp:
+        weights = acc.get_state_dict(run.model)
+        if acc.is_main_process:
+            model.save_pretrained(str(tmp), state_dict=weights)
+        return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    from hyperclone.train.checkpoint import write_weights
+
+    shards = run.out / ".final.dcp.tmp"
+    if acc.is_main_process:
+        shutil.rmtree(shards, ignore_errors=True)
+    acc.wait_for_everyone()
+    dcp.save({"model": get_model_state_dict(run.model)}, checkpoint_id=str(shards))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        # what save_pretrained writes beside the weights; FSDP2 renamed the class (FSDPLlamaForCausalLM)
+        model.config.architectures = [type(model).__name__.removeprefix("FSDP")]
+        model.config.save_pretrained(str(tmp))
+        if model.can_generate():
+            model.generation_config.save_pretrained(str(tmp))
+        write_weights(shards, model.config, tmp, progress=run.cfg.progress)
+        shutil.rmtree(shards)
 
 
 def _finish(run: Run, result: dict) -> None:
     """The final model (transformers' own format, atomically) with its card and plots, the trackers closed."""
-    acc, out = run.accelerator, run.out
-    acc.wait_for_everyone()
-    weights = _full_state_dict(run)  # every process takes part in gathering FSDP2's shards
-    if acc.is_main_process:
-        import shutil
+    import shutil
 
+    acc, out = run.accelerator, run.out
+    tmp, final = out / ".final.tmp", out / "final"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    acc.wait_for_everyone()
+    _save_model(run, tmp)
+    if acc.is_main_process:
         from hyperclone.arch import MOE_LAYOUTS
         from hyperclone.card import CARD, trained_card
         from hyperclone.io.output import copy_side_files
         from hyperclone.train.plots import plot_expert_load, plot_loss
 
-        tmp, final = out / ".final.tmp", out / "final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        acc.unwrap_model(run.model).save_pretrained(str(tmp), state_dict=weights)
         copy_side_files(Path(run.cfg.model), tmp)
         plots = [out / "loss.png"]
         plot_loss(out / "metrics.jsonl", plots[0])
