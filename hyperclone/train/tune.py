@@ -15,11 +15,12 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from hyperclone.errors import UserError
 from hyperclone.io.guard import TUNE_MARKER, check_replaceable, refuse_overlap
 from hyperclone.io.resolve import resolve_source
-from hyperclone.progress import stderr
+from hyperclone.progress import stderr, token_progress
 from hyperclone.train.config import TrainConfig, make_config
 from hyperclone.train.loop import train
 from hyperclone.train.plots import plot_lr_sweep
@@ -55,6 +56,10 @@ class Branches:
     def branch_at(self, k: int) -> int:
         return k * self.save_every
 
+    def run_steps(self) -> int:
+        """Steps trained per learning rate: the stable run and every decay branch."""
+        return self.branch_at(max(self.budgets)) + sum(self.steps(k) - self.branch_at(k) for k in self.budgets)
+
 
 def _grid(lrs, base: float) -> list[float]:
     values = sorted({float(x) for x in lrs}) if lrs else [base * f for f in LR_FACTORS]
@@ -88,13 +93,14 @@ def _final_eval(run: Path) -> float:
     return [r["eval_loss"] for r in read_metrics(run / "metrics.jsonl") if "eval_loss" in r][-1]
 
 
-def _one_lr(base: TrainConfig, lr: float, branches: Branches, warmup: int, folder: Path) -> dict[int, float]:
-    """One stable run at `lr` and a decay branch per budget: {budget steps: final eval loss}."""
+def _one_lr(base: TrainConfig, lr: float, branches: Branches, warmup: int, folder: Path, done: Callable[[int], None]) -> dict[int, float]:
+    """One stable run at `lr` and a decay branch per budget: {budget steps: final eval loss}; `done(steps)` after each run."""
     common = {**base.as_dict(), "lr": lr, "warmup": warmup, "progress": False, "force": True, "resume": False}
     stable = folder / "stable"
     train(make_config(**{**common, "out": str(stable), "schedule": "constant", "max_steps": branches.branch_at(max(branches.budgets)),
                          "save_every": branches.save_every, "keep": max(branches.budgets), "eval_every": branches.save_every,
                          "eval_at_start": True}))
+    done(branches.branch_at(max(branches.budgets)))
     losses = {}
     for k in branches.budgets:
         run = folder / f"budget-{k}"
@@ -102,6 +108,7 @@ def _one_lr(base: TrainConfig, lr: float, branches: Branches, warmup: int, folde
         train(make_config(**{**common, "out": str(run), "schedule": "wsd", "max_steps": branches.steps(k),
                              "decay_from": str(checkpoint), "save_every": 0, "eval_every": 0}))
         losses[branches.steps(k)] = _final_eval(run)
+        done(branches.steps(k) - branches.branch_at(k))
     return losses
 
 
@@ -126,15 +133,19 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     _prepare(target, model, force)
     results: dict[float, dict[int, float]] = {}
     full = branches.steps(max(branches.budgets))
+    per_lr = branches.run_steps() * tokens_per_step
     try:
-        while grid:
-            for lr in grid:
-                stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(branches.budgets)} decay branches", highlight=False)
-                results[lr] = _one_lr(base, lr, branches, warmup, target / "runs" / f"lr-{lr:.3g}")
-                stderr.print("  final eval loss " + ", ".join(f"{loss:.4f} at {s * tokens_per_step:,} tokens"
-                                                              for s, loss in results[lr].items()), highlight=False)
-            grid = _beyond_edge(results, full) if extend > 0 and len(results) > 1 else []
-            extend -= 1
+        with token_progress("tune", per_lr * len(grid), base.progress) as advance:
+            while grid:
+                for lr in grid:
+                    stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(branches.budgets)} decay branches", highlight=False)
+                    results[lr] = _one_lr(base, lr, branches, warmup, target / "runs" / f"lr-{lr:.3g}",
+                                          lambda steps: advance(steps * tokens_per_step))
+                    stderr.print("  final eval loss " + ", ".join(f"{loss:.4f} at {s * tokens_per_step:,} tokens"
+                                                                  for s, loss in results[lr].items()), highlight=False)
+                grid = _beyond_edge(results, full) if extend > 0 and len(results) > 1 else []
+                advance(0, per_lr * len(grid))
+                extend -= 1
     except BaseException:
         if created and not results:  # bad data or settings: leave nothing that a retry would need --force for
             shutil.rmtree(target, ignore_errors=True)
