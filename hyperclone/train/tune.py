@@ -132,25 +132,30 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     created = not target.exists()
     _prepare(target, model, force)
     results: dict[float, dict[int, float]] = {}
-    full = branches.steps(max(branches.budgets))
-    per_lr = branches.run_steps() * tokens_per_step
     try:
-        with token_progress("tune", per_lr * len(grid), base.progress) as advance:
-            while grid:
-                for lr in grid:
-                    stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(branches.budgets)} decay branches", highlight=False)
-                    results[lr] = _one_lr(base, lr, branches, warmup, target / "runs" / f"lr-{lr:.3g}",
-                                          lambda steps: advance(steps * tokens_per_step))
-                    stderr.print("  final eval loss " + ", ".join(f"{loss:.4f} at {s * tokens_per_step:,} tokens"
-                                                                  for s, loss in results[lr].items()), highlight=False)
-                grid = _beyond_edge(results, full) if extend > 0 and len(results) > 1 else []
-                advance(0, per_lr * len(grid))
-                extend -= 1
+        with token_progress("tune", branches.run_steps() * tokens_per_step * len(grid), base.progress) as advance:
+            _search(base, grid, extend, branches, warmup, target / "runs", advance, results)
     except BaseException:
         if created and not results:  # bad data or settings: leave nothing that a retry would need --force for
             shutil.rmtree(target, ignore_errors=True)
         raise
     return _report(results, base, branches, tokens_per_step, target)
+
+
+def _search(base: TrainConfig, grid: list[float], extend: int, branches: Branches, warmup: int, runs: Path,
+            advance: Callable[..., None], results: dict[float, dict[int, float]]) -> None:
+    """Every learning rate of the grid into `results`, then up to `extend` more past the edge the best sits on;
+    `advance(tokens, more_tokens)` moves the bar and grows its total."""
+    full, per_step = branches.steps(max(branches.budgets)), base.batch_size * base.seq_len * base.grad_accum
+    while grid:
+        for lr in grid:
+            stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(branches.budgets)} decay branches", highlight=False)
+            results[lr] = _one_lr(base, lr, branches, warmup, runs / f"lr-{lr:.3g}", lambda steps: advance(steps * per_step))
+            stderr.print("  final eval loss " + ", ".join(f"{loss:.4f} at {s * per_step:,} tokens" for s, loss in results[lr].items()),
+                         highlight=False)
+        grid = _beyond_edge(results, full) if extend > 0 and len(results) > 1 else []
+        advance(0, branches.run_steps() * per_step * len(grid))
+        extend -= 1
 
 
 def _beyond_edge(results: dict[float, dict[int, float]], full: int) -> list[float]:
