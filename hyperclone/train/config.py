@@ -82,6 +82,10 @@ class TrainConfig:
     def warmup_steps(self) -> int:
         return int(self.warmup * self.max_steps) if self.warmup < 1 else int(self.warmup)
 
+    def tokens_per_step(self, processes: int = 1) -> int:
+        """Tokens one optimizer step trains on, over `processes` data-parallel processes."""
+        return self.batch_size * self.seq_len * self.grad_accum * processes
+
 
 CHOICES = {
     "optimizer": ("muonclip", "muon", "adamw"),
@@ -154,7 +158,7 @@ def _warn_about_tuning(config: TrainConfig) -> None:
     trains for a budget far from that one. Data-parallel processes share one global batch."""
     if not config.tuned_tokens:
         return
-    tokens = config.max_steps * config.batch_size * config.seq_len * config.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+    tokens = config.max_steps * config.tokens_per_step(int(os.environ.get("WORLD_SIZE", "1")))
     if not 0.5 <= tokens / config.tuned_tokens <= 2:
         warnings.warn(f"the learning rate {config.lr:.3g} was tuned for {config.tuned_tokens:,} tokens and this run trains for "
                       f"{tokens:,}: the best rate moves with the budget; run `hyperclone tune --budget-tokens {tokens}` for this "

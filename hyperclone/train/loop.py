@@ -323,9 +323,8 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
                  _Batches(decay_loader, accelerator) if decay_loader is not None else None, [s.path for s in decay_sources],
                  decay_start_step(cfg.max_steps, warmup, cfg.decay_fraction, branch))
     feed.skip(state)
-    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * accelerator.num_processes
     return Run(cfg, out, accelerator, model, optimizer, scheduler, feed, eval_loader, balance, qk, checkpointer, rundir,
-               log, state, tokens_per_step)
+               log, state, cfg.tokens_per_step(accelerator.num_processes))
 
 
 def train_step(run: Run) -> dict | None:

@@ -123,7 +123,7 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     source = str(model)
     model = resolve_source(source, "model")  # hf://org/name[@rev]: its snapshot, resolved once for every run
     base = make_config(recipe, model=str(model), data=data, **{**settings, "tuned_tokens": 0})
-    tokens_per_step = base.batch_size * base.seq_len * base.grad_accum
+    tokens_per_step = base.tokens_per_step()
     total = budget_tokens // tokens_per_step if budget_tokens else base.max_steps
     branches = Branches.plan(total, tuple(budgets), base.decay_fraction)
     grid = _grid(lrs, base.lr)
@@ -146,7 +146,7 @@ def _search(base: TrainConfig, grid: list[float], extend: int, branches: Branche
             advance: Callable[..., None], results: dict[float, dict[int, float]]) -> None:
     """Every learning rate of the grid into `results`, then up to `extend` more past the edge the best sits on;
     `advance(tokens, more_tokens)` moves the bar and grows its total."""
-    full, per_step = branches.steps(max(branches.budgets)), base.batch_size * base.seq_len * base.grad_accum
+    full, per_step = branches.steps(max(branches.budgets)), base.tokens_per_step()
     while grid:
         for lr in grid:
             stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(branches.budgets)} decay branches", highlight=False)
