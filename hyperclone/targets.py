@@ -18,7 +18,8 @@ from hyperclone.yamlio import parse_yaml, read_yaml
 # on the convergence benchmark the copies then part as far as unrelated units do, and x2 width reached the
 # random-init twin's loss 2.21x sooner, against 1.60x at 0.01 and never with exact copies
 # (benchmarks/results/convergence.md, --noises). The function is exact at any noise.
-DEFAULT_NOISE = 0.5
+NOISE_CAP = 0.5
+DEFAULT_NOISE = NOISE_CAP
 KEYS = {"description", "width", "ffn", "layers", "noise", "seed", "depth_init", "insert_after", "dtype", "moe"}
 GOAL_MARKERS = ("total_params", "active_params")
 

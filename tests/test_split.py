@@ -50,3 +50,19 @@ def test_noise_is_reproducible_and_chunk_independent_of_reader():
     assert torch.equal(first, again) and not torch.equal(first, other)
     # the parts sum back to x (in float64, so the check itself adds no rounding that depends on the CPU)
     assert torch.allclose(first.view(10, 3, 8).double().sum(1), x.double(), rtol=0, atol=1e-12 * float(x.abs().max()))
+
+
+def test_noise_above_the_cap_changes_few_weights_and_the_plan_says_so(tiny):
+    """At 0.5 the exact split's |x|/2n bound already binds for almost every weight, so 5 gives nearly the
+    same parts: a user asking for more symmetry breaking is told it barely moves anything."""
+    import hyperclone
+    from hyperclone.targets import NOISE_CAP
+
+    x = torch.randn(64, 256)
+    parts = {noise: split_exact(x, 2, torch.float32, noise=noise, generator=torch.Generator().manual_seed(0))[0]
+             for noise in (0.05, NOISE_CAP, 10 * NOISE_CAP)}
+    changed = lambda a, b: float((parts[a] != parts[b]).float().mean())  # noqa: E731
+    assert changed(NOISE_CAP, 10 * NOISE_CAP) < 0.01 < 0.5 < changed(0.05, NOISE_CAP)
+    src = tiny("llama")
+    assert not hyperclone.plan(src, dict(width=2, noise=NOISE_CAP)).warnings
+    assert any("changes little" in w for w in hyperclone.plan(src, dict(width=2, noise=10 * NOISE_CAP)).warnings)
