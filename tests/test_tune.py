@@ -61,6 +61,8 @@ def test_cli_extends_past_the_edge_and_keeps_to_the_force_rules(tiny, tmp_path):
     assert "tune: lr 0.006" in first.stderr and "6,144 tokens" in first.stdout
     # one tokens bar over every run, its total grown by the extra learning rate: 3 x (16 stable + 1+2+4+8 decay steps) x 256
     assert "tok/s" in first.stderr and "23,808/23,808 tokens" in first.stderr
+    # the inner runs' routine lines (tokenizer, decay branch) stay out of the way of the bar
+    assert "tokenizer: " not in first.stderr and "decay branched" not in first.stderr
     tried = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert sorted(map(float, tried["eval_loss"])) == [3e-4, 3e-3, 6e-3]
     assert f"best learning rate {tried['best_lr']:.3g}" in first.stderr and f"* {tried['best_lr']:.6g}" in first.stdout

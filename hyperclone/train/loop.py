@@ -203,7 +203,7 @@ def _data(cfg: TrainConfig, model, accelerator, log: "_Log", sources: list[Sourc
         if cfg.replicas > 1:  # DiLoCo: each replica group trains on its own shard (eval stays common)
             train_blocks = train_blocks.shard(num_shards=cfg.replicas, index=cfg.replica_index)
         decay_blocks = mixed_blocks(decay_sources, *settings)[0] if decay_sources else None
-    log.say(f"tokenizer: {tokenizer.description}")
+    log.note(f"tokenizer: {tokenizer.description}")
     loaders = []
     for blocks, setting in ((train_blocks, "--data"), (decay_blocks, "--decay-data")):
         if blocks is None:
@@ -313,7 +313,7 @@ def _build(cfg: TrainConfig, out: Path, accelerator, rundir: RunDirectory, log: 
         checkpointer.load(start_from)
         if cfg.resume:
             log.drop_after(state.step)
-        log.say(f"{'resumed' if cfg.resume else 'decay branched'} from {start_from} at step {state.step}")
+        (log.say if cfg.resume else log.note)(f"{'resumed' if cfg.resume else 'decay branched'} from {start_from} at step {state.step}")
         if cfg.decay_from and not cfg.resume:
             for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
                 group["lr"] = base * scheduler.lr_lambdas[0](state.step)
@@ -573,6 +573,12 @@ class _Log:
     def say(self, text: str) -> None:
         if self.main:
             stderr.print(text, highlight=False, soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        """A routine line, shown beside the progress display only: runs without one (tune's inner runs,
+        benchmarks) would otherwise repeat it for every run."""
+        if self.progress:
+            self.say(text)
 
     def metrics(self, record: dict) -> None:
         if "loss" in record:
