@@ -14,7 +14,7 @@
    as transformers' eager loop, its grouped_mm, and Liger's fused experts. Each arm runs in its own process: Liger patches module globals, which would leak
    into the arms measured after it.
 
-    python benchmarks/kernels.py [--layers 4] [--experts 32] [--hidden 256] [--expert-inner 128] [--steps] [--record]
+    python benchmarks/kernel_speed.py [--layers 4] [--experts 32] [--hidden 256] [--expert-inner 128] [--steps] [--record]
 """
 from __future__ import annotations
 
