@@ -112,7 +112,7 @@ def grow(
     width: Optional[int] = typer.Option(None, help="Override the target's width multiplier."),
     ffn: Optional[int] = typer.Option(None, help="Override the target's FFN multiplier."),
     layers: Optional[str] = typer.Option(None, help="Override the target's layer count (N or Nx)."),
-    noise: Optional[float] = typer.Option(None, help="Symmetry-breaking noise scale (default 0.5, the most the exact split allows); 0 gives exact copies."),
+    noise: Optional[float] = typer.Option(None, help="Symmetry-breaking noise: std relative to each row's RMS, capped at 1.5|w|/n per weight (default 1.5, at the cap almost everywhere); 0 gives exact copies."),
     seed: Optional[int] = typer.Option(None, help="Seed of the symmetry-breaking noise."),
     dtype: Optional[str] = typer.Option(None, help="Output dtype: float32, bfloat16 or float16 (default: the source's)."),
     shard_size: str = typer.Option("5GB", "--shard-size", help="Largest shard, e.g. 5GB or 500MB."),

@@ -23,6 +23,7 @@ from hyperclone.display import Table, shape_rows
 from hyperclone.inspection import checkpoint_params
 from hyperclone.moe import Ffn, MoePlanner, expand_fused_experts, moe_spec
 from hyperclone.ops import Segment
+from hyperclone.ops.split import SHARE_CAP
 from hyperclone.spec import ModelSpec, config_for, spec_from_config
 from hyperclone.targets import NOISE_CAP, Target
 
@@ -336,8 +337,8 @@ def build_plan(ckpt: Checkpoint, target: Target) -> GrowthPlan:
             "operation": moe.describe(),
         }
     if target.noise > NOISE_CAP:
-        warnings.append(f"noise {target.noise:g} changes little over {NOISE_CAP:g}: to stay exact, the split keeps each copy within "
-                        f"|w|/2n of w/n, and {NOISE_CAP:g} already reaches that bound for almost every weight")
+        warnings.append(f"noise {target.noise:g} changes little over {NOISE_CAP:g}: the split keeps each copy within "
+                        f"{SHARE_CAP:g}|w|/n of w/n, and {NOISE_CAP:g} already reaches that bound for almost every weight")
     if ckpt.config_inferred:
         warnings.append(
             "no config.json: sizes were read from tensor shapes; "

@@ -12,13 +12,15 @@ from typing import Iterator
 from hyperclone.dtypes import DTYPE_NAMES
 from hyperclone.errors import UserError
 from hyperclone.moe import parse_moe_target
+from hyperclone.ops.split import SHARE_CAP
 from hyperclone.yamlio import parse_yaml, read_yaml
 
-# As much zero-sum noise as the exact split allows (0.5 reaches its |w|/2n cap for almost every weight):
-# on the convergence benchmark's noise sweep more was better at every step, x2 width reaching the
-# random-init twin's loss 6.5x sooner against 3.7x at 0.01, and exact copies, which stay copies under
-# AdamW, ending worst (benchmarks/results/convergence.md, --noises). The function is exact at any noise.
-NOISE_CAP = 0.5
+# Noise is a standard deviation relative to each row's RMS, capped per weight at SHARE_CAP |w|/n: at width
+# 2 the cap binds for almost every weight (all below ~3.5 RMS) from NOISE_CAP on, so more changes little.
+# The default is the cap: on the convergence benchmark more noise was better at every step, exact copies
+# (which stay copies under AdamW) ending worst (benchmarks/results/convergence.md, --noises). The function
+# is exact at any noise.
+NOISE_CAP = SHARE_CAP
 DEFAULT_NOISE = NOISE_CAP
 KEYS = {"description", "width", "ffn", "layers", "noise", "seed", "depth_init", "insert_after", "dtype", "moe"}
 GOAL_MARKERS = ("total_params", "active_params")

@@ -16,10 +16,11 @@ VARIANTS = {
     "depth_only": dict(layers=5),
     "width_ffn_depth": dict(width=2, ffn=2, layers=4),
     "noise_off": dict(width=2, noise=0),
-    "noise_large": dict(width=3, noise=0.1),
+    "noise_large": dict(width=3, noise=6.0),  # far above the cap: every share aimed at the edge of what is allowed
 }
 
 
+@pytest.mark.filterwarnings("ignore:noise 6 changes little")
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_float32_growth_preserves_logits(family, variant, tiny, tmp_path):

@@ -1,4 +1,5 @@
 """The exact splitter: parts sum back to the tensor exactly in its own dtype, noise included."""
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 @given(
     parts=st.integers(2, 7),
     dtype=st.sampled_from(DTYPES),
-    noise=st.sampled_from([0.0, 0.01, 0.3]),
+    noise=st.sampled_from([0.0, 0.01, 0.3, 1.5, 6.0]),
     seed=st.integers(0, 2**31),
     magnitude=st.sampled_from([1e-3, 1.0, 30.0]),
 )
@@ -26,6 +27,42 @@ def test_parts_sum_exactly(parts, dtype, noise, seed, magnitude):
     assert torch.equal(total, x.to(torch.float64))
     if noise > 0:  # the copies really differ
         assert not torch.equal(pieces[0], pieces[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("parts", [2, 3, 4])
+def test_noisy_parts_stay_exact_where_floats_are_awkward(dtype, parts):
+    """Zeros of both signs, subnormals, values near the dtype's largest: every part finite and representable,
+    the sum exact, at a noise far above the cap (so every part is aimed at the edge of what is allowed)."""
+    info = torch.finfo(dtype)
+    gen = torch.Generator().manual_seed(parts)
+    x = torch.randn(8, 64, generator=gen, dtype=torch.float64)
+    x[0] = 0.0
+    x[1, :32] = -0.0
+    x[2] = x[2] * info.smallest_normal  # subnormals and the smallest normals
+    x[3] = x[3].sign() * info.tiny * torch.arange(64, dtype=torch.float64)
+    x[4] = x[4].sign() * info.max * torch.linspace(0.5, 1.0, 64, dtype=torch.float64)  # 2|w| would overflow
+    x = x.to(dtype)
+    pieces = split_exact(x, parts, dtype, noise=100.0, generator=gen)
+    assert all(torch.isfinite(p).all() for p in pieces)
+    assert torch.equal(torch.stack([p.to(torch.float64) for p in pieces]).sum(0), x.to(torch.float64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_copies_shares_reach_the_cap_sign_changes_included(dtype):
+    """At the default noise two copies of w start anywhere in w/2 +- SHARE_CAP |w|/2 (beyond [0, w]: a copy
+    may hold more than the weight, its twin the difference of the other sign), and no further."""
+    from hyperclone.ops.split import SHARE_CAP
+    from hyperclone.targets import DEFAULT_NOISE
+
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(3)).to(dtype)
+    first, second = split_exact(x, 2, dtype, noise=DEFAULT_NOISE, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first.double() + second.double(), x.double())
+    share = (first.double() / x.double())[x != 0]
+    reach = 0.5 * SHARE_CAP
+    assert share.min() < 0.5 - 0.9 * reach and share.max() > 0.5 + 0.9 * reach  # the cap is reached on both sides
+    assert share.min() >= 0.5 - reach * 1.01 and share.max() <= 0.5 + reach * 1.01  # and not passed (rounding aside)
+    assert share.min() < 0 and share.max() > 1  # sign-changing parts, exact all the same
 
 
 @settings(max_examples=30, deadline=None)
