@@ -53,7 +53,7 @@ class Scale:
     small_tokens_per_param: int = 100
     large_tokens_per_param: int = 20
     lrs: tuple[float, ...] = (2e-3, 4e-3, 8e-3)  # the wind tunnel's grid for every model (extended past an edge)
-    noise: float = 0.5  # hyperclone's default noise (targets.DEFAULT_NOISE), chosen by --noises
+    noise: float = 1.5  # hyperclone's default noise (targets.DEFAULT_NOISE), chosen by --noises and noise_beyond_cap.py
     # the wind tunnel's budget as a share of the arm's. 1: every grid point is a full WSD run with decay
     # branches, and the best one's branches are the arm's measurement. A shorter tunnel is cheaper but
     # biased both ways: it picks too high a rate from scratch and too low a rate after growth (measured:
@@ -70,9 +70,9 @@ class Scale:
     # default random init; the issue's quick check saw the loss jump while the grown model re-warmed
     warmup_sweep: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5)
     # --noises: the grown arm's symmetry-breaking noise (its learning rate tuned again for each). The split
-    # caps each copy's share at |w|/4 either side of w/2 to stay exact, and noise 0.5 already reaches that
-    # cap for almost every weight, so 0.5 is about the most asymmetry an exact x2 split can start with
-    noise_sweep: tuple[float, ...] = (0.0, 0.01, 0.1, 0.5)
+    # caps each copy's share at 3|w|/4 either side of w/2 (ops.split.SHARE_CAP), and the default 1.5 reaches
+    # that cap for almost every weight; 0 gives exact copies
+    noise_sweep: tuple[float, ...] = (0.0, 0.1, 0.5, 1.5)
     split_tokens_per_param: int | None = None  # pretraining bytes set aside (default: what the small model uses)
 
     def small_config(self) -> dict:
@@ -397,6 +397,30 @@ def _count(config: dict) -> list[int]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(LlamaConfig(**config))
     return [p.numel() for p in model.parameters()]
+
+
+def finished_run(run: Path) -> tuple[dict, Bench]:
+    """A finished `--out` directory, for the probes that measure more on it (noise_beyond_cap.py,
+    lr_resolution.py): its record, and a Bench on its own data and scale."""
+    record = json.loads(next(run.glob("convergence*.json")).read_text())
+    scale = Scale(**{f: v for f, v in record["scale"].items() if f in Scale.__dataclass_fields__ and not isinstance(v, list)})
+    bench = Bench(scale, run)
+    bench.pretrain, bench.cont = run / "pretrain.jsonl", run / "continue.jsonl"
+    return record, bench
+
+
+def probe_result(name: str, record: dict, run: Path, started: float, **fields) -> dict:
+    """A probe's record: what it measured on which run, with the machine."""
+    from benchmarks_machine import machine
+
+    return {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "corpus": record["corpus"],
+            "run": str(run), **fields, "minutes": round((time.perf_counter() - started) / 60, 1)}
+
+
+def probe_path(name: str, record: dict) -> Path:
+    """Where a probe's record goes: results/<name>-<corpus>.json."""
+    corpus = "stdlib" if record["corpus"].startswith("Python standard library") else Path(record["corpus"]).name
+    return HERE / "results" / f"{name}-{corpus}.json"
 
 
 def key_arms(scale: Scale) -> list[Arm]:

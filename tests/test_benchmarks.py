@@ -37,6 +37,18 @@ def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
     assert small["final_eval_loss"] == min(small["tuning_eval_loss"].values()) == small["tuning_eval_loss"][f"{small['lr']:.6g}"]
     assert len(small["tuning_eval_loss"]) >= 3
 
+    # the learning-rate resolution probe on the same run: each arm tuned again either side of its best rate
+    probe = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lr_resolution.py"), str(out)], capture_output=True, text=True,
+                           timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    finer = json.loads(probe.stdout[probe.stdout.index("{"):])
+    assert finer["factor2_speedup"] == grown["speedup"]
+    for name, arm in finer["arms"].items():
+        tried = {float(lr): loss for lr, loss in arm["final_eval_loss_by_lr"].items()}
+        assert len(tried) >= len(result["arms"][name]["tuning_eval_loss"]) + 2  # the two midpoints, and past an edge
+        assert arm["final_eval_loss"] == min(tried.values()) <= result["arms"][name]["final_eval_loss"]
+    assert finer["arms"]["hyperclone_noise"]["target_eval_loss"] == finer["arms"]["random_init"]["final_eval_loss"]
+
 
 def test_copy_correlation_finds_the_copies_growth_made_and_sees_them_part(tmp_path):
     """A grown model before training: every FFN unit has a copy, correlated 1. The same units after their
@@ -78,3 +90,34 @@ def test_recorded_sweeps_render_as_tables_and_a_plot(tmp_path):
     assert re.search(r"\| 1\.000 \(0\.\d\d\) \|", table)  # exact copies: their copies' correlation beside the unrelated units' floor
     assert "≥ 8.00x" in table  # a point reached at the smallest budget is shown as a bound
     assert (tmp_path / "sweeps-sweeps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_noise_beyond_cap_scales_the_zero_sum_pattern_and_keeps_the_function(tmp_path):
+    """The probe's models: k = 1 is the grown model bit for bit, k = 3 moves the copies further apart (past
+    the exact split's cap) while transformers' own forward still gives the small model's logits."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    import hyperclone
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import noise_beyond_cap
+
+    config = dict(vocab_size=260, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(**config)).save_pretrained(tmp_path / "small")
+    hyperclone.grow(tmp_path / "small", {"width": 2, "noise": 0}, tmp_path / "grown-exact_copies", progress=False)
+    hyperclone.grow(tmp_path / "small", {"width": 2, "noise": 0.5}, tmp_path / "grown-hyperclone_noise", progress=False)
+    noisy = load_file(tmp_path / "grown-hyperclone_noise" / "model.safetensors")
+    exact = load_file(tmp_path / "grown-exact_copies" / "model.safetensors")
+
+    same = load_file(noise_beyond_cap.scaled(tmp_path, 1, tmp_path / "x1") / "model.safetensors")
+    assert all(torch.equal(same[n], noisy[n]) for n in noisy)
+    wider = noise_beyond_cap.scaled(tmp_path, 3, tmp_path / "x3")
+    far = load_file(wider / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj.weight"  # reads the copied FFN units: its in-columns carry the noise
+    assert (far[name] - exact[name]).abs().sum() > 2.9 * (noisy[name] - exact[name]).abs().sum() > 0
+    result = hyperclone.verify(tmp_path / "small", wider)
+    assert result["passed"] and result["max_abs_diff"] < 1e-4
