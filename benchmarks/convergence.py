@@ -417,10 +417,13 @@ def probe_result(name: str, record: dict, run: Path, started: float, **fields) -
             "run": str(run), **fields, "minutes": round((time.perf_counter() - started) / 60, 1)}
 
 
-def probe_path(name: str, record: dict) -> Path:
-    """Where a probe's record goes: results/<name>-<corpus>.json."""
-    corpus = "stdlib" if record["corpus"].startswith("Python standard library") else Path(record["corpus"]).name
-    return HERE / "results" / f"{name}-{corpus}.json"
+def emit_probe(result: dict, record: dict, write: bool) -> None:
+    """Print a probe's record and, with `write`, keep it as results/<benchmark>-<corpus>.json."""
+    text = json.dumps(result, indent=2) + "\n"
+    print(text)
+    if write:
+        corpus = "stdlib" if record["corpus"].startswith("Python standard library") else Path(record["corpus"]).name
+        (HERE / "results" / f"{result['benchmark']}-{corpus}.json").write_text(text)
 
 
 def key_arms(scale: Scale) -> list[Arm]:

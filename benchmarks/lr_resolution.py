@@ -14,7 +14,6 @@ than the grown model, the factor-2 figure flattered growth.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -62,10 +61,7 @@ def main() -> None:
         print(f"{name}: factor-2 grid {arm['factor2_lr']:.3g} -> {arm['factor2_final_eval_loss']:.4f}; finer {arm['lr']:.3g} -> "
               f"{arm['final_eval_loss']:.4f}", flush=True)
     print(f"x2 width speedup: {result['factor2_speedup']:.2f}x on the factor-2 grid, {result['speedup'] or 0:.2f}x on the finer one")
-    text = json.dumps(result, indent=2) + "\n"
-    print(text)
-    if args.record:
-        C.probe_path("lr_resolution", record).write_text(text)
+    C.emit_probe(result, record, args.record)
 
 
 if __name__ == "__main__":

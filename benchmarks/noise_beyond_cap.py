@@ -19,7 +19,6 @@ and the split was rebuilt to be exact at it in every dtype (Sterbenz cuts instea
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -80,10 +79,7 @@ def main() -> None:
     result = C.probe_result("noise_beyond_cap", record, args.run, started,
                             random_init_final_eval_loss=record["arms"]["random_init"]["final_eval_loss"],
                             grown_speedup=record["arms"]["hyperclone_noise"]["speedup"], probes=rows)
-    text = json.dumps(result, indent=2) + "\n"
-    print(text)
-    if args.record:
-        C.probe_path("noise_beyond_cap", record).write_text(text)
+    C.emit_probe(result, record, args.record)
 
 
 if __name__ == "__main__":
