@@ -17,9 +17,10 @@ from hyperclone.yamlio import parse_yaml, read_yaml
 
 # Noise is a standard deviation relative to each row's RMS, capped per weight at SHARE_CAP |w|/n: at width
 # 2 the cap binds for almost every weight (all below ~3.5 RMS) from NOISE_CAP on, so more changes little.
-# The default is the cap: on the convergence benchmark more noise was better at every step, exact copies
-# (which stay copies under AdamW) ending worst (benchmarks/results/convergence.md, --noises). The function
-# is exact at any noise.
+# The default is the cap: on the convergence benchmark x2 width paid more the further its copies could start
+# apart, up to this cap (benchmarks/results/noise_beyond_cap-*.json); at its smallest size noise 0.5 and 1.5
+# ended alike, and exact copies, which stay copies under AdamW, worst (convergence.md, --noises). The
+# function is exact at any noise.
 NOISE_CAP = SHARE_CAP
 DEFAULT_NOISE = NOISE_CAP
 KEYS = {"description", "width", "ffn", "layers", "noise", "seed", "depth_init", "insert_after", "dtype", "moe"}
