@@ -37,9 +37,10 @@ def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
     assert small["final_eval_loss"] == min(small["tuning_eval_loss"].values()) == small["tuning_eval_loss"][f"{small['lr']:.6g}"]
     assert len(small["tuning_eval_loss"]) >= 3
 
-    # the learning-rate resolution probe on the same run: each arm tuned again either side of its best rate
-    probe = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lr_resolution.py"), str(out)], capture_output=True, text=True,
-                           timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # the learning-rate resolution probe on the same run: each arm tuned again either side of its best rate,
+    # then with a second seed at every rate next to its best
+    probe = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lr_resolution.py"), str(out), "--seeds", "2"], capture_output=True,
+                           text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert probe.returncode == 0, probe.stderr[-3000:]
     finer = json.loads(probe.stdout[probe.stdout.index("{"):])
     assert finer["factor2_speedup"] == grown["speedup"]
@@ -48,6 +49,19 @@ def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
         assert len(tried) >= len(result["arms"][name]["tuning_eval_loss"]) + 2  # the two midpoints, and past an edge
         assert arm["final_eval_loss"] == min(tried.values()) <= result["arms"][name]["final_eval_loss"]
     assert finer["arms"]["hyperclone_noise"]["target_eval_loss"] == finer["arms"]["random_init"]["final_eval_loss"]
+    seeds = finer["seeds"]
+    for name, arm in seeds["arms"].items():
+        by_seed, mean = arm["final_eval_loss_by_lr_and_seed"], arm["mean_final_eval_loss_by_lr"]
+        assert len(by_seed) >= 3 and all(len(losses) == 2 for losses in by_seed.values())
+        for lr, losses in by_seed.items():
+            assert mean[lr] == sum(losses) / 2
+            if lr in finer["arms"][name]["final_eval_loss_by_lr"]:  # seed 0 is the run already made at that rate
+                assert losses[0] == finer["arms"][name]["final_eval_loss_by_lr"][lr]
+        chosen = f"{arm['lr']:.3g}"
+        assert mean[chosen] == min(mean.values()) and chosen not in (min(mean, key=float), max(mean, key=float))  # inside
+        assert arm["final_eval_loss"] == mean[chosen] and by_seed[chosen][0] != by_seed[chosen][1]  # seeds differ
+    assert seeds["arms"]["hyperclone_noise"]["target_eval_loss"] == seeds["arms"]["random_init"]["final_eval_loss"]
+    assert len(seeds["speedup_pairs"]) == 4
 
 
 def test_copy_correlation_finds_the_copies_growth_made_and_sees_them_part(tmp_path):
