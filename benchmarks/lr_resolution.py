@@ -40,7 +40,8 @@ def finer(run: Path, record: dict, bench, name: str) -> dict:
 
     arm, budget = record["arms"][name], record["large"]["tokens"]["wide"]
     if not (run / f"finer-{name}" / "tune.json").exists():  # a finished probe's runs are read back, not trained again
-        bench.tune(_model(run, record, bench, name, 0), C.Arm(name, "wide", None), f"finer-{name}", [arm["lr"] / STEP, arm["lr"] * STEP], budget, C.BRANCHES)
+        bench.tune(_model(run, record, bench, name, 0), C.Arm(name, "wide", None), f"finer-{name}", [arm["lr"] / STEP, arm["lr"] * STEP],
+                   budget, C.BRANCHES)
     wind = json.loads((run / f"finer-{name}" / "tune.json").read_text())
     curves = {float(lr): {int(t): loss for t, loss in by.items()} for lr, by in wind["eval_loss"].items()}
     curves[arm["lr"]] = {int(t): loss for t, loss in arm["budget_eval_loss"].items()}

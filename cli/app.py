@@ -497,6 +497,8 @@ def tune(
     lrs: Optional[str] = typer.Option(None, "--lrs", help="Peak learning rates, comma-separated (default: the recipe's x 1/4 .. 4)."),
     budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="Tokens of the longest run (default: the recipe's steps)."),
     extend: int = typer.Option(2, "--extend", help="Learning rates to add past the grid's edge while the best sits on it."),
+    seeds: int = typer.Option(1, "--seeds", help="Runs per learning rate, at training seeds --seed onwards; each rate is judged by "
+                              "their mean (one run can be a lucky draw where the loss is bumpy in the rate)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe the search starts from."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="muonclip | muon | adamw"),
     seq_len: Optional[int] = typer.Option(None, "--seq-len"),
@@ -518,13 +520,16 @@ def tune(
         except ValueError:
             raise hyperclone.UserError(f"--lrs takes numbers separated by commas, got {lrs!r}") from None
     mix = data[0] if data and len(data) == 1 else data or None
-    result = hyperclone.tune(model, mix, output, lrs=grid, budget_tokens=budget_tokens, extend=extend, recipe=recipe, force=force,
+    result = hyperclone.tune(model, mix, output, lrs=grid, budget_tokens=budget_tokens, extend=extend, seeds=seeds, recipe=recipe, force=force,
                              trackers="none", **{k: v for k, v in dict(optimizer=optimizer, seq_len=seq_len, batch_size=batch_size,
                                                                        warmup=warmup, decay_fraction=decay_fraction, eval_batches=eval_batches,
                                                                        seed=seed).items() if v is not None})
-    table = Table("peak lr", *(f"{t:,} tokens" for t in result["budgets_tokens"]))
+    table = Table("peak lr", *(f"{t:,} tokens" for t in result["budgets_tokens"]),
+                  title=f"final eval loss, mean ± half the range of {seeds} seeds" if seeds > 1 else None)
     for lr, by in result["eval_loss"].items():
-        table.add_row(("* " if float(lr) == result["best_lr"] else "") + lr, *(f"{v:.4f}" for v in by.values()))
+        spread = result["eval_loss_by_seed"][lr]
+        table.add_row(("* " if float(lr) == result["best_lr"] else "") + lr,
+                      *(f"{v:.4f}" + (f" ± {(max(spread[t]) - min(spread[t])) / 2:.4f}" if seeds > 1 else "") for t, v in by.items()))
     table.add_row("best lr", *(f"{lr:.3g}" for lr in result["best_lr_by_budget"].values()))
     out.print(table)
     if len(set(result["best_lr_by_budget"].values())) > 1:

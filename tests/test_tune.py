@@ -95,3 +95,34 @@ def test_bad_input_leaves_no_tune_directory_behind(tiny, tmp_path):
         with pytest.raises(hyperclone.UserError, match="missing"):
             hyperclone.tune(tiny("llama", vocab_size=300), str(tmp_path / "missing"), tmp_path / "t", budget_tokens=64 * 256, **SMALL)
         assert not (tmp_path / "t").exists()
+
+
+def test_seeds_judge_each_rate_by_its_mean(tiny, tmp_path):
+    """--seeds runs every rate at several training seeds and chooses by the mean; each seed's run is the one a
+    single-seed tune at that seed makes."""
+    model = tiny("llama", vocab_size=300)
+    full = str(16 * 256)
+    with pytest.warns(UserWarning, match="edge of the grid"):
+        result = hyperclone.tune(model, DATA, tmp_path / "t", lrs=[3e-3, 1e-2], budget_tokens=16 * 256, budgets=(1, 2), seeds=2, seed=5,
+                                 extend=0, **SMALL)
+    assert result["seeds"] == 2 and result["seed"] == 5
+    for lr, by in result["eval_loss"].items():
+        for tokens, mean in by.items():
+            runs = result["eval_loss_by_seed"][lr][tokens]
+            assert len(runs) == 2 and runs[0] != runs[1] and mean == (runs[0] + runs[1]) / 2  # another data order each
+    assert sorted(p.name for p in (tmp_path / "t" / "runs").iterdir()) == ["lr-0.003-seed-5", "lr-0.003-seed-6", "lr-0.01-seed-5",
+                                                                          "lr-0.01-seed-6"]
+    assert result["best_lr"] == min(map(float, result["eval_loss"]), key=lambda lr: result["eval_loss"][f"{lr:.6g}"][full])
+    assert "mean of 2 seeds" in (tmp_path / "t" / "recipe.yaml").read_text()
+    single = hyperclone.tune(model, DATA, tmp_path / "u", lrs=[3e-3], budget_tokens=16 * 256, budgets=(1, 2), seed=6, extend=0, **SMALL)
+    assert single["seeds"] == 1 and single["eval_loss_by_seed"]["0.003"][full] == [single["eval_loss"]["0.003"][full]]
+    assert single["eval_loss"]["0.003"][full] == pytest.approx(result["eval_loss_by_seed"]["0.003"][full][1], rel=1e-6)
+    assert (tmp_path / "u" / "runs" / "lr-0.003").is_dir()  # one seed: the folders keep their names
+    args = [shutil.which("hyperclone"), "tune", "--model", str(model), "--data", DATA, "--lrs", "3e-3", "--budget-tokens", str(32 * 256),
+            "--seq-len", "64", "--batch-size", "4", "--optimizer", "adamw", "--seeds", "2", "-o", str(tmp_path / "w")]
+    done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "mean ± half the range of 2 seeds" in done.stdout and "at seeds 0, 1" in done.stderr
+    assert "19,968/19,968 tokens" in done.stderr  # 2 seeds x (24 stable + 1+2+4+8 decay steps) x 256
+    bad = subprocess.run([*args[:-1], str(tmp_path / "v"), "--seeds", "0"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert bad.returncode == 2 and "--seeds" in bad.stderr and "Traceback" not in bad.stderr and not (tmp_path / "v").exists()

@@ -48,13 +48,17 @@ def plot_expert_load(counts: list[list[int]], layers: list[int], out: Path) -> N
     plt.close(fig)
 
 
-def plot_lr_sweep(losses: dict[float, dict[int, float]], best: float, out: Path) -> None:
-    """Final eval loss against peak learning rate, a line per budget (in tokens)."""
+def plot_lr_sweep(losses: dict[float, dict[int, float]], best: float, out: Path, seeds: dict[float, list[float]] | None = None) -> None:
+    """Final eval loss against peak learning rate, a line per budget (in tokens); with `seeds`, each
+    seed's loss at the full budget as a point around its mean, so the spread a choice rests on shows."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     lrs = sorted(losses)
     for tokens in sorted(losses[lrs[0]]):
         ax.plot(lrs, [losses[lr][tokens] for lr in lrs], "o-", label=f"{tokens:,} tokens")
+    if seeds:
+        points = [(lr, loss) for lr in lrs for loss in seeds[lr]]
+        ax.scatter(*zip(*points), marker="x", color="black", alpha=0.6, label=f"each seed, {max(losses[lrs[0]]):,} tokens")
     ax.axvline(best, color="grey", linestyle=":", label=f"best {best:.3g}")
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")

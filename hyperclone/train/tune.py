@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,9 +94,10 @@ def _final_eval(run: Path) -> float:
     return [r["eval_loss"] for r in read_metrics(run / "metrics.jsonl") if "eval_loss" in r][-1]
 
 
-def _one_lr(base: TrainConfig, lr: float, branches: Branches, warmup: int, folder: Path, done: Callable[[int], None]) -> dict[int, float]:
+def _one_lr(base: TrainConfig, lr: float, seed: int, branches: Branches, warmup: int, folder: Path,
+            done: Callable[[int], None]) -> dict[int, float]:
     """One stable run at `lr` and a decay branch per budget: {budget steps: final eval loss}; `done(steps)` after each run."""
-    common = {**base.as_dict(), "lr": lr, "warmup": warmup, "progress": False, "force": True, "resume": False}
+    common = {**base.as_dict(), "lr": lr, "seed": seed, "warmup": warmup, "progress": False, "force": True, "resume": False}
     stable = folder / "stable"
     train(make_config(**{**common, "out": str(stable), "schedule": "constant", "max_steps": branches.branch_at(max(branches.budgets)),
                          "save_every": branches.save_every, "keep": max(branches.budgets), "eval_every": branches.save_every,
@@ -113,13 +115,19 @@ def _one_lr(base: TrainConfig, lr: float, branches: Branches, warmup: int, folde
 
 
 def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *, lrs=None, budget_tokens: int | None = None,
-         budgets: tuple[int, ...] = DEFAULT_BUDGETS, extend: int = 2, recipe: str | None = None, force: bool = False,
-         **settings) -> dict:
+         budgets: tuple[int, ...] = DEFAULT_BUDGETS, extend: int = 2, seeds: int = 1, recipe: str | None = None,
+         force: bool = False, **settings) -> dict:
     """Final eval loss over a grid of peak learning rates (and budgets); writes tune.json, tune.png and
     recipe.yaml (the recipe's settings with the best learning rate) into `out`.
 
     When the best lies at an edge of the grid, up to `extend` more learning rates are tried beyond it
-    (a factor 2 apart), so a grid that missed the optimum does not hand back its edge as the answer."""
+    (a factor 2 apart), so a grid that missed the optimum does not hand back its edge as the answer.
+    With `seeds` > 1 every learning rate runs at training seeds seed .. seed + seeds - 1 (another data
+    order and held-out split each) and is judged by their mean: where the final loss is bumpy in the
+    rate, one run per rate can hand back a lucky draw (from scratch at the convergence benchmark's size
+    it moved up to 0.1 nats between seeds at one rate, benchmarks/results/lr_resolution-*.json)."""
+    if not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"--seeds must be a whole number of runs per learning rate, at least 1; got {seeds!r}")
     source = str(model)
     model = resolve_source(source, "model")  # hf://org/name[@rev]: its snapshot, resolved once for every run
     base = make_config(recipe, model=str(model), data=data, **{**settings, "tuned_tokens": 0})
@@ -131,10 +139,10 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     target = Path(out or f"{Path(source.split('@')[0]).name}-tune")
     created = not target.exists()
     _prepare(target, model, force)
-    results: dict[float, dict[int, float]] = {}
+    results: dict[float, list[dict[int, float]]] = {}  # per learning rate, each seed's {budget steps: final eval loss}
     try:
-        with token_progress("tune", branches.run_steps() * tokens_per_step * len(grid), base.progress) as advance:
-            _search(base, grid, extend, branches, warmup, target / "runs", advance, results)
+        with token_progress("tune", branches.run_steps() * tokens_per_step * len(grid) * seeds, base.progress) as advance:
+            _search(base, grid, extend, seeds, branches, warmup, target / "runs", advance, results)
     except BaseException:
         if created and not results:  # bad data or settings: leave nothing that a retry would need --force for
             shutil.rmtree(target, ignore_errors=True)
@@ -142,34 +150,43 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     return _report(results, base, branches, tokens_per_step, target)
 
 
-def _search(base: TrainConfig, grid: list[float], extend: int, branches: Branches, warmup: int, runs: Path,
-            advance: Callable[..., None], results: dict[float, dict[int, float]]) -> None:
+def _search(base: TrainConfig, grid: list[float], extend: int, seeds: int, branches: Branches, warmup: int, runs: Path,
+            advance: Callable[..., None], results: dict[float, list[dict[int, float]]]) -> None:
     """Every learning rate of the grid into `results`, then up to `extend` more past the edge the best sits on;
     `advance(tokens, more_tokens)` moves the bar and grows its total."""
     full, per_step = branches.steps(max(branches.budgets)), base.tokens_per_step()
+    each = [base.seed + i for i in range(seeds)]
     while grid:
         for lr in grid:
-            stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(branches.budgets)} decay branches", highlight=False)
-            results[lr] = _one_lr(base, lr, branches, warmup, runs / f"lr-{lr:.3g}", lambda steps: advance(steps * per_step))
-            stderr.print("  final eval loss " + ", ".join(f"{loss:.4f} at {s * per_step:,} tokens" for s, loss in results[lr].items()),
-                         highlight=False)
+            stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(branches.budgets)} decay branches"
+                         + (f", at seeds {', '.join(map(str, each))}" if seeds > 1 else ""), highlight=False)
+            results[lr] = [_one_lr(base, lr, seed, branches, warmup, runs / (f"lr-{lr:.3g}" + (f"-seed-{seed}" if seeds > 1 else "")),
+                                   lambda steps: advance(steps * per_step)) for seed in each]
+            stderr.print(f"  final eval loss{' (mean)' if seeds > 1 else ''} "
+                         + ", ".join(f"{loss:.4f} at {s * per_step:,} tokens" for s, loss in _mean(results[lr]).items()), highlight=False)
         grid = _beyond_edge(results, full) if extend > 0 and len(results) > 1 else []
-        advance(0, branches.run_steps() * per_step * len(grid))
+        advance(0, branches.run_steps() * per_step * len(grid) * seeds)
         extend -= 1
 
 
-def _beyond_edge(results: dict[float, dict[int, float]], full: int) -> list[float]:
-    """One more learning rate past the edge the best sits on, or none when the best is inside."""
+def _mean(runs: list[dict[int, float]]) -> dict[int, float]:
+    """The seeds' mean final eval loss at every budget."""
+    return {steps: statistics.fmean(run[steps] for run in runs) for steps in runs[0]}
+
+
+def _beyond_edge(results: dict[float, list[dict[int, float]]], full: int) -> list[float]:
+    """One more learning rate past the edge the best mean sits on, or none when the best is inside."""
     ordered = sorted(results)
-    best = min(ordered, key=lambda lr: results[lr][full])
+    best = min(ordered, key=lambda lr: _mean(results[lr])[full])
     return [best * 2] if best == ordered[-1] else [best / 2] if best == ordered[0] else []
 
 
-def _report(results: dict[float, dict[int, float]], base: TrainConfig, branches: Branches, tokens_per_step: int, out: Path) -> dict:
+def _report(by_seed: dict[float, list[dict[int, float]]], base: TrainConfig, branches: Branches, tokens_per_step: int, out: Path) -> dict:
     full = branches.steps(max(branches.budgets))
+    results = {lr: _mean(runs) for lr, runs in by_seed.items()}
     by_budget = {steps: min(results, key=lambda lr: results[lr][steps]) for steps in map(branches.steps, branches.budgets)}
     best = by_budget[full]
-    if len(results) > 1 and _beyond_edge(results, full):
+    if len(results) > 1 and _beyond_edge(by_seed, full):
         warnings.warn(f"the best learning rate {best:.3g} is at the edge of the grid: the optimum may lie beyond it; "
                       "extend --lrs", UserWarning, stacklevel=3)
     summary = {
@@ -180,19 +197,24 @@ def _report(results: dict[float, dict[int, float]], base: TrainConfig, branches:
         # of the budget and all of it), so the recipe is only right for the budget it was tuned at
         "best_lr_by_budget": {str(steps * tokens_per_step): lr for steps, lr in by_budget.items()},
         "eval_loss": {f"{lr:.6g}": {str(steps * tokens_per_step): loss for steps, loss in by.items()} for lr, by in results.items()},
+        # the mean above over these runs, each at its own training seed (base.seed onwards)
+        "seeds": len(next(iter(by_seed.values()))), "seed": base.seed,
+        "eval_loss_by_seed": {f"{lr:.6g}": {str(steps * tokens_per_step): [run[steps] for run in runs] for steps in runs[0]}
+                              for lr, runs in by_seed.items()},
         "recipe": str(out / "recipe.yaml"), "plot": str(out / "tune.png"),
     }
     (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
     _write_recipe(out / "recipe.yaml", base, best, full, summary)
     plot_lr_sweep({lr: {steps * tokens_per_step: loss for steps, loss in by.items()} for lr, by in results.items()}, best,
-                  out / "tune.png")
+                  out / "tune.png", {lr: [run[full] for run in runs] for lr, runs in by_seed.items()} if summary["seeds"] > 1 else None)
     return summary
 
 
 def _write_recipe(path: Path, base: TrainConfig, lr: float, steps: int, summary: dict) -> None:
     """The best learning rate with the budget it was found at: `train` warns when a run's budget is far from it."""
     lines = ["kind: training",
-             f"description: chosen by hyperclone tune, best final eval loss {summary['best_eval_loss']:.4f} at "
+             f"description: chosen by hyperclone tune, best final eval loss {summary['best_eval_loss']:.4f}"
+             + (f" (mean of {summary['seeds']} seeds)" if summary["seeds"] > 1 else "") + " at "
              f"{summary['budget_tokens']:,} tokens over learning rates {', '.join(summary['eval_loss'])}",
              f"optimizer: {base.optimizer}", f"lr: {lr:.6g}", "schedule: wsd", f"warmup: {base.warmup}",
              f"decay_fraction: {base.decay_fraction}", f"decay_shape: {base.decay_shape}", f"weight_decay: {base.weight_decay}",
