@@ -123,7 +123,8 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     When the best lies at an edge of the grid, up to `extend` more learning rates are tried beyond it
     (a factor 2 apart), so a grid that missed the optimum does not hand back its edge as the answer.
     With `seeds` > 1 every learning rate runs at training seeds seed .. seed + seeds - 1 (another data
-    order and held-out split each) and is judged by their mean: where the final loss is bumpy in the
+    order and held-out split each, the same ones for every rate, so the comparison stays paired) and is
+    judged by their mean: where the final loss is bumpy in the
     rate, one run per rate can hand back a lucky draw (from scratch at the convergence benchmark's size
     it moved up to 0.1 nats between seeds at one rate, benchmarks/results/lr_resolution-*.json)."""
     if not isinstance(seeds, int) or seeds < 1:
