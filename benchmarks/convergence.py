@@ -211,9 +211,12 @@ class Bench:
                                budgets=(max(BRANCHES),), optimizer="adamw", seed=0, force=True, warmup=0.05, **self.common)
         lr, tokens = wind["best_lr"], wind["budgets_tokens"][-1]
         tried = {rate: by[str(tokens)] for rate, by in wind["eval_loss"].items()}
-        final = self.work / "small" / "runs" / f"lr-{lr:.3g}" / f"budget-{max(BRANCHES)}" / "final"
-        return final, {"params": n_small, "tokens": tokens, "lr": lr, "tuning_eval_loss": tried, "final_eval_loss": wind["best_eval_loss"],
+        return self.small_final(lr), {"params": n_small, "tokens": tokens, "lr": lr, "tuning_eval_loss": tried, "final_eval_loss": wind["best_eval_loss"],
                        "seconds": round(time.perf_counter() - started, 1)}
+
+    def small_final(self, lr: float) -> Path:
+        """The small model's pretrained checkpoint: its wind tunnel's run at `lr`, the full budget."""
+        return self.work / "small" / "runs" / f"lr-{lr:.3g}" / f"budget-{max(BRANCHES)}" / "final"
 
     def tune(self, model: Path, arm: Arm, name: str, lrs, budget: int, budgets) -> dict:
         import hyperclone

@@ -63,14 +63,13 @@ def _curves(tune_json: Path, budget: int) -> dict[str, tuple[float, dict[int, fl
 
 def _model(run: Path, record: dict, bench, name: str, seed: int) -> Path:
     """The arm's starting model at `seed`, named as convergence.py names its seed arms (reused when present)."""
-    import convergence as C
     import hyperclone
 
     if name == "random_init":
         return bench.random_model(f"init-wide-seed{seed}", bench.architectures()["wide"], 1 + seed)
     grown = run / ("grown-hyperclone_noise" + (f"_seed{seed}" if seed else ""))
     if not (grown / "config.json").exists():
-        small = run / "small" / "runs" / f"lr-{record['small']['lr']:.3g}" / f"budget-{max(C.BRANCHES)}" / "final"
+        small = bench.small_final(record["small"]["lr"])
         hyperclone.grow(small, {**record["arms"][name]["grow"], "seed": seed}, grown, force=True, progress=False)
         assert hyperclone.verify(small, grown)["passed"], f"{grown.name} does not preserve the function"
     return grown

@@ -49,7 +49,7 @@ def probe(run: Path, k: float, record: dict, bench) -> dict:
     arm, random_init, small = record["arms"]["hyperclone_noise"], record["arms"]["random_init"], record["small"]
     budget = record["large"]["tokens"]["wide"]
     model = scaled(run, k, run / f"noise-x{k:g}")
-    small_dir = run / "small" / "runs" / f"lr-{small['lr']:.3g}" / f"budget-{max(C.BRANCHES)}" / "final"
+    small_dir = bench.small_final(small["lr"])
     drift = hyperclone.verify(small_dir, model)["max_abs_diff"]
     lrs = sorted({float(lr) for lr in arm["tuning_eval_loss"]})
     wind = bench.tune(model, C.Arm(f"noise-x{k:g}", "wide", {}), f"tune-noise-x{k:g}", lrs, budget, C.BRANCHES)

@@ -124,9 +124,9 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     (a factor 2 apart), so a grid that missed the optimum does not hand back its edge as the answer.
     With `seeds` > 1 every learning rate runs at training seeds seed .. seed + seeds - 1 (another data
     order and held-out split each, the same ones for every rate, so the comparison stays paired) and is
-    judged by their mean: where the final loss is bumpy in the
-    rate, one run per rate can hand back a lucky draw (from scratch at the convergence benchmark's size
-    it moved up to 0.1 nats between seeds at one rate, benchmarks/results/lr_resolution-*.json)."""
+    judged by their mean: where the final loss is bumpy in the rate, one run per rate can hand back a
+    lucky draw (from scratch at the convergence benchmark's size it moved up to 0.1 nats between seeds at
+    one rate, benchmarks/results/lr_resolution-*.json)."""
     if not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds must be a whole number of runs per learning rate, at least 1; got {seeds!r}")
     source = str(model)
@@ -165,7 +165,7 @@ def _search(base: TrainConfig, grid: list[float], extend: int, seeds: int, branc
                                    lambda steps: advance(steps * per_step)) for seed in each]
             stderr.print(f"  final eval loss{' (mean)' if seeds > 1 else ''} "
                          + ", ".join(f"{loss:.4f} at {s * per_step:,} tokens" for s, loss in _mean(results[lr]).items()), highlight=False)
-        grid = _beyond_edge(results, full) if extend > 0 and len(results) > 1 else []
+        grid = _beyond_edge({lr: _mean(runs) for lr, runs in results.items()}, full) if extend > 0 and len(results) > 1 else []
         advance(0, branches.run_steps() * per_step * len(grid) * seeds)
         extend -= 1
 
@@ -175,10 +175,10 @@ def _mean(runs: list[dict[int, float]]) -> dict[int, float]:
     return {steps: statistics.fmean(run[steps] for run in runs) for steps in runs[0]}
 
 
-def _beyond_edge(results: dict[float, list[dict[int, float]]], full: int) -> list[float]:
-    """One more learning rate past the edge the best mean sits on, or none when the best is inside."""
+def _beyond_edge(results: dict[float, dict[int, float]], full: int) -> list[float]:
+    """One more learning rate past the edge the best sits on, or none when the best is inside."""
     ordered = sorted(results)
-    best = min(ordered, key=lambda lr: _mean(results[lr])[full])
+    best = min(ordered, key=lambda lr: results[lr][full])
     return [best * 2] if best == ordered[-1] else [best / 2] if best == ordered[0] else []
 
 
@@ -187,7 +187,7 @@ def _report(by_seed: dict[float, list[dict[int, float]]], base: TrainConfig, bra
     results = {lr: _mean(runs) for lr, runs in by_seed.items()}
     by_budget = {steps: min(results, key=lambda lr: results[lr][steps]) for steps in map(branches.steps, branches.budgets)}
     best = by_budget[full]
-    if len(results) > 1 and _beyond_edge(by_seed, full):
+    if len(results) > 1 and _beyond_edge(results, full):
         warnings.warn(f"the best learning rate {best:.3g} is at the edge of the grid: the optimum may lie beyond it; "
                       "extend --lrs", UserWarning, stacklevel=3)
     summary = {
