@@ -22,19 +22,22 @@ def _copy_gaps(model, family: str, width: int) -> tuple[float, float]:
     return gap(reader), gap(down)
 
 
-@pytest.mark.parametrize("noise", [0.0, 0.01])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_copies_diverge_only_with_noise(family, noise, tiny, tmp_path):
+def test_copies_diverge_only_with_noise(family, tiny, tmp_path):
     src = tiny(family)
-    out = hyperclone.grow(src, dict(width=2, noise=noise), tmp_path / "g", progress=False)
-    assert_preserved(hyperclone.verify(src, out))  # step 0: same function either way
-    model = hyperclone.load_model(out, dtype=torch.float32)
-    one_adamw_step(model)
-    reader_gap, down_gap = _copy_gaps(model, family, 2)
-    if noise:
-        assert reader_gap > 1e-4 and down_gap > 1e-4
-    else:
-        assert reader_gap == 0.0 and down_gap == 0.0
+    gaps = {}
+    for noise in (0.0, 0.01):
+        out = hyperclone.grow(src, dict(width=2, noise=noise), tmp_path / f"g{noise}", progress=False)
+        assert_preserved(hyperclone.verify(src, out))  # step 0: same function either way
+        model = hyperclone.load_model(out, dtype=torch.float32)
+        one_adamw_step(model)
+        gaps[noise] = _copy_gaps(model, family, 2)
+    assert min(gaps[0.01]) > 1e-4, gaps
+    # Exact copies get the same gradient only up to float rounding: whether a matrix product gives two
+    # equal columns bit for bit depends on the CPU's kernels (where each copy falls in a vector block, how
+    # a reduction is split over threads). So their gap after a step is judged against what noise gives the
+    # copies (as tests/test_moe.py judges cloned experts), not against zero.
+    assert max(gaps[0.0]) < 0.01 * min(gaps[0.01]), gaps
 
 
 def test_in_memory_grow_matches_written_checkpoint(tiny, tmp_path):
