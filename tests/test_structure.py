@@ -91,3 +91,21 @@ def test_every_subpackage_is_installed():
     listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
     assert found <= listed, found - listed
+
+
+def test_the_api_is_imported_on_first_use():
+    """`hyperclone --help` and `import hyperclone` load no torch (about 2 s); every public name still resolves
+    to its function, also after a submodule of the same name (hyperclone.train, .grow, .plan) was imported."""
+    import subprocess
+    import sys
+
+    import hyperclone
+
+    help_run = subprocess.run([sys.executable, "-X", "importtime", "-m", "hyperclone_cli.app", "--help"], capture_output=True, text=True)
+    assert help_run.returncode == 0 and "grow" in help_run.stdout, help_run.stderr[-2000:]
+    assert not [line for line in help_run.stderr.splitlines() if line.endswith("| torch")], "--help imported torch"
+    check = ("import sys, hyperclone; assert 'torch' not in sys.modules; import hyperclone.train.loop, hyperclone.plan, hyperclone.verify;"
+             "from hyperclone import train; print(sorted(n for n in hyperclone.__all__ if not callable(getattr(hyperclone, n))), train is hyperclone.train)")
+    fresh = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert fresh.returncode == 0 and fresh.stdout.split() == ["[]", "True"], fresh.stdout + fresh.stderr[-2000:]
+    assert set(hyperclone.__all__) <= set(dir(hyperclone)) and hyperclone.train.__module__ == "hyperclone.train.loop"
