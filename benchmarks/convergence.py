@@ -74,6 +74,7 @@ class Scale:
     # that cap for almost every weight; 0 gives exact copies
     noise_sweep: tuple[float, ...] = (0.0, 0.1, 0.5, 1.5)
     split_tokens_per_param: int | None = None  # pretraining bytes set aside (default: what the small model uses)
+    eval_batches: int = 16  # held-out batches behind every eval loss (fewer in a --minutes run far below the default)
 
     def small_config(self) -> dict:
         return dict(vocab_size=260, hidden_size=self.hidden, intermediate_size=self.ffn, num_hidden_layers=self.layers,
@@ -176,7 +177,7 @@ class Bench:
         self.scale, self.work = scale, work
         self.pretrain = self.cont = work / "unset"
         self.tokens_per_step = scale.seq * scale.batch
-        self.common = dict(seq_len=scale.seq, batch_size=scale.batch, eval_batches=16, trackers="none", progress=False,
+        self.common = dict(seq_len=scale.seq, batch_size=scale.batch, eval_batches=scale.eval_batches, trackers="none", progress=False,
                            decay_fraction=0.2)
 
     def random_model(self, name: str, config: dict, seed: int) -> Path:
@@ -552,9 +553,11 @@ def _write(result: dict, out: Path, stem: str, record: bool) -> None:
 
 
 def _fit(scale: Scale, minutes: float) -> Scale:
-    """Fewer tokens per parameter when --minutes asks for a shorter run than the default (about 20 at cpu scale)."""
+    """Fewer tokens per parameter when --minutes asks for a shorter run than the default (about 20 at cpu scale),
+    and fewer held-out batches per eval: at a few tokens per parameter the evals would cost as much as training."""
     share = min(1.0, minutes / 20)
     return replace(scale, small_tokens_per_param=max(1, round(scale.small_tokens_per_param * share)),
+                   eval_batches=max(4, round(scale.eval_batches * share)),
                    large_tokens_per_param=max(1, round(scale.large_tokens_per_param * share)),
                    pretrain_sweep=tuple(max(1, round(t * share)) for t in scale.pretrain_sweep))
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
     out = tmp_path / "out"
-    args = [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--minutes", "2", "--arms", "random_init,hyperclone_noise",
+    args = [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--minutes", "1", "--arms", "random_init,hyperclone_noise",
             "--reserve", "20", "--out", str(out)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
