@@ -12,10 +12,12 @@ Arms on the x2-width architecture: random init (2 seeds), HyperCloning with nois
 exact copies, and the MuonClip pair (grown vs MuonClip random init); then x2 width + x2 depth and x2
 depth only, each against its own random-init twin. Speedup = the twin's tokens / the arm's tokens to
 reach the twin's final eval loss; `speedup_including_small` also counts the small model's pretraining
-(its tokens x N_small / N_large). `--sizes` repeats the key arms at three model sizes; `--pretrain` at
-three lengths of the small model's pretraining (100, 300, 1000 tokens per parameter on CPU); `--warmups`
-the grown arm at four warmup fractions; `--noises` at four noise scales. Every width arm also reports how far
-its copies came apart in training (`copies`: the correlation of each FFN unit with its copy, 1 = still copies).
+(its tokens x N_small / N_large); `head_start_tokens` is what the small model's training is worth in the
+twin's tokens and `speedup_from_head_start` what that alone would give (see head_start). `--sizes` repeats
+the key arms at three model sizes; `--pretrain` at three lengths of the small model's pretraining (100,
+300, 1000 tokens per parameter on CPU); `--warmups` the grown arm at four warmup fractions; `--noises` at
+four noise scales. Every width arm also reports how far its copies came apart in training (`copies`: the
+correlation of each FFN unit with its copy, 1 = still copies).
 
     python benchmarks/convergence.py [--data PATH] [--scale cpu|gpu] [--sizes] [--pretrain] [--warmups] [--noises]
                                       [--arms A,B] [--reserve N] [--minutes M] [--json] [--out DIR] [--record]
@@ -253,7 +255,7 @@ def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None 
     for name, entry in report.items():
         if not name.startswith("random_init") and entry["baseline"] in report:
             small_cost = small_report["tokens"] * params["small"] / params[entry["arch"]]
-            _speedups(entry, report[entry["baseline"]]["final_eval_loss"], budgets[entry["arch"]], small_cost)
+            _speedups(entry, report[entry["baseline"]]["budget_eval_loss"], budgets[entry["arch"]], small_cost)
     return {"scale": dict(vars(scale)), "corpus_split": corpus, "small": small_report,
             "large": {"params": {a: params[a] for a in budgets}, "tokens": budgets,
                       "tokens_per_param": {a: round(b / params[a], 1) for a, b in budgets.items()},
@@ -384,13 +386,31 @@ def _correlations(units):
     return scaled.T @ scaled
 
 
-def _speedups(entry: dict, target: float, budget: int, small_cost: float) -> None:
+def _speedups(entry: dict, baseline: dict[int, float], budget: int, small_cost: float) -> None:
+    """The arm's speedup against its random-init twin's curve `baseline` ({budget: final eval loss}), with and
+    without the small model's pretraining, and the part of it the head start alone explains."""
+    target = baseline[budget]
     reached, bound = tokens_to_reach(entry["budget_eval_loss"], target)
     entry["target_eval_loss"] = target
     entry["tokens_to_baseline_final"] = reached
     entry["speedup"] = None if reached is None else budget / reached
     entry["speedup_is_lower_bound"] = bound
     entry["speedup_including_small"] = None if reached is None else budget / (reached + small_cost)
+    entry.update(head_start(baseline, entry["start_eval_loss"], budget))
+
+
+def head_start(baseline: dict[int, float], start: float, budget: int) -> dict:
+    """What the small model's training is worth to a grown arm in its random-init twin's tokens: the WSD
+    budget whose decayed end reaches the grown model's starting loss. Were the grown model then to learn as
+    random init does from that loss on (the twin's curve shifted left by the head start), it would reach the
+    twin's final loss after budget - head start tokens: `speedup_from_head_start`. The measured speedup is
+    above that when growth learns faster than random init from the same loss, below when the grown model
+    loses tokens moving away from where the small model settled. None: the twin never gets down to the
+    grown model's start (the head start is worth its whole budget or more)."""
+    tokens, bound = tokens_to_reach(baseline, start)
+    if tokens is None or tokens >= budget:
+        return {"head_start_tokens": None, "head_start_is_upper_bound": False, "speedup_from_head_start": None}
+    return {"head_start_tokens": tokens, "head_start_is_upper_bound": bound, "speedup_from_head_start": budget / (budget - tokens)}
 
 
 def _count(config: dict) -> list[int]:
@@ -443,6 +463,7 @@ def _key_row(result: dict, grown: str) -> dict:
             "random_init_final": random_init["final_eval_loss"], "grown_start": arm["start_eval_loss"],
             "grown_final": arm["final_eval_loss"], "speedup": arm["speedup"], "speedup_including_small": arm["speedup_including_small"],
             "speedup_is_lower_bound": arm["speedup_is_lower_bound"], "lr_random": random_init["lr"], "lr_grown": arm["lr"],
+            **{field: arm[field] for field in ("head_start_tokens", "head_start_is_upper_bound", "speedup_from_head_start")},
             "copies": arm["copies"]["copies"], "unrelated": arm["copies"]["unrelated"]}
 
 
@@ -573,6 +594,11 @@ def _plot(result: dict, out: Path) -> None:
         tokens, losses = zip(*sorted((int(t), v) for t, v in arm["budget_eval_loss"].items()))
         style = "--" if name.startswith("random") else "-"
         ax.plot(tokens, losses, style + "o", label=f"{name} (lr {arm['lr']:.2g})", linewidth=1.3, markersize=3)
+    grown, twin = result["arms"].get("hyperclone_noise", {}), result["arms"].get("random_init")
+    if grown.get("head_start_tokens") and twin:  # what the head start alone would give: the twin's curve moved left by it
+        shift = grown["head_start_tokens"]
+        moved = sorted((int(t) - shift, loss) for t, loss in twin["budget_eval_loss"].items() if int(t) > shift)
+        ax.plot(*zip(*moved), "x:", color="black", linewidth=1.5, label="random_init shifted left by hyperclone_noise's head start")
     ax.axhline(result["small"]["final_eval_loss"], color="grey", linestyle=":", label="small model before growth")
     ax.set_xscale("log")
     ax.set_xlabel("WSD budget (tokens of this arm)")
@@ -633,16 +659,17 @@ def _minutes(seconds: float | None) -> str:
 
 
 def _table(result: dict, stem: str) -> str:
-    rows = ["| arm | lr (tuned) | start eval loss | final eval loss | target (twin's final) | tokens to target | speedup | incl. small model | copies' correlation | minutes |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| arm | lr (tuned) | start eval loss | final eval loss | target (twin's final) | tokens to target | speedup | incl. small model | "
+            "head start → speedup it alone gives | copies' correlation | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, arm in result["arms"].items():
         reached = arm.get("tokens_to_baseline_final")
         copies = "—" if "copies" not in arm else _corr(arm["copies"]["copies"])  # width arms only
         rows.append(f"| {name} | {arm['lr']:.3g} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | "
                     f"{arm['target_eval_loss']:.3f} | {'—' if reached is None else f'{reached:,.0f}'} | "
-                    f"{_x(arm['speedup'], arm['speedup_is_lower_bound'])} | {_x(arm['speedup_including_small'])} | {copies} | {_minutes(arm['seconds'])} |"
-                    if "speedup" in arm else
-                    f"| {name} | {arm['lr']:.3g} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | — | — | — | — | {copies} | {_minutes(arm['seconds'])} |")
+                    f"{_x(arm['speedup'], arm['speedup_is_lower_bound'])} | {_x(arm['speedup_including_small'])} | "
+                    f"{_head(arm, max(map(int, arm['budget_eval_loss'])))} | {copies} | {_minutes(arm['seconds'])} |" if "speedup" in arm else
+                    f"| {name} | {arm['lr']:.3g} | {arm['start_eval_loss']:.3f} | {arm['final_eval_loss']:.3f} | — | — | — | — | — | {copies} | "
+                    f"{_minutes(arm['seconds'])} |")
     large, small = result["large"], result["small"]
     head = (f"# Convergence after growth\n\n{result['corpus']}. Small model {small['params']:,} parameters trained for "
             f"{small['tokens']:,} tokens ({small['tokens'] / small['params']:.0f} per parameter, {_small_lr(result)}, eval loss {small['final_eval_loss']:.3f}); "
@@ -663,13 +690,25 @@ def _table(result: dict, stem: str) -> str:
 
 def _sweep_table(rows: list[dict], title: str, key: str) -> str:
     copies = "copies" in rows[0]  # records from before the copy correlation was measured lack the column
-    head = (f"\n| {title} | params (x2 wide) | grown start | grown final | random init final | speedup | incl. small | lr random / grown |"
-            + (" copies' correlation (unrelated units) |" if copies else "") + "\n|---|---|---|---|---|---|---|---|" + ("---|" if copies else "") + "\n")
+    head = (f"\n| {title} | params (x2 wide) | grown start | grown final | random init final | speedup | incl. small | head start → alone |"
+            " lr random / grown |" + (" copies' correlation (unrelated units) |" if copies else "") + "\n|---|---|---|---|---|---|---|---|---|"
+            + ("---|" if copies else "") + "\n")
     return head + "\n".join(
         f"| {r[key]} | {r['params_wide']:,} | {r['grown_start']:.3f} | {r['grown_final']:.3f} | {r['random_init_final']:.3f} | "
         f"{_x(r['speedup'], r['speedup_is_lower_bound'])} | {_x(r['speedup_including_small'], r['speedup_is_lower_bound'])} | "
-        f"{r['lr_random']:.3g} / {r['lr_grown']:.3g} |" + (f" {_corr(r['copies'])} ({r['unrelated']:.2f}) |" if copies else "")
+        f"{_head(r, r['tokens'])} | {r['lr_random']:.3g} / {r['lr_grown']:.3g} |" + (f" {_corr(r['copies'])} ({r['unrelated']:.2f}) |" if copies else "")
         for r in rows) + "\n"
+
+
+def _head(arm: dict, budget: int) -> str:
+    """The head start as a share of the arm's budget, and the speedup it alone would give (see head_start);
+    records from before it was computed show a dash."""
+    if "speedup_from_head_start" not in arm:
+        return "—"
+    if arm["speedup_from_head_start"] is None:
+        return "≥ all → unbounded"
+    at_most = "≤ " if arm["head_start_is_upper_bound"] else ""
+    return f"{at_most}{arm['head_start_tokens'] / budget:.2f} → {at_most}{arm['speedup_from_head_start']:.2f}x"
 
 
 def _small_lr(result: dict) -> str:

@@ -48,7 +48,7 @@ def finer(run: Path, record: dict, bench, name: str) -> dict:
     final = {lr: curve[budget] for lr, curve in sorted(curves.items())}
     final.update({float(lr): loss for lr, loss in arm["tuning_eval_loss"].items()})
     best = min(curves, key=lambda lr: curves[lr][budget])
-    return {"final_eval_loss_by_lr": {f"{lr:.3g}": loss for lr, loss in sorted(final.items())}, "lr": best,
+    return {"final_eval_loss_by_lr": {f"{lr:.3g}": loss for lr, loss in sorted(final.items())}, "lr": best, "start_eval_loss": arm["start_eval_loss"],
             "budget_eval_loss": curves[best], "final_eval_loss": curves[best][budget], "factor2_lr": arm["lr"],
             "factor2_final_eval_loss": arm["final_eval_loss"]}
 
@@ -99,7 +99,9 @@ def seeded(run: Path, record: dict, bench, name: str, seeds: int) -> dict:
             break
         around.update(_near(runs[0][best][0]))
     mean_curve = {t: statistics.fmean(c[best][t] for c in curves) for t in curves[0][best]}
-    return {"lr": runs[0][best][0], "final_eval_loss_by_lr_and_seed": {key: [c[key][budget] for c in curves] for key in mean},
+    # where the arm starts: seed 0's model (a grown model's seeds start within float rounding of each other)
+    return {"lr": runs[0][best][0], "start_eval_loss": record["arms"][name]["start_eval_loss"],
+            "final_eval_loss_by_lr_and_seed": {key: [c[key][budget] for c in curves] for key in mean},
             "mean_final_eval_loss_by_lr": mean, "budget_eval_loss": mean_curve, "final_eval_loss": mean_curve[budget],
             "by_seed": [c[best] for c in curves]}
 
@@ -124,7 +126,7 @@ def seed_speedups(arms: dict, record: dict) -> dict:
     small, budget = record["small"], record["large"]["tokens"]["wide"]
     small_cost = small["tokens"] * small["params"] / record["large"]["params"]["wide"]
     grown, random_init = arms["hyperclone_noise"], arms["random_init"]
-    C._speedups(grown, random_init["final_eval_loss"], budget, small_cost)
+    C._speedups(grown, random_init["budget_eval_loss"], budget, small_cost)
     pairs = []
     for curve in grown["by_seed"]:
         for target in random_init["by_seed"]:
@@ -148,7 +150,7 @@ def main() -> None:
     arms = {name: finer(args.run, record, bench, name) for name in KEY_PAIR}
     small, params = record["small"], record["large"]["params"]["wide"]
     grown = arms["hyperclone_noise"]
-    C._speedups(grown, arms["random_init"]["final_eval_loss"], record["large"]["tokens"]["wide"], small["tokens"] * small["params"] / params)
+    C._speedups(grown, arms["random_init"]["budget_eval_loss"], record["large"]["tokens"]["wide"], small["tokens"] * small["params"] / params)
     result = C.probe_result("lr_resolution", record, args.run, started, factor2_speedup=record["arms"]["hyperclone_noise"]["speedup"],
                             speedup=grown["speedup"], speedup_including_small=grown["speedup_including_small"], arms=arms)
     for name, arm in arms.items():

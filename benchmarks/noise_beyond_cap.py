@@ -54,8 +54,10 @@ def probe(run: Path, k: float, record: dict, bench) -> dict:
     lrs = sorted({float(lr) for lr in arm["tuning_eval_loss"]})
     wind = bench.tune(model, C.Arm(f"noise-x{k:g}", "wide", {}), f"tune-noise-x{k:g}", lrs, budget, C.BRANCHES)
     curve = {int(t): loss for t, loss in wind["eval_loss"][f"{wind['best_lr']:.6g}"].items()}
-    entry = {"k": k, "max_abs_logit_diff": drift, "lr": wind["best_lr"], "budget_eval_loss": curve, "final_eval_loss": curve[budget]}
-    C._speedups(entry, random_init["final_eval_loss"], budget, small["tokens"] * small["params"] / record["large"]["params"]["wide"])
+    entry = {"k": k, "max_abs_logit_diff": drift, "lr": wind["best_lr"], "start_eval_loss": C._start(run / f"tune-noise-x{k:g}"),
+             "budget_eval_loss": curve, "final_eval_loss": curve[budget]}
+    baseline = {int(t): loss for t, loss in random_init["budget_eval_loss"].items()}
+    C._speedups(entry, baseline, budget, small["tokens"] * small["params"] / record["large"]["params"]["wide"])
     return entry
 
 

@@ -26,6 +26,15 @@ def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
     grown = result["arms"]["hyperclone_noise"]
     assert grown["target_eval_loss"] == result["arms"]["random_init"]["final_eval_loss"]
     assert grown["start_eval_loss"] < result["arms"]["random_init"]["start_eval_loss"]  # growth keeps the small model's loss
+    # the head start: where random init's curve comes down to the grown model's starting loss, and the speedup that alone gives
+    twin = sorted((int(t), loss) for t, loss in result["arms"]["random_init"]["budget_eval_loss"].items())
+    budget, head = twin[-1][0], grown["head_start_tokens"]
+    if head is None:
+        assert grown["start_eval_loss"] <= twin[-1][1] and grown["speedup_from_head_start"] is None
+    else:
+        assert 0 < head < budget and grown["speedup_from_head_start"] == budget / (budget - head)
+        assert all(loss >= grown["start_eval_loss"] for t, loss in twin if t < head)
+        assert next(loss for t, loss in twin if t >= head) <= grown["start_eval_loss"]
     # tuned at the whole budget: the arm's curve is its best grid point's, and that point is the best at the budget
     assert grown["final_eval_loss"] == min(grown["tuning_eval_loss"].values())
     assert grown["copies"]["pairs"] > 0 and -1 <= grown["copies"]["copies"] <= 1
