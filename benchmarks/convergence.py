@@ -217,6 +217,19 @@ class Bench:
         return self.small_final(lr), {"params": n_small, "tokens": tokens, "lr": lr, "tuning_eval_loss": tried, "final_eval_loss": wind["best_eval_loss"],
                        "seconds": round(time.perf_counter() - started, 1)}
 
+    def budget(self, params: int) -> int:
+        """An architecture's token budget, shared by its random init and its grown twin: 20 tokens per
+        parameter, rounded up to a whole number of eighths of steps so every decay branch lands on a checkpoint."""
+        eighths = math.ceil(self.scale.large_tokens_per_param * params / self.tokens_per_step / 8)
+        return 8 * eighths * self.tokens_per_step
+
+    def split(self, source: Path | None, n_small: int) -> dict:
+        """Cut the corpus into the small model's pretraining part and the continuation part every large arm
+        trains on. Byte tokens: a token is a byte; the held-out 5 % and packing remainders need a little more."""
+        reserved = self.scale.split_tokens_per_param or self.scale.small_tokens_per_param
+        self.pretrain, self.cont, corpus = split_corpus(source, self.work, int(1.1 * reserved * n_small))
+        return corpus
+
     def small_final(self, lr: float) -> Path:
         """The small model's pretrained checkpoint: its wind tunnel's run at `lr`, the full budget."""
         return self.work / "small" / "runs" / f"lr-{lr:.3g}" / f"budget-{max(BRANCHES)}" / "final"
@@ -237,13 +250,8 @@ def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None 
     bench = Bench(scale, work)
     shapes = bench.architectures()
     params = {arch: sum(_count(cfg)) for arch, cfg in shapes.items()}
-    # each architecture's pair (random init and its grown twin) shares one budget: 20 tokens per parameter of
-    # that architecture, a whole number of eighths of steps so every decay branch lands on a checkpoint
-    budgets = {a: 8 * math.ceil(scale.large_tokens_per_param * params[a] / bench.tokens_per_step / 8) * bench.tokens_per_step
-               for a in ("wide", "wide_deep", "deep")}
-    # byte tokens: a token is a byte; the held-out 5 % and packing remainders need a little more
-    reserved = scale.split_tokens_per_param or scale.small_tokens_per_param
-    bench.pretrain, bench.cont, corpus = split_corpus(source, work, int(1.1 * reserved * params["small"]))
+    budgets = {a: bench.budget(params[a]) for a in ("wide", "wide_deep", "deep")}
+    corpus = bench.split(source, params["small"])
     corpus["continue_epochs"] = {a: round(b / (0.95 * corpus["continue_bytes"]), 2) for a, b in budgets.items()}
     small, small_report = bench.pretrain_small(params["small"])
     tuned: dict[str, float] = {}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -75,8 +74,8 @@ def run(data: Path | None, work: Path, seeds: int) -> dict:
     bench = C.Bench(scale, work)
     shapes = bench.architectures()
     params = {a: sum(C._count(shapes[a])) for a in ("small", "wide")}
-    budget = 8 * math.ceil(scale.large_tokens_per_param * params["wide"] / bench.tokens_per_step / 8) * bench.tokens_per_step
-    bench.pretrain, bench.cont, _ = C.split_corpus(data, work, int(1.1 * scale.small_tokens_per_param * params["small"]))
+    budget = bench.budget(params["wide"])
+    bench.split(data, params["small"])
     small, report = bench.pretrain_small(params["small"])
     random_init = arm(bench, "random_init", lambda s: bench.random_model(f"init-wide-seed{s}", shapes["wide"], 1 + s), scale.lrs, budget, seeds)
     result = {"small": report, "budget": budget, "params": params, "random_init": random_init, "arms": {}}
