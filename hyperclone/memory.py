@@ -6,6 +6,7 @@ import ctypes
 import sys
 
 _LIBC = None
+_PEAK = 0  # the highest peak_resident_memory reading in this process
 
 
 def available_memory() -> int:
@@ -15,18 +16,30 @@ def available_memory() -> int:
 
 
 def peak_resident_memory() -> int:
-    """This process's own peak resident memory, in bytes. Linux's VmHWM, not getrusage's maxrss: that one
-    starts from the parent's resident size at fork, so a worker of a large launcher would report the launcher."""
+    """This process's own peak resident memory, in bytes: the highest of Linux's VmHWM readings so far (not
+    getrusage's maxrss: that one starts from the parent's resident size at fork, so a worker of a large
+    launcher would report the launcher).
+
+    The highest reading, because one VmHWM reading is not a high-water mark: the kernel reports the larger
+    of the mark it last recorded (it records on unmap and exit, not when memory is returned with madvise)
+    and the current resident size. A reading taken above the recorded mark can be followed by a lower one
+    once glibc returns heap, and a "peak so far" that falls misleads (seen in the training loop's log)."""
+    global _PEAK
+    reading = None
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                    reading = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    import resource
+    if reading is None:
+        import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        reading = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    _PEAK = max(_PEAK, reading)
+    return _PEAK
 
 
 def release_freed_memory() -> None:
