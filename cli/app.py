@@ -413,6 +413,8 @@ def train(
     decay_from: Optional[str] = typer.Option(None, "--decay-from", help="Branch a decay run from this stable-phase checkpoint."),
     warmup: Optional[float] = typer.Option(None, "--warmup", help="Fraction of steps (< 1) or a step count."),
     save_every: Optional[int] = typer.Option(None, "--save-every"),
+    save_stable: Optional[bool] = typer.Option(None, "--save-stable", help="WSD: also write the model where the decay "
+                                               "begins to <run>/stable, the checkpoint to grow from."),
     keep: Optional[int] = typer.Option(None, "--keep"),
     checkpoint_format: Optional[str] = typer.Option(None, "--checkpoint-format", help="accelerate (default) | dcp: "
                                                     "torch.distributed.checkpoint shards, resumable on any number of processes."),
@@ -464,7 +466,8 @@ def train(
         dist.destroy_process_group()
     if os.environ.get("RANK", "0") == "0":  # under a launcher, the first process speaks for all
         err.print(f"[green]trained[/] {result['steps']} steps, {result['tokens']:,} tokens: loss {_figure(result['loss'])}, "
-                  f"eval loss {_figure(result['eval_loss'])} → {result['out']}/final", soft_wrap=True)
+                  f"eval loss {_figure(result['eval_loss'])} → {result['out']}/final"
+                  + (f" (stable phase: {result['stable']})" if result.get("stable") else ""), soft_wrap=True)
     if launched or diloco:
         _exit_past_teardown()
 

@@ -96,8 +96,10 @@ def grown_card(growth, verified: dict | None = None):
     return ModelCard.from_template(data, template_str=TEMPLATE, body=body)
 
 
-def trained_card(settings: dict, result: dict, model_dir: Path, plots: list[str], model_type: str, moe: bool):
-    """The card of a trained model: its base, the recipe, tokens seen, final losses and the plots beside it."""
+def trained_card(settings: dict, result: dict, model_dir: Path, plots: list[str], model_type: str, moe: bool,
+                 stage: str | None = None):
+    """The card of a trained model: its base, the recipe, tokens seen, final losses and the plots beside it;
+    `stage` says where in the run a model taken before its end was taken (the losses are then those there)."""
     from huggingface_hub import ModelCard
 
     data = _metadata(model_type, moe, model_dir, "finetune", ("continued-pretraining",))
@@ -109,11 +111,12 @@ def trained_card(settings: dict, result: dict, model_dir: Path, plots: list[str]
         grown = json.loads(manifest.read_text())
         lineage = ("\n\nThe base was grown by hyperclone: " + "; ".join(grown.get("operators", []))
                    + f" ({grown.get('total_params', 0):,} parameters).")
+    at = "" if stage else "final "
     losses = _table(("", "value"), [("tokens seen", f"{result.get('tokens', 0):,}"), ("steps", result.get("steps")),
-                                     ("final train loss", _fmt(result.get("loss"))), ("final eval loss", _fmt(result.get("eval_loss")))])
+                                     (f"{at}train loss", _fmt(result.get("loss"))), (f"{at}eval loss", _fmt(result.get("eval_loss")))])
     body = "\n\n".join([
         f"# {base}, trained by hyperclone",
-        f"Continued pretraining of `{base}` with hyperclone." + lineage,
+        f"Continued pretraining of `{base}` with hyperclone." + lineage + (f"\n\nThis is the model at {stage}." if stage else ""),
         "## Results\n\n" + losses,
         "\n\n".join(f"![{Path(p).stem}]({p})" for p in plots),
         "## Recipe\n\n```json\n" + json.dumps(recipe, indent=1, default=str) + "\n```",

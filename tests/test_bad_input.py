@@ -99,6 +99,10 @@ def cases(tiny, tmp_path):
         "train_decay_fraction_2": (["train", "--model", str(trainable), *train, "--decay-fraction", "2"], "--decay-fraction"),
         "train_max_steps_0": (["train", "--model", str(trainable), *train, "--max-steps", "0"], "--max-steps must be"),
         "train_into_its_model": (["train", "--model", str(trainable), *train, "-o", str(trainable)], "model being trained"),
+        "train_save_stable_cosine": (["train", "--model", str(trainable), *train, "--save-stable", "--schedule", "cosine"],
+                                     "needs --schedule wsd"),
+        "train_save_stable_branch": (["train", "--model", str(trainable), *train, "--save-stable", "--decay-from", str(t)],
+                                     "leave out --save-stable"),
     }
 
 
@@ -108,7 +112,7 @@ CASES = ["header_list", "header_null", "header_string", "metadata_not_object", "
          "verify_missing_grown", "set_heads_not_a_number", "set_heads_zero", "set_rewrites_config", "config_disagrees_inspect",
          "config_disagrees_verify", "config_disagrees_grow", "shard_size_zero", "dense_preset_on_moe_source",
          "train_truncated_model", "train_binary_data", "train_malformed_jsonl", "train_decay_fraction_2", "train_max_steps_0",
-         "train_into_its_model"]
+         "train_into_its_model", "train_save_stable_cosine", "train_save_stable_branch"]
 
 
 @pytest.mark.parametrize("case", CASES)

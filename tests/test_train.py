@@ -226,6 +226,50 @@ def test_decay_branches_from_a_stable_checkpoint(tiny, tmp_path):
     assert lrs == sorted(lrs, reverse=True) and lrs[0] < 1e-3 and lrs[-1] < 1e-4
 
 
+def test_save_stable_writes_the_model_where_the_decay_begins(tiny, tmp_path):
+    """--save-stable: out/stable is, bit for bit, a constant-rate run stopped at the decay's first step (the
+    same data order and warmup), in transformers' own format, and grows like any checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny("llama", vocab_size=300)
+    run, settings = tmp_path / "wsd", ["--seq-len", "64", "--batch-size", "4", "--trackers", "none", "--optimizer", "adamw",
+                                       "--lr", "3e-3", "--warmup", "2"]
+    done = cli("train", "--model", str(model), "--data", DATA, "-o", str(run), "--max-steps", "20", "--decay-fraction", "0.25",
+               "--save-stable", *settings)
+    assert done.returncode == 0, done.stderr
+    assert f"(stable phase: {run / 'stable'})" in done.stderr.replace("\n", "")
+    constant = tmp_path / "constant"
+    hyperclone.train(model=str(model), data=DATA, out=str(constant), max_steps=15, schedule="constant", warmup=2,
+                     optimizer="adamw", lr=3e-3, **QUICK)
+    stable, info = AutoModelForCausalLM.from_pretrained(run / "stable", output_loading_info=True)
+    assert not any(info.values()), info
+    reference, final = (hyperclone.load_model(p).state_dict() for p in (constant / "final", run / "final"))
+    assert stable.state_dict().keys() == reference.keys()
+    assert all(torch.equal(v, reference[k]) for k, v in stable.state_dict().items())
+    assert not all(torch.equal(v, final[k]) for k, v in stable.state_dict().items())  # the decay went on from there
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [15, 20]
+    card = (run / "stable" / "README.md").read_text()
+    assert "step 15 of 20" in card and f"{evals[0]['eval_loss']:.4f}" in card
+    grown = hyperclone.grow(run / "stable", {"width": 2}, tmp_path / "grown", progress=False)
+    assert hyperclone.verify(run / "stable", grown)["passed"]
+    again = cli("train", "--model", str(model), "--data", DATA, "-o", str(run), "--force", "--max-steps", "20", "--schedule", "cosine",
+                "--save-stable", *settings)
+    assert again.returncode == 2 and "needs --schedule wsd" in again.stderr and "Traceback" not in again.stderr
+    assert (run / "stable").is_dir()  # a refused run leaves the earlier one as it was
+
+
+def test_save_stable_under_diloco_needs_the_decay_on_an_outer_sync():
+    """A failed outer sync undoes the inner steps since the last one: the stable model must be a synced one."""
+    from hyperclone.errors import UserError
+    from hyperclone.train.config import make_config
+
+    settings = dict(model="m", data=DATA, diloco=True, lighthouse="localhost:29510", max_steps=20, sync_every=10, save_stable=True)
+    with pytest.raises(UserError, match="decay begins at step 15, between outer syncs"):
+        make_config(**settings, decay_fraction=0.25)
+    assert make_config(**settings, decay_fraction=0.5).save_stable
+
+
 def test_streaming_with_a_real_tokenizer_and_jsonl(tiny, tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

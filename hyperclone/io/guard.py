@@ -31,6 +31,7 @@ RUN_MARKER = "hyperclone_run.json"
 # What the training loop writes at the top of a run directory ("hyperclone" is tensorboard's project folder).
 RUN_ENTRIES = frozenset({RUN_MARKER, RUN_MARKER + ".tmp", LOCK_INFO, "checkpoints", "final", ".final.tmp",
                          ".final.dcp.tmp",  # --fsdp: each process's shards of the final model, streamed into final/
+                         "stable", ".stable.tmp",  # --save-stable: the model where the WSD decay begins
                          "metrics.jsonl", "loss.png", "expert_load.png", "hyperclone", "README.md",
                          "diloco_position.json", "diloco_position.json.tmp"})  # a DiLoCo group's last committed place
 TUNE_MARKER = "hyperclone_tune.json"

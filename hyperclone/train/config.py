@@ -10,6 +10,7 @@ from pathlib import Path
 from hyperclone.errors import UserError
 from hyperclone.hub import check_repo_id
 from hyperclone.train.data import mixture
+from hyperclone.train.schedule import decay_start_step
 from hyperclone.yamlio import read_yaml
 
 
@@ -39,6 +40,7 @@ class TrainConfig:
     resume: bool = False
     force: bool = False
     save_every: int = 0  # 0: only the final model
+    save_stable: bool = False  # wsd: also write the model where the decay begins (out/stable), the one to grow from
     keep: int = 3
     checkpoint_format: str = "accelerate"  # accelerate | dcp (torch.distributed.checkpoint: sharded, reshards on load)
     async_checkpoint: bool = False  # dcp: write in the background while training goes on
@@ -172,6 +174,22 @@ def _check_checkpoints(config: TrainConfig) -> None:
         raise UserError("--fsdp checkpoints are sharded: use --checkpoint-format dcp (the default with --fsdp)")
 
 
+def _check_stable(config: TrainConfig) -> None:
+    """--save-stable writes the model at the WSD decay's first step: a run must have that step, and under
+    DiLoCo it must be an outer sync, or a failed sync could undo what was written."""
+    if not config.save_stable:
+        return
+    if config.schedule != "wsd":
+        raise UserError(f"--save-stable writes the model where the WSD decay begins: it needs --schedule wsd, not {config.schedule}")
+    if config.decay_from:
+        raise UserError("--save-stable with --decay-from: a decay branch begins with its decay, so its stable-phase model "
+                        "is the checkpoint it branches from; leave out --save-stable")
+    start = decay_start_step(config.max_steps, config.warmup_steps(), config.decay_fraction)
+    if config.diloco and start % config.sync_every:
+        raise UserError(f"--save-stable: the decay begins at step {start}, between outer syncs (--sync-every "
+                        f"{config.sync_every}): choose --max-steps and --decay-fraction so that it falls on a sync")
+
+
 def _check_diloco(config: TrainConfig) -> None:
     if config.replica_index >= config.replicas:
         raise UserError(f"--replica-index {config.replica_index} must be below --replicas {config.replicas}")
@@ -259,6 +277,7 @@ def make_config(recipe: str | os.PathLike | None = None, **overrides) -> TrainCo
         check_repo_id(config.push_to_hub)
     _check_diloco(config)
     _check_checkpoints(config)
+    _check_stable(config)
     _warn_about_schedule(config)
     _warn_about_tuning(config)
     return config

@@ -426,6 +426,7 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
         state, last_eval = run.state, None
         if cfg.eval_at_start and state.step == 0:
             _evaluate(run)
+        _stable_note(run)
         run.log.start(cfg.max_steps, state.step)
         with _replica_groups(run) as replica:
             while state.step < cfg.max_steps:
@@ -436,8 +437,11 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
                     continue
                 run.log.metrics(record)
                 run.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.step)
-                if cfg.eval_every and state.step % cfg.eval_every == 0:
+                evaluated = cfg.eval_every and state.step % cfg.eval_every == 0
+                if evaluated:
                     last_eval = _evaluate(run)
+                if cfg.save_stable and state.step == run.feed.decay_start:  # before a checkpoint at this step: see _stable_note
+                    _export(run, "stable", _stable_result(run, last_eval if evaluated else _evaluate(run)))
                 if run.checkpointer.due(state.step, cfg.max_steps):
                     run.checkpointer.save(asdict(state))
                 run.log.advance(record)
@@ -447,9 +451,12 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, **set
         if cfg.save_every:
             run.checkpointer.save(asdict(state))
         run.checkpointer.wait()  # an asynchronous checkpoint still writing is finished and sealed
+        stable = run.out / "stable"
         result = TrainResult(out=str(run.out), steps=state.step, tokens=state.tokens, loss=run.log.last.get("loss"),
-                             eval_loss=last_eval, skipped_steps=state.skipped_steps)
-        _finish(run, result)
+                             eval_loss=last_eval, skipped_steps=state.skipped_steps,
+                             stable=str(stable) if cfg.save_stable and stable.is_dir() else None)
+        _export(run, "final", result)
+        run.accelerator.end_training()
     finally:
         run.rundir.close()
     if cfg.push_to_hub:
@@ -529,12 +536,30 @@ def _save_model(run: Run, tmp: Path) -> None:
         shutil.rmtree(shards)
 
 
-def _finish(run: Run, result: dict) -> None:
-    """The final model (transformers' own format, atomically) with its card and plots, the trackers closed."""
+def _stable_result(run: Run, eval_loss: float | None) -> dict:
+    """What the stable model's card reports: where in the run it was taken, and its losses there."""
+    state = run.state
+    return {"steps": state.step, "tokens": state.tokens, "loss": run.log.last.get("loss"), "eval_loss": eval_loss}
+
+
+def _stable_note(run: Run) -> None:
+    """A resumed --save-stable run past its decay start without out/stable will not write it any more.
+
+    It cannot happen by a kill: the stable model is renamed into place before a checkpoint at the decay's
+    start is written, so a run resumes before that step or finds stable/ whole. It happens when the first
+    run lacked --save-stable, or stable/ was removed since."""
+    if run.cfg.save_stable and run.state.step >= run.feed.decay_start and not (run.out / "stable").is_dir():
+        run.log.say(f"--save-stable: the run resumes at step {run.state.step}, past the decay's start at step "
+                    f"{run.feed.decay_start}, and {run.out / 'stable'} does not exist: it will not be written")
+
+
+def _export(run: Run, name: str, result: dict) -> None:
+    """The model as it is now, in transformers' own format, into out/<name> (atomically: a hidden sibling,
+    then a rename), with its card and the plots so far: `final` at the end, `stable` where the decay begins."""
     import shutil
 
     acc, out = run.accelerator, run.out
-    tmp, final = out / ".final.tmp", out / "final"
+    tmp, target = out / f".{name}.tmp", out / name
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -552,16 +577,17 @@ def _finish(run: Run, result: dict) -> None:
         if run.balance is not None:
             plots.append(out / "expert_load.png")
             plot_expert_load(run.balance.total_counts.tolist(), run.balance.layers, plots[1])
-        for plot in plots:  # beside the card that shows them, so an upload of final/ carries them
+        for plot in plots:  # beside the card that shows them, so an upload of the folder carries them
             shutil.copyfile(plot, tmp / plot.name)
         model_type = acc.unwrap_model(run.model).config.model_type
+        stage = (f"the end of the stable phase (step {result['steps']} of {run.cfg.max_steps}), where the WSD decay "
+                 "begins: the checkpoint to grow from" if name == "stable" else None)
         card = trained_card(run.cfg.as_dict(), result, Path(run.cfg.model), [p.name for p in plots], model_type,
-                            model_type in MOE_LAYOUTS)
+                            model_type in MOE_LAYOUTS, stage)
         (tmp / CARD).write_text(str(card))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
     acc.wait_for_everyone()
-    acc.end_training()
 
 
 class _Log:
