@@ -21,9 +21,9 @@ def peak_resident_memory() -> int:
     launcher would report the launcher).
 
     The highest reading, because one VmHWM reading is not a high-water mark: the kernel reports the larger
-    of the mark it last recorded (it records on unmap and exit, not when memory is returned with madvise)
-    and the current resident size. A reading taken above the recorded mark can be followed by a lower one
-    once glibc returns heap, and a "peak so far" that falls misleads (seen in the training loop's log)."""
+    of the mark it last recorded (it records only at some events, such as unmapping) and the current
+    resident size (on recent kernels an approximate per-CPU count). A reading above the recorded mark can
+    be followed by a lower one, and a "peak so far" that falls misleads (seen in metrics.jsonl, kernel 6.18)."""
     global _PEAK
     reading = None
     try:
