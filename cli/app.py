@@ -433,6 +433,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from the latest checkpoint in the run directory."),
     force: bool = typer.Option(False, "--force", help="Start over in a run directory that holds a run."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the held-out split (default: --seed), "
+                                             "to train at other seeds on one eval set."),
     trackers: Optional[str] = typer.Option(None, "--trackers", help="tensorboard (default) | none | another Accelerate tracker."),
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Hub repo org/name: push the final model there, with its card."),
     private: Optional[bool] = typer.Option(None, "--private", help="With --push-to-hub: create the repo private."),
@@ -500,8 +502,9 @@ def tune(
     lrs: Optional[str] = typer.Option(None, "--lrs", help="Peak learning rates, comma-separated (default: the recipe's x 1/4 .. 4)."),
     budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="Tokens of the longest run (default: the recipe's steps)."),
     extend: int = typer.Option(2, "--extend", help="Learning rates to add past the grid's edge while the best sits on it."),
-    seeds: int = typer.Option(1, "--seeds", help="Runs per learning rate, at training seeds --seed onwards; each rate is judged by "
-                              "their mean (one run can be a lucky draw where the loss is bumpy in the rate)."),
+    seeds: int = typer.Option(1, "--seeds", help="Runs per learning rate, at training seeds --seed onwards (one held-out split, "
+                              "--split-seed's); each rate is judged by their mean (one run can be a lucky draw where the loss is "
+                              "bumpy in the rate)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe the search starts from."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="muonclip | muon | adamw"),
     seq_len: Optional[int] = typer.Option(None, "--seq-len"),
@@ -510,6 +513,7 @@ def tune(
     decay_fraction: Optional[float] = typer.Option(None, "--decay-fraction"),
     eval_batches: Optional[int] = typer.Option(None, "--eval-batches"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the held-out split (default: --seed)."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier search in the output folder."),
 ) -> None:
     """Pick the peak learning rate with MiniCPM's wind tunnel: a stable run per learning rate, WSD decay
@@ -526,7 +530,7 @@ def tune(
     result = hyperclone.tune(model, mix, output, lrs=grid, budget_tokens=budget_tokens, extend=extend, seeds=seeds, recipe=recipe, force=force,
                              trackers="none", **{k: v for k, v in dict(optimizer=optimizer, seq_len=seq_len, batch_size=batch_size,
                                                                        warmup=warmup, decay_fraction=decay_fraction, eval_batches=eval_batches,
-                                                                       seed=seed).items() if v is not None})
+                                                                       seed=seed, split_seed=split_seed).items() if v is not None})
     table = Table("peak lr", *(f"{t:,} tokens" for t in result["budgets_tokens"]),
                   title=f"final eval loss, mean ± half the range of {seeds} seeds" if seeds > 1 else None)
     for lr, by in result["eval_loss"].items():

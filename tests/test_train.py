@@ -270,6 +270,24 @@ def test_save_stable_under_diloco_needs_the_decay_on_an_outer_sync():
     assert make_config(**settings, decay_fraction=0.5).save_stable
 
 
+def test_split_seed_holds_the_eval_set_while_the_seed_changes_the_data_order(tiny, tmp_path):
+    """--seed draws the data order and, unless --split-seed is given, the held-out split: with it, runs at
+    two seeds are judged on the same blocks (the same model evaluates the same at step 0)."""
+    model = tiny("llama", vocab_size=300)
+
+    def first(seed: int, split_seed: int | None) -> tuple[float, float]:
+        out = tmp_path / f"seed{seed}-split{split_seed}"
+        hyperclone.train(model=str(model), data=DATA, out=str(out), max_steps=1, seed=seed, split_seed=split_seed, eval_at_start=True,
+                         **QUICK)
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return records[0]["eval_loss"], next(r["loss"] for r in records if "loss" in r)
+
+    (eval0, loss0), (eval1, loss1), (eval_own, _) = first(0, None), first(1, 0), first(1, None)
+    assert eval1 == eval0 and loss1 != loss0  # one held-out set, another first batch
+    assert eval_own != eval0  # without --split-seed the seed draws the split too
+    assert first(0, 0) == (eval0, loss0)  # a split seed equal to the seed is the run without one
+
+
 def test_streaming_with_a_real_tokenizer_and_jsonl(tiny, tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

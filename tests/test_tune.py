@@ -12,6 +12,7 @@ import pytest
 
 import hyperclone
 from hyperclone.train.config import make_config
+from hyperclone.train.metrics import read_metrics
 
 DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
@@ -98,8 +99,8 @@ def test_bad_input_leaves_no_tune_directory_behind(tiny, tmp_path):
 
 
 def test_seeds_judge_each_rate_by_its_mean(tiny, tmp_path):
-    """--seeds runs every rate at several training seeds and chooses by the mean; each seed's run is the one a
-    single-seed tune at that seed makes."""
+    """--seeds runs every rate at several training seeds on one held-out split and chooses by the mean; each
+    seed's run is the one a single-seed tune at that seed and split seed makes."""
     model = tiny("llama", vocab_size=300)
     full = str(16 * 256)
     with pytest.warns(UserWarning, match="edge of the grid"):
@@ -114,7 +115,11 @@ def test_seeds_judge_each_rate_by_its_mean(tiny, tmp_path):
                                                                           "lr-0.01-seed-6"]
     assert result["best_lr"] == min(map(float, result["eval_loss"]), key=lambda lr: result["eval_loss"][f"{lr:.6g}"][full])
     assert "mean of 2 seeds" in (tmp_path / "t" / "recipe.yaml").read_text()
-    single = hyperclone.tune(model, DATA, tmp_path / "u", lrs=[3e-3], budget_tokens=16 * 256, budgets=(1, 2), seed=6, extend=0, **SMALL)
+    starts = [[r["eval_loss"] for r in read_metrics(tmp_path / "t" / "runs" / f"lr-0.003-seed-{seed}" / "stable" / "metrics.jsonl")
+               if "eval_loss" in r][0] for seed in (5, 6)]
+    assert starts[0] == starts[1]  # the same model on the same held-out blocks: one split for both seeds
+    single = hyperclone.tune(model, DATA, tmp_path / "u", lrs=[3e-3], budget_tokens=16 * 256, budgets=(1, 2), seed=6, split_seed=5,
+                             extend=0, **SMALL)
     assert single["seeds"] == 1 and single["eval_loss_by_seed"]["0.003"][full] == [single["eval_loss"]["0.003"][full]]
     assert single["eval_loss"]["0.003"][full] == pytest.approx(result["eval_loss_by_seed"]["0.003"][full][1], rel=1e-6)
     assert (tmp_path / "u" / "runs" / "lr-0.003").is_dir()  # one seed: the folders keep their names

@@ -37,6 +37,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     qk_clip_tau: float = 100.0
     seed: int = 0
+    split_seed: int | None = None  # the held-out split's seed (default: seed): runs at other seeds on one eval set
     resume: bool = False
     force: bool = False
     save_every: int = 0  # 0: only the final model
@@ -205,6 +206,9 @@ def _check_diloco(config: TrainConfig) -> None:
 
 def _check_data(config: TrainConfig) -> None:
     """Parse the mixtures now, so a bad weight is named before anything is loaded."""
+    seed = config.split_seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise UserError(f"--split-seed must be a whole number, got {seed!r}")
     mixture(config.data, "--data")
     if config.decay_data is None:
         return

@@ -183,14 +183,16 @@ def mixture(value, setting: str = "--data") -> list[Source]:
 
 
 def mixed_blocks(sources: list[Source], tokenizer: Tokenizer, seq_len: int, text_field: str, streaming: bool, seed: int,
-                 eval_fraction: float):
+                 eval_fraction: float, split_seed: int | None = None):
     """Train and eval blocks of a mixture: each source packed and split on its own (so each holds out its
     own eval share), then interleaved by weight with the seed — the same order on every run and process.
-    Each block carries its `source` index, so the loop can log what it trained on."""
+    The held-out blocks are drawn with `split_seed` (default: the seed), so runs at several seeds can be
+    judged on one eval set. Each block carries its `source` index, so the loop can log what it trained on."""
     parts = []
     for index, source in enumerate(sources):
         blocks = pack(load_corpus(source.path, text_field, streaming), tokenizer, seq_len)
-        split = train_eval_split(blocks, eval_fraction, seed + index, streaming)
+        split = train_eval_split(blocks, eval_fraction, (seed if split_seed is None else split_seed) + index, streaming,
+                                 order_seed=seed + index)
         parts.append([d.map(lambda _, i=index: {"source": i}) for d in split])
     if len(parts) == 1:
         return tuple(parts[0])
@@ -203,15 +205,21 @@ def mixed_blocks(sources: list[Source], tokenizer: Tokenizer, seq_len: int, text
                  for k in (0, 1))
 
 
-def train_eval_split(blocks, eval_fraction: float, seed: int, streaming: bool, eval_blocks: int = 0):
-    """Shuffle once with the seed; hold out a fraction (or a count, when streaming) for evaluation."""
+def train_eval_split(blocks, eval_fraction: float, seed: int, streaming: bool, eval_blocks: int = 0,
+                     order_seed: int | None = None):
+    """Shuffle once with the seed; hold out a fraction (or a count, when streaming) for evaluation. With an
+    `order_seed` other than the seed, the training blocks are shuffled again with it: another data order,
+    the same held-out blocks (one seed, as before, needs one shuffle, so its runs are unchanged)."""
+    again = order_seed is not None and order_seed != seed
     if streaming:
         shuffled = blocks.shuffle(seed=seed, buffer_size=10_000)
         held = eval_blocks or 16
-        return shuffled.skip(held), shuffled.take(held)
+        train = shuffled.skip(held)
+        return (train.shuffle(seed=order_seed, buffer_size=10_000) if again else train), shuffled.take(held)
     count = len(blocks)
     if count < 2:
         raise UserError(f"the data gives {count} block(s) of this --seq-len: give more text or a shorter --seq-len")
     held = max(1, int(round(count * eval_fraction))) if eval_fraction > 0 else 0
     shuffled = blocks.shuffle(seed=seed)
-    return shuffled.select(range(held, count)), shuffled.select(range(held))
+    train = shuffled.select(range(held, count))
+    return (train.shuffle(seed=order_seed) if again else train), shuffled.select(range(held))

@@ -197,7 +197,7 @@ def _data(cfg: TrainConfig, model, accelerator, log: "_Log", sources: list[Sourc
     loader when --decay-data is given (None otherwise). Eval always uses --data's held-out blocks, so
     the eval curve stays comparable across the switch."""
     tokenizer = load_tokenizer(cfg.model, model.config.vocab_size)
-    settings = (tokenizer, cfg.seq_len, cfg.text_field, cfg.streaming, cfg.seed, cfg.eval_fraction)
+    settings = (tokenizer, cfg.seq_len, cfg.text_field, cfg.streaming, cfg.seed, cfg.eval_fraction, cfg.split_seed)
     with accelerator.main_process_first():
         train_blocks, eval_blocks = mixed_blocks(sources, *settings)
         if cfg.replicas > 1:  # DiLoCo: each replica group trains on its own shard (eval stays common)

@@ -97,7 +97,9 @@ def _final_eval(run: Path) -> float:
 def _one_lr(base: TrainConfig, lr: float, seed: int, branches: Branches, warmup: int, folder: Path,
             done: Callable[[int], None]) -> dict[int, float]:
     """One stable run at `lr` and a decay branch per budget: {budget steps: final eval loss}; `done(steps)` after each run."""
-    common = {**base.as_dict(), "lr": lr, "seed": seed, "warmup": warmup, "progress": False, "force": True, "resume": False}
+    split = base.seed if base.split_seed is None else base.split_seed  # one held-out set for every seed
+    common = {**base.as_dict(), "lr": lr, "seed": seed, "split_seed": split, "warmup": warmup, "progress": False, "force": True,
+              "resume": False}
     stable = folder / "stable"
     train(make_config(**{**common, "out": str(stable), "schedule": "constant", "max_steps": branches.branch_at(max(branches.budgets)),
                          "save_every": branches.save_every, "keep": max(branches.budgets), "eval_every": branches.save_every,
@@ -123,9 +125,9 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     When the best lies at an edge of the grid, up to `extend` more learning rates are tried beyond it
     (a factor 2 apart), so a grid that missed the optimum does not hand back its edge as the answer.
     With `seeds` > 1 every learning rate runs at training seeds seed .. seed + seeds - 1 (another data
-    order and held-out split each, the same ones for every rate, so the comparison stays paired) and is
-    judged by their mean: where the final loss is bumpy in the rate, one run per rate can hand back a
-    lucky draw (from scratch at the convergence benchmark's size it moved up to 0.1 nats between seeds at
+    order each, the same ones for every rate, so the comparison stays paired; one held-out split, drawn
+    with `split_seed` or else the first seed, so the spread is the training's alone) and is judged by
+    their mean: where the final loss is bumpy in the rate, one run per rate can hand back a lucky draw (from scratch at the convergence benchmark's size it moved up to 0.1 nats between seeds at
     one rate, benchmarks/results/lr_resolution-*.json)."""
     if not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds must be a whole number of runs per learning rate, at least 1; got {seeds!r}")
