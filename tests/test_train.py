@@ -259,8 +259,9 @@ def test_save_stable_writes_the_model_where_the_decay_begins(tiny, tmp_path):
     assert (run / "stable").is_dir()  # a refused run leaves the earlier one as it was
 
 
-def test_save_stable_under_diloco_needs_the_decay_on_an_outer_sync():
-    """A failed outer sync undoes the inner steps since the last one: the stable model must be a synced one."""
+def test_save_stable_needs_a_stable_phase_it_can_keep():
+    """Under DiLoCo a failed outer sync undoes the inner steps since the last one, so the stable model must be
+    a synced one; a run whose decay begins at its first step has no stable phase at all."""
     from hyperclone.errors import UserError
     from hyperclone.train.config import make_config
 
@@ -268,6 +269,8 @@ def test_save_stable_under_diloco_needs_the_decay_on_an_outer_sync():
     with pytest.raises(UserError, match="decay begins at step 15, between outer syncs"):
         make_config(**settings, decay_fraction=0.25)
     assert make_config(**settings, decay_fraction=0.5).save_stable
+    with pytest.raises(UserError, match="no stable phase"):
+        make_config(model="m", data=DATA, save_stable=True, warmup=0, decay_fraction=1.0)
 
 
 def test_split_seed_holds_the_eval_set_while_the_seed_changes_the_data_order(tiny, tmp_path):

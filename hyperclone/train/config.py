@@ -186,6 +186,9 @@ def _check_stable(config: TrainConfig) -> None:
         raise UserError("--save-stable with --decay-from: a decay branch begins with its decay, so its stable-phase model "
                         "is the checkpoint it branches from; leave out --save-stable")
     start = decay_start_step(config.max_steps, config.warmup_steps(), config.decay_fraction)
+    if start == 0:
+        raise UserError("--save-stable: with no warmup and --decay-fraction 1 the decay begins at the first step, so the "
+                        "run has no stable phase to save; lower --decay-fraction")
     if config.diloco and start % config.sync_every:
         raise UserError(f"--save-stable: the decay begins at step {start}, between outer syncs (--sync-every "
                         f"{config.sync_every}): choose --max-steps and --decay-fraction so that it falls on a sync")

@@ -127,8 +127,9 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     With `seeds` > 1 every learning rate runs at training seeds seed .. seed + seeds - 1 (another data
     order each, the same ones for every rate, so the comparison stays paired; one held-out split, drawn
     with `split_seed` or else the first seed, so the spread is the training's alone) and is judged by
-    their mean: where the final loss is bumpy in the rate, one run per rate can hand back a lucky draw (from scratch at the convergence benchmark's size it moved up to 0.1 nats between seeds at
-    one rate, benchmarks/results/lr_resolution-*.json)."""
+    their mean: where the final loss is bumpy in the rate, one run per rate can hand back a lucky draw
+    (from scratch at the convergence benchmark's size it moved up to 0.1 nats between seeds at one rate,
+    benchmarks/results/lr_resolution-*.json)."""
     if not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds must be a whole number of runs per learning rate, at least 1; got {seeds!r}")
     source = str(model)
