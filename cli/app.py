@@ -501,6 +501,8 @@ def tune(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Results folder (default: <model>-tune)."),
     lrs: Optional[str] = typer.Option(None, "--lrs", help="Peak learning rates, comma-separated (default: the recipe's x 1/4 .. 4)."),
     budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="Tokens of the longest run (default: the recipe's steps)."),
+    budgets_at: str = typer.Option("every", "--budgets-at", help="every: each learning rate runs every budget (the best rate per "
+                                   "budget); best: the smaller budgets at the best rate only (its loss against tokens, for less)."),
     extend: int = typer.Option(2, "--extend", help="Learning rates to add past the grid's edge while the best sits on it."),
     seeds: int = typer.Option(1, "--seeds", help="Runs per learning rate, at training seeds --seed onwards (one held-out split, "
                               "--split-seed's); each rate is judged by their mean (one run can be a lucky draw where the loss is "
@@ -527,8 +529,8 @@ def tune(
         except ValueError:
             raise hyperclone.UserError(f"--lrs takes numbers separated by commas, got {lrs!r}") from None
     mix = data[0] if data and len(data) == 1 else data or None
-    result = hyperclone.tune(model, mix, output, lrs=grid, budget_tokens=budget_tokens, extend=extend, seeds=seeds, recipe=recipe, force=force,
-                             trackers="none", **{k: v for k, v in dict(optimizer=optimizer, seq_len=seq_len, batch_size=batch_size,
+    result = hyperclone.tune(model, mix, output, lrs=grid, budget_tokens=budget_tokens, budgets_at=budgets_at, extend=extend, seeds=seeds,
+                             recipe=recipe, force=force, trackers="none", **{k: v for k, v in dict(optimizer=optimizer, seq_len=seq_len, batch_size=batch_size,
                                                                        warmup=warmup, decay_fraction=decay_fraction, eval_batches=eval_batches,
                                                                        seed=seed, split_seed=split_seed).items() if v is not None})
     table = Table("peak lr", *(f"{t:,} tokens" for t in result["budgets_tokens"]),
@@ -536,8 +538,10 @@ def tune(
     for lr, by in result["eval_loss"].items():
         spread = result["eval_loss_by_seed"][lr]
         table.add_row(("* " if float(lr) == result["best_lr"] else "") + lr,
-                      *(f"{v:.4f}" + (f" ± {(max(spread[t]) - min(spread[t])) / 2:.4f}" if seeds > 1 else "") for t, v in by.items()))
-    table.add_row("best lr", *(f"{lr:.3g}" for lr in result["best_lr_by_budget"].values()))
+                      *(f"{by[t]:.4f}" + (f" ± {(max(spread[t]) - min(spread[t])) / 2:.4f}" if seeds > 1 else "") if t in by else "–"
+                        for t in map(str, result["budgets_tokens"])))
+    best_by = result["best_lr_by_budget"]
+    table.add_row("best lr", *(f"{best_by[t]:.3g}" if t in best_by else "–" for t in map(str, result["budgets_tokens"])))
     out.print(table)
     if len(set(result["best_lr_by_budget"].values())) > 1:
         err.print(f"the best learning rate moves with the budget: the recipe holds for {result['budget_tokens']:,} tokens; "

@@ -131,3 +131,33 @@ def test_seeds_judge_each_rate_by_its_mean(tiny, tmp_path):
     assert "19,968/19,968 tokens" in done.stderr  # 2 seeds x (24 stable + 1+2+4+8 decay steps) x 256
     bad = subprocess.run([*args[:-1], str(tmp_path / "v"), "--seeds", "0"], capture_output=True, text=True, env=ENV, timeout=120)
     assert bad.returncode == 2 and "--seeds" in bad.stderr and "Traceback" not in bad.stderr and not (tmp_path / "v").exists()
+
+
+def test_budgets_at_best_branches_the_smaller_budgets_at_the_best_rate_only(tiny, tmp_path):
+    """--budgets-at best: every rate runs its stable run and the full budget's branch, then only the best rate
+    branches the smaller budgets, from the same checkpoints, so its losses are the ones every rate's tune gives."""
+    model = tiny("llama", vocab_size=300)
+    settings = dict(lrs=[3e-3, 1e-2], budget_tokens=16 * 256, budgets=(1, 2), extend=0, **SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # two rates: the best sits on an edge
+        every = hyperclone.tune(model, DATA, tmp_path / "every", **settings)
+        best = hyperclone.tune(model, DATA, tmp_path / "best", budgets_at="best", **settings)
+    chosen, full = f"{best['best_lr']:.6g}", str(16 * 256)
+    other = next(lr for lr in best["eval_loss"] if lr != chosen)
+    assert best["best_lr"] == every["best_lr"] and best["budgets_at"] == "best"
+    assert best["eval_loss"][chosen] == every["eval_loss"][chosen] and list(best["eval_loss"][chosen]) == [str(8 * 256), full]
+    assert best["eval_loss"][other] == {full: every["eval_loss"][other][full]}
+    assert best["best_lr_by_budget"] == {full: best["best_lr"]}  # no other budget ran at every rate
+    runs = tmp_path / "best" / "runs"
+    assert sorted(p.name for p in (runs / f"lr-{float(other):.3g}").iterdir()) == ["budget-2", "stable"]
+    assert sorted(p.name for p in (runs / f"lr-{float(chosen):.3g}").iterdir()) == ["budget-1", "budget-2", "stable"]
+    args = [shutil.which("hyperclone"), "tune", "--model", str(model), "--data", DATA, "--lrs", "3e-3,1e-2", "--budget-tokens", str(24 * 256),
+            "--seq-len", "64", "--batch-size", "4", "--optimizer", "adamw", "--extend", "0", "--budgets-at", "best", "-o", str(tmp_path / "c")]
+    done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr
+    # 2 rates x (16 stable + 8 decay steps) + the best rate's 1+2+4 decay steps for 3,072, 6,144 and 12,288 tokens, x 256
+    assert "14,080/14,080 tokens" in done.stderr and "3 more decay branches" in done.stderr
+    rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 2}
+    assert rows[other].count("–") == 3 and "–" not in rows[f"* {chosen}"] and rows["best lr"].count("–") == 3
+    bad = subprocess.run([*args[:-1], str(tmp_path / "v"), "--budgets-at", "some"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert bad.returncode == 2 and "--budgets-at" in bad.stderr and "Traceback" not in bad.stderr and not (tmp_path / "v").exists()

@@ -54,11 +54,14 @@ def plot_lr_sweep(losses: dict[float, dict[int, float]], best: float, out: Path,
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     lrs = sorted(losses)
-    for tokens in sorted(losses[lrs[0]]):
-        ax.plot(lrs, [losses[lr][tokens] for lr in lrs], "o-", label=f"{tokens:,} tokens")
+    for tokens in sorted(losses[best]):
+        if all(tokens in losses[lr] for lr in lrs):
+            ax.plot(lrs, [losses[lr][tokens] for lr in lrs], "o-", label=f"{tokens:,} tokens")
+        else:  # a budget only the best rate ran (tune --budgets-at best)
+            ax.plot([best], [losses[best][tokens]], "s", label=f"{tokens:,} tokens, best rate only")
     if seeds:
         points = [(lr, loss) for lr in lrs for loss in seeds[lr]]
-        ax.scatter(*zip(*points), marker="x", color="black", alpha=0.6, label=f"each seed, {max(losses[lrs[0]]):,} tokens")
+        ax.scatter(*zip(*points), marker="x", color="black", alpha=0.6, label=f"each seed, {max(losses[best]):,} tokens")
     ax.axvline(best, color="grey", linestyle=":", label=f"best {best:.3g}")
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")

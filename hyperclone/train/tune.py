@@ -57,9 +57,13 @@ class Branches:
     def branch_at(self, k: int) -> int:
         return k * self.save_every
 
-    def run_steps(self) -> int:
-        """Steps trained per learning rate: the stable run and every decay branch."""
-        return self.branch_at(max(self.budgets)) + sum(self.steps(k) - self.branch_at(k) for k in self.budgets)
+    def decay_steps(self, ks) -> int:
+        """Steps of the decay branches for budgets `ks`."""
+        return sum(self.steps(k) - self.branch_at(k) for k in ks)
+
+    def run_steps(self, ks=None) -> int:
+        """Steps trained per learning rate: the stable run and the decay branches (every budget's, or `ks`')."""
+        return self.branch_at(max(self.budgets)) + self.decay_steps(self.budgets if ks is None else ks)
 
 
 def _grid(lrs, base: float) -> list[float]:
@@ -94,21 +98,29 @@ def _final_eval(run: Path) -> float:
     return [r["eval_loss"] for r in read_metrics(run / "metrics.jsonl") if "eval_loss" in r][-1]
 
 
-def _one_lr(base: TrainConfig, lr: float, seed: int, branches: Branches, warmup: int, folder: Path,
+def _one_lr(base: TrainConfig, lr: float, seed: int, branches: Branches, ks, warmup: int, folder: Path,
             done: Callable[[int], None]) -> dict[int, float]:
-    """One stable run at `lr` and a decay branch per budget: {budget steps: final eval loss}; `done(steps)` after each run."""
-    split = base.seed if base.split_seed is None else base.split_seed  # one held-out set for every seed
-    common = {**base.as_dict(), "lr": lr, "seed": seed, "split_seed": split, "warmup": warmup, "progress": False, "force": True,
-              "resume": False}
-    stable = folder / "stable"
-    train(make_config(**{**common, "out": str(stable), "schedule": "constant", "max_steps": branches.branch_at(max(branches.budgets)),
+    """One stable run at `lr` and a decay branch per budget in `ks`: {budget steps: final eval loss}; `done(steps)` after each run."""
+    common = _run_settings(base, lr, seed, warmup)
+    train(make_config(**{**common, "out": str(folder / "stable"), "schedule": "constant", "max_steps": branches.branch_at(max(branches.budgets)),
                          "save_every": branches.save_every, "keep": max(branches.budgets), "eval_every": branches.save_every,
                          "eval_at_start": True}))
     done(branches.branch_at(max(branches.budgets)))
+    return _decays(common, branches, ks, folder, done)
+
+
+def _run_settings(base: TrainConfig, lr: float, seed: int, warmup: int) -> dict:
+    split = base.seed if base.split_seed is None else base.split_seed  # one held-out set for every seed
+    return {**base.as_dict(), "lr": lr, "seed": seed, "split_seed": split, "warmup": warmup, "progress": False, "force": True,
+            "resume": False}
+
+
+def _decays(common: dict, branches: Branches, ks, folder: Path, done: Callable[[int], None]) -> dict[int, float]:
+    """A decay branch per budget in `ks` from the stable run in `folder`, which kept a checkpoint at every branch point."""
     losses = {}
-    for k in branches.budgets:
+    for k in ks:
         run = folder / f"budget-{k}"
-        checkpoint = stable / "checkpoints" / f"step-{branches.branch_at(k)}"
+        checkpoint = folder / "stable" / "checkpoints" / f"step-{branches.branch_at(k)}"
         train(make_config(**{**common, "out": str(run), "schedule": "wsd", "max_steps": branches.steps(k),
                              "decay_from": str(checkpoint), "save_every": 0, "eval_every": 0}))
         losses[branches.steps(k)] = _final_eval(run)
@@ -117,8 +129,8 @@ def _one_lr(base: TrainConfig, lr: float, seed: int, branches: Branches, warmup:
 
 
 def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *, lrs=None, budget_tokens: int | None = None,
-         budgets: tuple[int, ...] = DEFAULT_BUDGETS, extend: int = 2, seeds: int = 1, recipe: str | None = None,
-         force: bool = False, **settings) -> dict:
+         budgets: tuple[int, ...] = DEFAULT_BUDGETS, budgets_at: str = "every", extend: int = 2, seeds: int = 1,
+         recipe: str | None = None, force: bool = False, **settings) -> dict:
     """Final eval loss over a grid of peak learning rates (and budgets); writes tune.json, tune.png and
     recipe.yaml (the recipe's settings with the best learning rate) into `out`.
 
@@ -129,9 +141,16 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     with `split_seed` or else the first seed, so the spread is the training's alone) and is judged by
     their mean: where the final loss is bumpy in the rate, one run per rate can hand back a lucky draw
     (from scratch at the convergence benchmark's size it moved up to 0.1 nats between seeds at one rate,
-    benchmarks/results/lr_resolution-*.json)."""
+    benchmarks/results/lr_resolution-*.json).
+
+    `budgets_at="best"` runs the budgets below the largest only at the best learning rate, after the
+    search: the chosen rate's loss at every budget (how many tokens it needs to reach a loss) for the
+    price of one decay branch per other rate, but no best rate per budget. Its losses are the ones
+    "every" gives at that rate: the branches start from the same stable checkpoints."""
     if not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds must be a whole number of runs per learning rate, at least 1; got {seeds!r}")
+    if budgets_at not in ("every", "best"):
+        raise UserError(f"--budgets-at is every or best, got {budgets_at!r}")
     source = str(model)
     model = resolve_source(source, "model")  # hf://org/name[@rev]: its snapshot, resolved once for every run
     base = make_config(recipe, model=str(model), data=data, **{**settings, "tuned_tokens": 0})
@@ -144,33 +163,63 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     created = not target.exists()
     _prepare(target, model, force)
     results: dict[float, list[dict[int, float]]] = {}  # per learning rate, each seed's {budget steps: final eval loss}
+    later = tuple(k for k in branches.budgets if k != max(branches.budgets)) if budgets_at == "best" else ()
+    first = tuple(k for k in branches.budgets if k not in later)
+    total = (branches.run_steps(first) * len(grid) + branches.decay_steps(later)) * seeds * tokens_per_step
     try:
-        with token_progress("tune", branches.run_steps() * tokens_per_step * len(grid) * seeds, base.progress) as advance:
-            _search(base, grid, extend, seeds, branches, warmup, target / "runs", advance, results)
+        with token_progress("tune", total, base.progress) as advance:
+            _search(base, grid, extend, seeds, branches, first, warmup, target / "runs", advance, results)
+            _branch_best(base, later, seeds, branches, warmup, target / "runs", advance, results)
     except BaseException:
         if created and not results:  # bad data or settings: leave nothing that a retry would need --force for
             shutil.rmtree(target, ignore_errors=True)
         raise
-    return _report(results, base, branches, tokens_per_step, target)
+    return _report(results, base, branches, tokens_per_step, target, budgets_at)
 
 
-def _search(base: TrainConfig, grid: list[float], extend: int, seeds: int, branches: Branches, warmup: int, runs: Path,
+def _search(base: TrainConfig, grid: list[float], extend: int, seeds: int, branches: Branches, ks, warmup: int, runs: Path,
             advance: Callable[..., None], results: dict[float, list[dict[int, float]]]) -> None:
-    """Every learning rate of the grid into `results`, then up to `extend` more past the edge the best sits on;
-    `advance(tokens, more_tokens)` moves the bar and grows its total."""
+    """Every learning rate of the grid, at budgets `ks`, into `results`, then up to `extend` more past the edge
+    the best sits on; `advance(tokens, more_tokens)` moves the bar and grows its total."""
     full, per_step = branches.steps(max(branches.budgets)), base.tokens_per_step()
-    each = [base.seed + i for i in range(seeds)]
     while grid:
         for lr in grid:
-            stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(branches.budgets)} decay branches"
-                         + (f", at seeds {', '.join(map(str, each))}" if seeds > 1 else ""), highlight=False)
-            results[lr] = [_one_lr(base, lr, seed, branches, warmup, runs / (f"lr-{lr:.3g}" + (f"-seed-{seed}" if seeds > 1 else "")),
-                                   lambda steps: advance(steps * per_step)) for seed in each]
-            stderr.print(f"  final eval loss{' (mean)' if seeds > 1 else ''} "
-                         + ", ".join(f"{loss:.4f} at {s * per_step:,} tokens" for s, loss in _mean(results[lr]).items()), highlight=False)
+            stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(ks)} decay branch{'es' if len(ks) > 1 else ''}"
+                         + (f", at seeds {', '.join(map(str, _seeds(base, seeds)))}" if seeds > 1 else ""), highlight=False)
+            results[lr] = [_one_lr(base, lr, seed, branches, ks, warmup, _folder(runs, lr, seed, seeds),
+                                   lambda steps: advance(steps * per_step)) for seed in _seeds(base, seeds)]
+            _say_losses(results[lr], seeds, per_step)
         grid = _beyond_edge({lr: _mean(runs) for lr, runs in results.items()}, full) if extend > 0 and len(results) > 1 else []
-        advance(0, branches.run_steps() * per_step * len(grid) * seeds)
+        advance(0, branches.run_steps(ks) * per_step * len(grid) * seeds)
         extend -= 1
+
+
+def _branch_best(base: TrainConfig, ks, seeds: int, branches: Branches, warmup: int, runs: Path,
+                 advance: Callable[..., None], results: dict[float, list[dict[int, float]]]) -> None:
+    """The decay branches for budgets `ks` at the best learning rate only, from its stable runs' checkpoints."""
+    if not ks:
+        return
+    full, per_step = branches.steps(max(branches.budgets)), base.tokens_per_step()
+    best = min(results, key=lambda lr: _mean(results[lr])[full])
+    stderr.print(f"tune: lr {best:.3g}, the best: {len(ks)} more decay branch{'es' if len(ks) > 1 else ''}", highlight=False)
+    for seed, losses in zip(_seeds(base, seeds), results[best]):
+        losses.update(_decays(_run_settings(base, best, seed, warmup), branches, ks, _folder(runs, best, seed, seeds),
+                              lambda steps: advance(steps * per_step)))
+    results[best] = [dict(sorted(losses.items())) for losses in results[best]]
+    _say_losses(results[best], seeds, per_step)
+
+
+def _seeds(base: TrainConfig, seeds: int) -> list[int]:
+    return [base.seed + i for i in range(seeds)]
+
+
+def _folder(runs: Path, lr: float, seed: int, seeds: int) -> Path:
+    return runs / (f"lr-{lr:.3g}" + (f"-seed-{seed}" if seeds > 1 else ""))
+
+
+def _say_losses(runs: list[dict[int, float]], seeds: int, per_step: int) -> None:
+    stderr.print(f"  final eval loss{' (mean)' if seeds > 1 else ''} "
+                 + ", ".join(f"{loss:.4f} at {s * per_step:,} tokens" for s, loss in _mean(runs).items()), highlight=False)
 
 
 def _mean(runs: list[dict[int, float]]) -> dict[int, float]:
@@ -185,10 +234,12 @@ def _beyond_edge(results: dict[float, dict[int, float]], full: int) -> list[floa
     return [best * 2] if best == ordered[-1] else [best / 2] if best == ordered[0] else []
 
 
-def _report(by_seed: dict[float, list[dict[int, float]]], base: TrainConfig, branches: Branches, tokens_per_step: int, out: Path) -> dict:
+def _report(by_seed: dict[float, list[dict[int, float]]], base: TrainConfig, branches: Branches, tokens_per_step: int, out: Path,
+            budgets_at: str) -> dict:
     full = branches.steps(max(branches.budgets))
     results = {lr: _mean(runs) for lr, runs in by_seed.items()}
-    by_budget = {steps: min(results, key=lambda lr: results[lr][steps]) for steps in map(branches.steps, branches.budgets)}
+    everywhere = [steps for steps in map(branches.steps, branches.budgets) if all(steps in by for by in results.values())]
+    by_budget = {steps: min(results, key=lambda lr: results[lr][steps]) for steps in everywhere}
     best = by_budget[full]
     if len(results) > 1 and _beyond_edge(results, full):
         warnings.warn(f"the best learning rate {best:.3g} is at the edge of the grid: the optimum may lie beyond it; "
@@ -196,9 +247,10 @@ def _report(by_seed: dict[float, list[dict[int, float]]], base: TrainConfig, bra
     summary = {
         "model": base.model, "data": base.data, "optimizer": base.optimizer, "best_lr": best, "best_eval_loss": results[best][full],
         "budget_tokens": full * tokens_per_step, "warmup": base.warmup, "decay_fraction": base.decay_fraction,
-        "budgets_tokens": [branches.steps(k) * tokens_per_step for k in branches.budgets],
-        # the optimum moves with the budget (on the convergence benchmark, 4x after growth between a quarter
-        # of the budget and all of it), so the recipe is only right for the budget it was tuned at
+        "budgets_tokens": [branches.steps(k) * tokens_per_step for k in branches.budgets], "budgets_at": budgets_at,
+        # at the budgets every learning rate ran (with budgets_at "best", the full one alone). The optimum moves
+        # with the budget (on the convergence benchmark, 4x after growth between a quarter of the budget and
+        # all of it), so the recipe is only right for the budget it was tuned at
         "best_lr_by_budget": {str(steps * tokens_per_step): lr for steps, lr in by_budget.items()},
         "eval_loss": {f"{lr:.6g}": {str(steps * tokens_per_step): loss for steps, loss in by.items()} for lr, by in results.items()},
         # the mean above over these runs, each at its own training seed (base.seed onwards)
