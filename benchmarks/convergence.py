@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import sysconfig
@@ -77,6 +78,9 @@ class Scale:
     noise_sweep: tuple[float, ...] = (0.0, 0.1, 0.5, 1.5)
     split_tokens_per_param: int | None = None  # pretraining bytes set aside (default: what the small model uses)
     eval_batches: int = 16  # held-out batches behind every eval loss (fewer in a --minutes run far below the default)
+    # arms trained at once, each in its own process with torch's threads shared out: at these sizes a second
+    # thread buys little (a training step on 2 cores: 24 steps/s at 2 threads, 2 x 17 at 1 thread each)
+    jobs: int = 2
 
     def small_config(self) -> dict:
         return dict(vocab_size=260, hidden_size=self.hidden, intermediate_size=self.ffn, num_hidden_layers=self.layers,
@@ -88,7 +92,7 @@ SCALES = {
     "cpu": Scale(),
     # about 10 minutes of one H100 for every arm tuned at a quarter of its budget, 2-3x that at the whole
     # budget (sized from CPU timings, not yet measured on the GPU)
-    "gpu": Scale(hidden=128, ffn=352, layers=6, heads=4, seq=256, batch=64, sweep=(1, 1.5, 2), pretrain_sweep=(100, 300)),
+    "gpu": Scale(hidden=128, ffn=352, layers=6, heads=4, seq=256, batch=64, sweep=(1, 1.5, 2), pretrain_sweep=(100, 300), jobs=1),
 }
 
 
@@ -188,9 +192,14 @@ class Bench:
         from transformers import AutoModelForCausalLM, LlamaConfig
 
         path = self.work / name
-        if not (path / "config.json").exists():
+        if not (path / "config.json").exists():  # arms in parallel share one: written aside, renamed whole
             torch.manual_seed(seed)
-            AutoModelForCausalLM.from_config(LlamaConfig(**config)).save_pretrained(path)
+            aside = path.with_name(f".{name}.{os.getpid()}")
+            AutoModelForCausalLM.from_config(LlamaConfig(**config)).save_pretrained(aside)
+            try:
+                aside.rename(path)
+            except OSError:  # another arm's process was first, with the same bytes
+                shutil.rmtree(aside)
         return path
 
     def architectures(self) -> dict[str, dict]:
@@ -234,13 +243,15 @@ class Bench:
         """The small model's pretrained checkpoint: its wind tunnel's run at `lr`, the full budget."""
         return self.work / "small" / "runs" / f"lr-{lr:.3g}" / f"budget-{max(BRANCHES)}" / "final"
 
-    def tune(self, model: Path, arm: Arm, name: str, lrs, budget: int, budgets) -> dict:
+    def tune(self, model: Path, arm: Arm, name: str, lrs, budget: int, budgets, budgets_at: str = "best") -> dict:
+        """The arm's wind tunnel. The smaller budgets only at the best rate by default: an arm is measured
+        at its chosen rate alone (the same losses as every rate's branches give there, for about 0.8 of the cost)."""
         import hyperclone
 
         # training seed 0 for every arm: one data order and one held-out eval set; a seed varies the
         # initialisation (random init) or the noise (grown) only, which is the spread the table shows
         return hyperclone.tune(model, str(self.cont), self.work / name, lrs=list(lrs), budget_tokens=budget, budgets=budgets,
-                               optimizer=arm.optimizer, seed=0, force=True, warmup=arm.warmup, **self.common)
+                               budgets_at=budgets_at, optimizer=arm.optimizer, seed=0, force=True, warmup=arm.warmup, **self.common)
 
 
 def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None = None) -> dict:
@@ -254,12 +265,9 @@ def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None 
     corpus = bench.split(source, params["small"])
     corpus["continue_epochs"] = {a: round(b / (0.95 * corpus["continue_bytes"]), 2) for a, b in budgets.items()}
     small, small_report = bench.pretrain_small(params["small"])
-    tuned: dict[str, float] = {}
-    report = {}
-    for arm in arms(scale.noise, scale.layers) if chosen is None else chosen:
-        report[arm.name] = _arm(bench, arm, small, shapes[arm.arch], budgets[arm.arch], tuned)
-        print(f"{arm.name:28} lr {report[arm.name]['lr']:.3g}  " + " ".join(f"{v:.3f}" for v in report[arm.name]["budget_eval_loss"].values()),
-              file=sys.stderr, flush=True)
+    todo = arms(scale.noise, scale.layers) if chosen is None else chosen
+    report = _run_arms(bench, todo, small, {arm.name: (shapes[arm.arch], budgets[arm.arch]) for arm in todo})
+    tuned = {name: entry["lr"] for name, entry in report.items() if entry["tuning_eval_loss"] is not None}
     for name, entry in report.items():
         if not name.startswith("random_init") and entry["baseline"] in report:
             small_cost = small_report["tokens"] * params["small"] / params[entry["arch"]]
@@ -272,8 +280,39 @@ def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None 
             "arms": report, "minutes": round((time.perf_counter() - began) / 60, 1)}
 
 
-def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, tuned: dict[str, float]) -> dict:
-    """Make the arm's model (random init, or grown and verified), tune its learning rate, measure its budgets."""
+def _run_arms(bench: Bench, todo: list[Arm], small: Path, sizes: dict[str, tuple[dict, int]]) -> dict[str, dict]:
+    """Every arm, `bench.scale.jobs` at a time, each in a process of its own; an arm that reuses another's
+    learning rate starts when that one is done. Returns the reports in `todo`'s order."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // bench.scale.jobs)
+    report: dict[str, dict] = {}
+    waiting, running = list(todo), {}
+    context = multiprocessing.get_context("spawn")  # a forked child of a process that ran torch's threads can hang
+    with ProcessPoolExecutor(bench.scale.jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        while waiting or running:
+            for arm in [a for a in waiting if a.tune_as is None or a.tune_as in report]:
+                waiting.remove(arm)
+                lr = report[arm.tune_as]["lr"] if arm.tune_as else None
+                running[pool.submit(_arm, bench, arm, small, *sizes[arm.name], lr)] = arm
+            if not running:
+                raise SystemExit(f"{', '.join(a.name for a in waiting)} reuse{'s' if len(waiting) == 1 else ''} the learning rate "
+                                 f"of {', '.join(sorted({a.tune_as for a in waiting}))}: run that arm too")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                arm = running.pop(future)
+                report[arm.name] = entry = future.result()
+                print(f"{arm.name:28} lr {entry['lr']:.3g}  " + " ".join(f"{v:.3f}" for v in entry["budget_eval_loss"].values()),
+                      file=sys.stderr, flush=True)
+    return {arm.name: report[arm.name] for arm in todo}
+
+
+def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, lr: float | None) -> dict:
+    """Make the arm's model (random init, or grown and verified), tune its learning rate (unless it reuses
+    `lr`, another arm's), measure its budgets."""
     import hyperclone
 
     started = time.perf_counter()
@@ -283,14 +322,12 @@ def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, tuned: d
         model = hyperclone.grow(small, {**arm.grow, "seed": arm.seed}, bench.work / f"grown-{arm.name}", force=True, progress=False)
         assert hyperclone.verify(small, model)["passed"], f"{arm.name} does not preserve the function"
     tuning, share = None, bench.scale.tune_share
-    if arm.tune_as is None:
+    if lr is None:
         steps = budget // bench.tokens_per_step
-        wind = bench.tune(model, arm, f"tune-{arm.name}", bench.scale.lrs, round(steps * share) * bench.tokens_per_step,
-                          BRANCHES if share == 1 else (1,))
-        tuned[arm.name] = wind["best_lr"]
-        tuning = {lr: by[str(max(map(int, by)))] for lr, by in wind["eval_loss"].items()}
-    lr = tuned[arm.tune_as or arm.name]
-    if arm.tune_as is None and share == 1:
+        tuned_at = round(steps * share) * bench.tokens_per_step
+        wind = bench.tune(model, arm, f"tune-{arm.name}", bench.scale.lrs, tuned_at, BRANCHES if share == 1 else (1,))
+        lr, tuning = wind["best_lr"], {rate: by[str(tuned_at)] for rate, by in wind["eval_loss"].items()}
+    if tuning is not None and share == 1:
         measured, run_dir = wind, bench.work / f"tune-{arm.name}"
     else:
         measured, run_dir = bench.tune(model, arm, f"measure-{arm.name}", [lr], budget, BRANCHES), bench.work / f"measure-{arm.name}"
@@ -434,8 +471,12 @@ def _count(config: dict) -> list[int]:
 def finished_run(run: Path) -> tuple[dict, Bench]:
     """A finished `--out` directory, for the probes that measure more on it (noise_beyond_cap.py,
     lr_resolution.py): its record, and a Bench on its own data and scale."""
+    import torch
+
     record = json.loads(next(run.glob("convergence*.json")).read_text())
     scale = Scale(**{f: v for f, v in record["scale"].items() if f in Scale.__dataclass_fields__ and not isinstance(v, list)})
+    # the thread count the run's arms trained at: a rate the probe trains again then gives the run's own losses
+    torch.set_num_threads(max(1, torch.get_num_threads() // scale.jobs))
     bench = Bench(scale, run)
     bench.pretrain, bench.cont = run / "pretrain.jsonl", run / "continue.jsonl"
     return record, bench
@@ -540,6 +581,7 @@ def main() -> None:
                     help="set aside pretraining text for this many tokens per small-model parameter: moves where the "
                          "large arms' data starts, to see how much the figures depend on the data split")
     ap.add_argument("--minutes", type=float, default=None, help="shrink the budgets to fit this many minutes (below 100/20 tokens per parameter)")
+    ap.add_argument("--jobs", type=int, default=None, help="arms trained at once, each in its own process (default: 2 at cpu scale, 1 at gpu)")
     ap.add_argument("--out", type=Path, default=Path("convergence-out"))
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--record", action="store_true", help="also write the result into benchmarks/results/")
@@ -550,7 +592,7 @@ def main() -> None:
     scale = SCALES[args.scale]
     if args.minutes is not None:
         scale = _fit(scale, args.minutes)
-    scale = replace(scale, split_tokens_per_param=args.reserve, tune_share=args.tune_share or scale.tune_share)
+    scale = replace(scale, split_tokens_per_param=args.reserve, tune_share=args.tune_share or scale.tune_share, jobs=args.jobs or scale.jobs)
     chosen = None if args.arms is None else [a for a in arms(scale.noise, scale.layers) if a.name in args.arms.split(",")]
     result = {"benchmark": "convergence", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "corpus": str(args.data) if args.data else "Python standard library source (.py, no tests), UTF-8 bytes as tokens",

@@ -41,7 +41,7 @@ def finer(run: Path, record: dict, bench, name: str) -> dict:
     arm, budget = record["arms"][name], record["large"]["tokens"]["wide"]
     if not (run / f"finer-{name}" / "tune.json").exists():  # a finished probe's runs are read back, not trained again
         bench.tune(_model(run, record, bench, name, 0), C.Arm(name, "wide", None), f"finer-{name}", [arm["lr"] / STEP, arm["lr"] * STEP],
-                   budget, C.BRANCHES)
+                   budget, C.BRANCHES, budgets_at="every")
     wind = json.loads((run / f"finer-{name}" / "tune.json").read_text())
     curves = {float(lr): {int(t): loss for t, loss in by.items()} for lr, by in wind["eval_loss"].items()}
     curves[arm["lr"]] = {int(t): loss for t, loss in arm["budget_eval_loss"].items()}
@@ -57,8 +57,10 @@ def _curves(tune_json: Path, budget: int) -> dict[str, tuple[float, dict[int, fl
     """Every rate of a finished tune at the arm's whole budget: its curve (final eval loss by budget) and the
     rate itself, keyed as the runs' folders are (3 digits, so that rates a factor sqrt 2 apart computed two
     ways meet)."""
-    found = json.loads(tune_json.read_text())["eval_loss"]
-    return {f"{float(lr):.3g}": (float(lr), {int(t): loss for t, loss in by.items()}) for lr, by in found.items() if str(budget) in by}
+    tuned = json.loads(tune_json.read_text())
+    whole = set(map(str, tuned["budgets_tokens"]))  # a rate that ran every budget (convergence.py branches the best rate only)
+    return {f"{float(lr):.3g}": (float(lr), {int(t): loss for t, loss in by.items()}) for lr, by in tuned["eval_loss"].items()
+            if str(budget) in by and set(by) == whole}
 
 
 def _model(run: Path, record: dict, bench, name: str, seed: int) -> Path:
