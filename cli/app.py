@@ -529,10 +529,10 @@ def tune(
         except ValueError:
             raise hyperclone.UserError(f"--lrs takes numbers separated by commas, got {lrs!r}") from None
     mix = data[0] if data and len(data) == 1 else data or None
+    given = dict(optimizer=optimizer, seq_len=seq_len, batch_size=batch_size, warmup=warmup, decay_fraction=decay_fraction,
+                 eval_batches=eval_batches, seed=seed, split_seed=split_seed)
     result = hyperclone.tune(model, mix, output, lrs=grid, budget_tokens=budget_tokens, budgets_at=budgets_at, extend=extend, seeds=seeds,
-                             recipe=recipe, force=force, trackers="none", **{k: v for k, v in dict(optimizer=optimizer, seq_len=seq_len, batch_size=batch_size,
-                                                                       warmup=warmup, decay_fraction=decay_fraction, eval_batches=eval_batches,
-                                                                       seed=seed, split_seed=split_seed).items() if v is not None})
+                             recipe=recipe, force=force, trackers="none", **{k: v for k, v in given.items() if v is not None})
     table = Table("peak lr", *(f"{t:,} tokens" for t in result["budgets_tokens"]),
                   title=f"final eval loss, mean ± half the range of {seeds} seeds" if seeds > 1 else None)
     for lr, by in result["eval_loss"].items():
