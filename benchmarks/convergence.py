@@ -289,11 +289,11 @@ def _run_arms(bench: Bench, todo: list[Arm], small: Path, sizes: dict[str, tuple
 
     import torch
 
-    threads = max(1, torch.get_num_threads() // bench.scale.jobs)
     report: dict[str, dict] = {}
     waiting, running = list(todo), {}
     context = multiprocessing.get_context("spawn")  # a forked child of a process that ran torch's threads can hang
-    with ProcessPoolExecutor(bench.scale.jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(bench.scale.jobs, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(arm_threads(bench.scale.jobs),)) as pool:
         while waiting or running:
             for arm in [a for a in waiting if a.tune_as is None or a.tune_as in report]:
                 waiting.remove(arm)
@@ -309,6 +309,13 @@ def _run_arms(bench: Bench, todo: list[Arm], small: Path, sizes: dict[str, tuple
                 print(f"{arm.name:28} lr {entry['lr']:.3g}  " + " ".join(f"{v:.3f}" for v in entry["budget_eval_loss"].values()),
                       file=sys.stderr, flush=True)
     return {arm.name: report[arm.name] for arm in todo}
+
+
+def arm_threads(jobs: int) -> int:
+    """Torch threads for each of `jobs` arms training at once: this process's share."""
+    import torch
+
+    return max(1, torch.get_num_threads() // jobs)
 
 
 def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, lr: float | None) -> dict:
@@ -477,7 +484,7 @@ def finished_run(run: Path) -> tuple[dict, Bench]:
     record = json.loads(next(run.glob("convergence*.json")).read_text())
     scale = Scale(**{f: v for f, v in record["scale"].items() if f in Scale.__dataclass_fields__ and not isinstance(v, list)})
     # the thread count the run's arms trained at: a rate the probe trains again then gives the run's own losses
-    torch.set_num_threads(max(1, torch.get_num_threads() // scale.jobs))
+    torch.set_num_threads(arm_threads(scale.jobs))
     bench = Bench(scale, run)
     bench.pretrain, bench.cont = run / "pretrain.jsonl", run / "continue.jsonl"
     return record, bench

@@ -163,8 +163,8 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     created = not target.exists()
     _prepare(target, model, force)
     results: dict[float, list[dict[int, float]]] = {}  # per learning rate, each seed's {budget steps: final eval loss}
-    later = tuple(k for k in branches.budgets if k != max(branches.budgets)) if budgets_at == "best" else ()
-    first = tuple(k for k in branches.budgets if k not in later)
+    first = branches.budgets if budgets_at == "every" else (max(branches.budgets),)  # what every rate runs
+    later = tuple(k for k in branches.budgets if k not in first)  # what the best rate runs after the search
     total = (branches.run_steps(first) * len(grid) + branches.decay_steps(later)) * seeds * tokens_per_step
     try:
         with token_progress("tune", total, base.progress) as advance:
@@ -200,7 +200,7 @@ def _branch_best(base: TrainConfig, ks, seeds: int, branches: Branches, warmup: 
     if not ks:
         return
     full, per_step = branches.steps(max(branches.budgets)), base.tokens_per_step()
-    best = min(results, key=lambda lr: _mean(results[lr])[full])
+    best = _best({lr: _mean(runs) for lr, runs in results.items()}, full)
     stderr.print(f"tune: lr {best:.3g}, the best: {len(ks)} more decay branch{'es' if len(ks) > 1 else ''}", highlight=False)
     for seed, losses in zip(_seeds(base, seeds), results[best]):
         losses.update(_decays(_run_settings(base, best, seed, warmup), branches, ks, _folder(runs, best, seed, seeds),
@@ -222,6 +222,11 @@ def _say_losses(runs: list[dict[int, float]], seeds: int, per_step: int) -> None
                  + ", ".join(f"{loss:.4f} at {s * per_step:,} tokens" for s, loss in _mean(runs).items()), highlight=False)
 
 
+def _best(results: dict[float, dict[int, float]], steps: int) -> float:
+    """The learning rate whose mean final eval loss at `steps` is lowest: the one the branches and the report both name."""
+    return min(results, key=lambda lr: results[lr][steps])
+
+
 def _mean(runs: list[dict[int, float]]) -> dict[int, float]:
     """The seeds' mean final eval loss at every budget."""
     return {steps: statistics.fmean(run[steps] for run in runs) for steps in runs[0]}
@@ -239,7 +244,7 @@ def _report(by_seed: dict[float, list[dict[int, float]]], base: TrainConfig, bra
     full = branches.steps(max(branches.budgets))
     results = {lr: _mean(runs) for lr, runs in by_seed.items()}
     everywhere = [steps for steps in map(branches.steps, branches.budgets) if all(steps in by for by in results.values())]
-    by_budget = {steps: min(results, key=lambda lr: results[lr][steps]) for steps in everywhere}
+    by_budget = {steps: _best(results, steps) for steps in everywhere}
     best = by_budget[full]
     if len(results) > 1 and _beyond_edge(results, full):
         warnings.warn(f"the best learning rate {best:.3g} is at the edge of the grid: the optimum may lie beyond it; "
