@@ -133,6 +133,10 @@ def grow(
         from hyperclone.hub import check_repo_id
 
         check_repo_id(push_to_hub)
+    if output is not None and not dry_run:
+        from hyperclone.grow import check_output_early
+
+        check_output_early(src, output, force)
     growth = hyperclone.plan(src, to, **options)
     summary = growth.summary()
     for warning in growth.warnings:

@@ -16,7 +16,8 @@ from hyperclone.card import CARD, grown_card
 from hyperclone.errors import UserError
 from hyperclone.goals import Goal, check_goal, load_target, solve_goal
 from hyperclone.io.guard import LOCK_INFO, MANIFEST, DirectoryLock
-from hyperclone.io.output import PROGRESS_FILE, TOKENIZER_FILES, copy_side_files, partial_directory, resumable_directory
+from hyperclone.io.output import (PROGRESS_FILE, TOKENIZER_FILES, check_output, copy_side_files, partial_directory,
+                                  resumable_directory)
 from hyperclone.io.reader import open_checkpoint
 from hyperclone.io.writer import Shard, TensorSlot, parse_size, plan_shards, write_shards
 from hyperclone.loading import load_model
@@ -198,6 +199,14 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def check_output_early(source: str | os.PathLike, out: str | os.PathLike, force: bool) -> None:
+    """The output's refusals (taken, not ours to replace, overlapping the source) before the plan, which
+    builds the model and may first download the source from the Hub: seconds to hours spent before an
+    answer that needs neither. The writer checks again, with the disk space the plan gives."""
+    local = [] if str(source).startswith("hf://") else [Path(source)]
+    check_output(Path(out).absolute(), force, inputs=local)
+
+
 def grow(
     source: str | os.PathLike,
     target: str | os.PathLike | dict | Target,
@@ -228,6 +237,8 @@ def grow(
         from hyperclone.hub import check_repo_id
 
         check_repo_id(push_to_hub)
+    if out is not None and not dry_run:
+        check_output_early(source, out, force)
     growth = plan(source, target, **plan_options)
     for message in growth.warnings:
         warnings.warn(message, stacklevel=2)

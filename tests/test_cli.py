@@ -74,6 +74,19 @@ def test_existing_output_needs_force_and_force_replaces_only_hyperclone_outputs(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_an_existing_output_is_refused_before_the_source_is_fetched(tmp_path):
+    """The output is checked first: a Hub source would otherwise be downloaded (here: looked up in an
+    offline cache that lacks it) only to be told that -o is taken."""
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run("grow", "hf://nobody/not-in-the-cache", "--to", "2x", "-o", str(out))
+    assert result.returncode == 2 and "already exists" in result.stderr and "Traceback" not in result.stderr
+    forced = run("grow", "hf://nobody/not-in-the-cache", "--to", "2x", "-o", str(out), "--force")
+    assert forced.returncode == 2 and "keep.txt" in forced.stderr and (out / "keep.txt").read_text() == "mine"
+    assert "cache" in run("grow", "hf://nobody/not-in-the-cache", "--to", "2x", "-o", str(tmp_path / "new")).stderr
+
+
 def _bad_inputs(tiny, tmp_path):
     good = tiny("llama")
     cases = {}
