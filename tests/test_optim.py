@@ -81,7 +81,7 @@ def _per_parameter_step(params: list, groups: list[dict], buffers: dict) -> None
 @pytest.mark.parametrize("family", ["qwen3_moe", "llama", "phi3", "gpt_neox"])
 def test_batched_newton_schulz_step_equals_the_per_parameter_step(family):
     """All same-shape matrices of the model (experts of every layer, q_proj of every layer...) in one
-    Newton–Schulz call per shape gives the per-parameter update, to 1e-6 in float32 — fused projections
+    Newton–Schulz call per shape gives the per-parameter update, to 1e-4 of the step in float32 — fused projections
     included: phi3's stacked [q; k; v] (grouped-query, so q and k differ in shape) and gpt_neox's per-head
     rows are orthogonalised as three matrices, like a family's separate q_proj, k_proj and v_proj."""
     model = AutoModelForCausalLM.from_config(tiny_config(family, num_hidden_layers=3))
@@ -97,6 +97,7 @@ def test_batched_newton_schulz_step_equals_the_per_parameter_step(family):
                        halves=g["halves"], qkv=g["qkv"]) for k, g in enumerate(muon_groups)]
     assert any(g["qkv"] for g in muon_groups) == (family in ("phi3", "gpt_neox"))
     buffers: dict = {}
+    start = [p.detach().clone() for p in params]
     gen = torch.Generator().manual_seed(0)
     for _ in range(2):  # two steps: the momentum buffers are exercised too
         for p, r in zip(params, reference):
@@ -104,8 +105,8 @@ def test_batched_newton_schulz_step_equals_the_per_parameter_step(family):
             r.grad = p.grad.clone()
         opt.step()
         _per_parameter_step(reference, ref_groups, buffers)
-    for p, r in zip(params, reference):
-        assert (p - r).abs().max() <= 1e-6, (p - r).abs().max()
+    for p, r, p0 in zip(params, reference, start):  # relative to the step taken: float32 rounding, whatever the kernels' order
+        assert (p - r).abs().max() <= 1e-4 * (r - p0).abs().max(), ((p - r).abs().max(), (r - p0).abs().max())
 
 
 def test_fused_gate_up_halves_and_parameter_split():
