@@ -27,6 +27,8 @@ Without --data the corpus is the running interpreter's standard library source (
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -318,7 +320,29 @@ def arm_threads(jobs: int) -> int:
     return max(1, torch.get_num_threads() // jobs)
 
 
+class _Named(io.TextIOBase):
+    """A stream that starts every line with the arm's name: arms in parallel share one stderr."""
+
+    def __init__(self, name: str, stream) -> None:
+        self.name, self.stream, self.fresh = name, stream, True
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines(keepends=True):
+            self.stream.write(f"[{self.name}] {line}" if self.fresh else line)
+            self.fresh = line.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, lr: float | None) -> dict:
+    """The arm in its own process, what it says on stderr named as its."""
+    with contextlib.redirect_stderr(_Named(arm.name, sys.__stderr__)):
+        return _measure_arm(bench, arm, small, shape, budget, lr)
+
+
+def _measure_arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, lr: float | None) -> dict:
     """Make the arm's model (random init, or grown and verified), tune its learning rate (unless it reuses
     `lr`, another arm's), measure its budgets."""
     import hyperclone

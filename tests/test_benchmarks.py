@@ -19,6 +19,7 @@ def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
             "--reserve", "20", "--out", str(out)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "[hyperclone_noise] tune: lr" in done.stderr and "[random_init] tune: lr" in done.stderr  # arms in parallel, named
     stem = "convergence-reserve20-subset"
     assert {p.name for p in out.glob(f"{stem}*")} == {f"{stem}{s}" for s in (".json", ".md", ".png")}
     result = json.loads((out / f"{stem}.json").read_text())
