@@ -337,7 +337,7 @@ class _Named(io.TextIOBase):
 
 
 def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, lr: float | None) -> dict:
-    """The arm in its own process, what it says on stderr named as its."""
+    """The arm, in its own process, with every line it writes to stderr named."""
     with contextlib.redirect_stderr(_Named(arm.name, sys.__stderr__)):
         return _measure_arm(bench, arm, small, shape, budget, lr)
 
