@@ -19,8 +19,13 @@ the key arms at three model sizes; `--pretrain` at three lengths of the small mo
 four noise scales. Every width arm also reports how far its copies came apart in training (`copies`: the
 correlation of each FFN unit with its copy, 1 = still copies).
 
+`--plan` trains nothing: it prints each model's parameters and budget and the run's forecast minutes on this
+machine (every arm's steps, evals and runs, timed with a few steps of hyperclone's own training loop per
+model, scheduled as the arms are). `--scale gpu` sizes itself the same way: the largest small model of
+GPU_HIDDEN whose run is forecast to fit `--minutes` (default 10), at the full 100 / 20 tokens per parameter.
+
     python benchmarks/convergence.py [--data PATH] [--scale cpu|gpu] [--sizes] [--pretrain] [--warmups] [--noises]
-                                      [--arms A,B] [--reserve N] [--minutes M] [--json] [--out DIR] [--record]
+                                      [--arms A,B] [--reserve N] [--minutes M] [--plan] [--json] [--out DIR] [--record]
 
 Without --data the corpus is the running interpreter's standard library source (real text, no download).
 """
@@ -43,6 +48,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 BRANCHES = (1, 2, 3, 4, 6, 8)  # WSD budgets measured per arm, in eighths of the full budget
+DECAY = 0.2  # every WSD run's decay, a share of its budget
 
 
 @dataclass(frozen=True)
@@ -91,10 +97,13 @@ class Scale:
                     tie_word_embeddings=False)
 
 
+GPU_HIDDEN = (64, 96, 128, 192, 256, 384, 512)  # --scale gpu: the small model's hidden sizes it chooses among
+GPU_MINUTES = 10.0  # ... to fill about this much of the GPU by default
+
 SCALES = {
     "cpu": Scale(),
-    # about 10 minutes of one H100 for every arm tuned at a quarter of its budget, 2-3x that at the whole
-    # budget (sized from CPU timings, not yet measured on the GPU)
+    # the hidden size is chosen when the run starts (fit_scale: the largest of GPU_HIDDEN whose run is forecast
+    # to fit --minutes on the GPU at hand); these fields fix the head size (32), FFN ratio, depth and batch
     "gpu": Scale(hidden=128, ffn=352, layers=6, heads=4, seq=256, batch=64, sweep=(1, 1.5, 2), pretrain_sweep=(100, 300), jobs=1),
 }
 
@@ -187,7 +196,7 @@ class Bench:
         self.pretrain = self.cont = work / "unset"
         self.tokens_per_step = scale.seq * scale.batch
         self.common = dict(seq_len=scale.seq, batch_size=scale.batch, eval_batches=scale.eval_batches, trackers="none", progress=False,
-                           decay_fraction=0.2)
+                           decay_fraction=DECAY)
 
     def random_model(self, name: str, config: dict, seed: int) -> Path:
         """transformers' own initialisation (what 'from scratch' means), saved as a checkpoint."""
@@ -219,7 +228,7 @@ class Bench:
         lacks, so an untuned small model understates what growth is worth."""
         import hyperclone
 
-        steps = math.ceil(self.scale.small_tokens_per_param * n_small / self.tokens_per_step)
+        steps = self.small_steps(n_small)
         started = time.perf_counter()
         wind = hyperclone.tune(self.random_model("small-init", self.architectures()["small"], 0), str(self.pretrain),
                                self.work / "small", lrs=list(self.scale.lrs), budget_tokens=steps * self.tokens_per_step,
@@ -228,6 +237,9 @@ class Bench:
         tried = {rate: by[str(tokens)] for rate, by in wind["eval_loss"].items()}
         return self.small_final(lr), {"params": n_small, "tokens": tokens, "lr": lr, "tuning_eval_loss": tried, "final_eval_loss": wind["best_eval_loss"],
                        "seconds": round(time.perf_counter() - started, 1)}
+
+    def small_steps(self, n_small: int) -> int:
+        return math.ceil(self.scale.small_tokens_per_param * n_small / self.tokens_per_step)
 
     def budget(self, params: int) -> int:
         """An architecture's token budget, shared by its random init and its grown twin: 20 tokens per
@@ -257,30 +269,61 @@ class Bench:
                                budgets_at=budgets_at, optimizer=arm.optimizer, seed=0, force=True, warmup=arm.warmup, **self.common)
 
 
-def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None = None) -> dict:
-    """Every arm (or the `chosen` ones) at this scale: returns the result dictionary."""
-    began = time.perf_counter()
-    work.mkdir(parents=True, exist_ok=True)
-    bench = Bench(scale, work)
+@dataclass
+class Layout:
+    """A run's models, budgets, data split and arms, fixed before anything trains."""
+
+    shapes: dict[str, dict]
+    params: dict[str, int]
+    budgets: dict[str, int]  # tokens per large architecture
+    corpus: dict
+    todo: list[Arm]
+
+    def sizes(self) -> dict[str, tuple[dict, int]]:
+        return {arm.name: (self.shapes[arm.arch], self.budgets[arm.arch]) for arm in self.todo}
+
+
+def lay_out(bench: Bench, source: Path | None, chosen: list[Arm] | None) -> Layout:
+    """Architectures, parameter counts and budgets, and the corpus cut in two (written into the work directory)."""
+    bench.work.mkdir(parents=True, exist_ok=True)
     shapes = bench.architectures()
     params = {arch: sum(_count(cfg)) for arch, cfg in shapes.items()}
     budgets = {a: bench.budget(params[a]) for a in ("wide", "wide_deep", "deep")}
     corpus = bench.split(source, params["small"])
     corpus["continue_epochs"] = {a: round(b / (0.95 * corpus["continue_bytes"]), 2) for a, b in budgets.items()}
+    todo = arms(bench.scale.noise, bench.scale.layers) if chosen is None else chosen
+    return Layout(shapes, params, budgets, corpus, todo)
+
+
+def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None = None) -> dict:
+    """Every arm (or the `chosen` ones) at this scale: returns the result dictionary."""
+    began = time.perf_counter()
+    bench = Bench(scale, work)
+    layout = lay_out(bench, source, chosen)
+    params, budgets = layout.params, layout.budgets
     small, small_report = bench.pretrain_small(params["small"])
-    todo = arms(scale.noise, scale.layers) if chosen is None else chosen
-    report = _run_arms(bench, todo, small, {arm.name: (shapes[arm.arch], budgets[arm.arch]) for arm in todo})
+    report = _run_arms(bench, layout.todo, small, layout.sizes())
     tuned = {name: entry["lr"] for name, entry in report.items() if entry["tuning_eval_loss"] is not None}
     for name, entry in report.items():
         if not name.startswith("random_init") and entry["baseline"] in report:
             small_cost = small_report["tokens"] * params["small"] / params[entry["arch"]]
             _speedups(entry, report[entry["baseline"]]["budget_eval_loss"], budgets[entry["arch"]], small_cost)
-    return {"scale": dict(vars(scale)), "corpus_split": corpus, "small": small_report,
+    return {"scale": dict(vars(scale)), "corpus_split": layout.corpus, "small": small_report,
             "large": {"params": {a: params[a] for a in budgets}, "tokens": budgets,
                       "tokens_per_param": {a: round(b / params[a], 1) for a, b in budgets.items()},
                       "seq_len": scale.seq, "batch": scale.batch, "tuned_lr": tuned,
                       "schedule": "WSD: 5 % warmup, 20 % linear decay; decay branches at 1/8 .. 8/8 of the budget"},
             "arms": report, "minutes": round((time.perf_counter() - began) / 60, 1)}
+
+
+def forecast_run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None = None) -> dict:
+    """What `run` would train at this scale and how many minutes it should take here (see `forecast`)."""
+    started = time.perf_counter()
+    bench = Bench(scale, work)
+    layout = lay_out(bench, source, chosen)
+    found = forecast(bench, layout.todo, bench.small_steps(layout.params["small"]), layout.sizes())
+    return {"hidden": scale.hidden, "params": layout.params, "tokens": layout.budgets, **found,
+            "seconds": round(time.perf_counter() - started, 1)}  # what measuring for the forecast took
 
 
 def _run_arms(bench: Bench, todo: list[Arm], small: Path, sizes: dict[str, tuple[dict, int]]) -> dict[str, dict]:
@@ -318,6 +361,117 @@ def arm_threads(jobs: int) -> int:
     import torch
 
     return max(1, torch.get_num_threads() // jobs)
+
+
+# --- how long a run will take, before it runs -------------------------------------------------------------
+
+RATES_PER_TUNNEL = 4  # rates a wind tunnel trains: the grid's 3 and usually one past an edge (3-5 in the recorded runs)
+MEASURED_STEPS = 12  # training steps timed per model (the first 2 left out: allocation and warm caches)
+
+
+def forecast(bench: Bench, todo: list[Arm], small_steps: int, sizes: dict[str, tuple[dict, int]]) -> dict:
+    """The run's minutes before it runs: every arm's training steps, evals and runs as `_measure_arm` makes
+    them, times step, eval and start-up seconds measured here with hyperclone's own training loop (each model
+    at the thread count and concurrency the run gives it), arms scheduled as `_run_arms` schedules them.
+    A forecast, not a measurement: each tunnel is taken to train RATES_PER_TUNNEL rates."""
+    shapes = bench.architectures()
+    pairs = sorted({(arm.arch, arm.optimizer) for arm in todo})
+    small_cost = _measure_steps(bench, "small", shapes["small"], "adamw", bench.pretrain)  # pretrained here, at every thread
+    cost = dict(zip(pairs, _in_pool(bench, [(_measure_steps, bench, arch, shapes[arch], opt, bench.cont) for arch, opt in pairs])))
+    small = _seconds(small_cost, *_tunnel_work(small_steps, (max(BRANCHES),), RATES_PER_TUNNEL, every_budget=True))
+    arms_s = {arm.name: _seconds(cost[arm.arch, arm.optimizer], *_arm_work(bench, arm, sizes[arm.name][1])) for arm in todo}
+    wall = small + _makespan([(arm.name, arm.tune_as) for arm in todo], arms_s, bench.scale.jobs)
+    return {"minutes": round(wall / 60, 1), "small_seconds": round(small), "arm_seconds": {k: round(v) for k, v in arms_s.items()},
+            "costs": {"small": small_cost, **{f"{arch}/{opt}": c for (arch, opt), c in cost.items()}},
+            "rates_per_tunnel": RATES_PER_TUNNEL, "jobs": bench.scale.jobs}
+
+
+def _arm_work(bench: Bench, arm: Arm, budget: int) -> tuple[int, int, int]:
+    """(runs, training steps, evals) of one arm as `_measure_arm` trains it: a tunnel at the whole budget whose
+    best rate is the measurement; or a tunnel at a share of it, then the measurement at the chosen rate; or,
+    reusing another arm's rate, the measurement alone."""
+    steps = budget // bench.tokens_per_step
+    measure = _tunnel_work(steps, BRANCHES, 1, every_budget=True)
+    if arm.tune_as is not None:
+        return measure
+    share = bench.scale.tune_share
+    if share == 1:
+        return _tunnel_work(steps, BRANCHES, RATES_PER_TUNNEL, every_budget=False)
+    tunnel = _tunnel_work(round(steps * share), (1,), RATES_PER_TUNNEL, every_budget=True)
+    return tuple(a + b for a, b in zip(tunnel, measure))
+
+
+def _tunnel_work(steps: int, budgets: tuple[int, ...], rates: int, every_budget: bool) -> tuple[int, int, int]:
+    """(runs, training steps, evals) of `hyperclone.tune` over `rates` rates: each rate a stable run, evaluated
+    at its start and every branch point, and a decay branch per budget (`every_budget`) or for the whole
+    budget only, the best rate's smaller budgets after the search (budgets_at="best")."""
+    from hyperclone.train.tune import Branches
+
+    plan = Branches.plan(steps, budgets, DECAY)
+    first = budgets if every_budget else (max(budgets),)
+    later = tuple(k for k in budgets if k not in first)
+    runs = rates * (1 + len(first)) + len(later)
+    evals = rates * (1 + max(budgets) + len(first)) + len(later)
+    return runs, rates * plan.run_steps(first) + plan.decay_steps(later), evals
+
+
+def _seconds(cost: dict, runs: int, steps: int, evals: int) -> float:
+    return runs * cost["run_s"] + steps * cost["step_s"] + evals * cost["eval_s"]
+
+
+def _measure_steps(bench: Bench, arch: str, shape: dict, optimizer: str, data: Path) -> dict:
+    """A short `hyperclone.train` run of the architecture's random init: seconds per step (the median of its
+    later steps), per eval (its batches forward only, taken as a third of a step's work each) and per run
+    for start-up and finish (the rest of the call's wall time)."""
+    import statistics
+
+    import hyperclone
+
+    model = bench.random_model("small-init" if arch == "small" else f"init-{arch}-seed0", shape, 0 if arch == "small" else 1)
+    out = bench.work / "forecast" / f"{arch}-{optimizer}"
+
+    def seconds(steps: int) -> float:
+        started = time.perf_counter()
+        hyperclone.train(model=str(model), data=str(data), out=str(out), max_steps=steps, lr=1e-3, optimizer=optimizer,
+                         schedule="constant", seed=0, save_every=0, eval_every=0, force=True, **bench.common)
+        return time.perf_counter() - started
+
+    # a process's first run pays for imports and caches (about 5 s on 2 CPU cores); an arm's process pays
+    # them once, not once per run, so a short run first and the timed one after it
+    seconds(2)
+    wall = seconds(MEASURED_STEPS)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    step = statistics.median(bench.tokens_per_step / r["tokens_per_s"] for r in rows if "tokens_per_s" in r and r["step"] > 2)
+    shutil.rmtree(out)
+    evaluation = bench.scale.eval_batches * step / 3
+    return {"step_s": step, "eval_s": evaluation, "run_s": max(0.0, wall - MEASURED_STEPS * step - evaluation)}
+
+
+def _in_pool(bench: Bench, calls: list[tuple]) -> list:
+    """`calls` (function, *args) run `bench.scale.jobs` at a time, each process at the arms' thread count, as
+    `_run_arms` runs the arms; their results in order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    with ProcessPoolExecutor(bench.scale.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+                             initargs=(arm_threads(bench.scale.jobs),)) as pool:
+        return [future.result() for future in [pool.submit(*call) for call in calls]]
+
+
+def _makespan(order: list[tuple[str, str | None]], seconds: dict[str, float], jobs: int) -> float:
+    """When `jobs` workers finish the arms, taken first come first served as `_run_arms` submits them: the arms
+    that tune for themselves at once, in order; an arm that reuses another's rate when that one is done."""
+    free, submitted, done = [0.0] * jobs, {name: 0.0 for name, after in order if after is None}, {}
+    after = {name: first for name, first in order if first is not None}
+    rank = {name: i for i, (name, _) in enumerate(order)}
+    while submitted:
+        name = min(submitted, key=lambda n: (submitted[n], rank[n]))
+        worker = min(range(jobs), key=free.__getitem__)
+        free[worker] = done[name] = max(free[worker], submitted.pop(name)) + seconds[name]
+        submitted.update({later: done[name] for later, first in after.items() if first == name})
+    return max(done.values(), default=0.0)
 
 
 class _Named(io.TextIOBase):
@@ -612,7 +766,10 @@ def main() -> None:
     ap.add_argument("--reserve", type=int, default=None,
                     help="set aside pretraining text for this many tokens per small-model parameter: moves where the "
                          "large arms' data starts, to see how much the figures depend on the data split")
-    ap.add_argument("--minutes", type=float, default=None, help="shrink the budgets to fit this many minutes (below 100/20 tokens per parameter)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="cpu scale: shrink the budgets to fit this many minutes (below 100/20 tokens per parameter); gpu scale: "
+                         f"train the largest models whose run is forecast to fit them (default {GPU_MINUTES:g})")
+    ap.add_argument("--plan", action="store_true", help="print the models, budgets and forecast minutes, and train nothing")
     ap.add_argument("--jobs", type=int, default=None, help="arms trained at once, each in its own process (default: 2 at cpu scale, 1 at gpu)")
     ap.add_argument("--out", type=Path, default=Path("convergence-out"))
     ap.add_argument("--json", action="store_true")
@@ -622,15 +779,23 @@ def main() -> None:
 
     data = args.data
     scale = SCALES[args.scale]
-    if args.minutes is not None:
-        scale = _fit(scale, args.minutes)
     scale = replace(scale, split_tokens_per_param=args.reserve, tune_share=args.tune_share or scale.tune_share, jobs=args.jobs or scale.jobs)
     chosen = None if args.arms is None else [a for a in arms(scale.noise, scale.layers) if a.name in args.arms.split(",")]
+    sizing = None
+    if args.scale == "gpu":  # the largest model that fits the minutes, at the full tokens per parameter
+        scale, sizing = fit_scale(scale, args.minutes or GPU_MINUTES, data, args.out / "sizing", chosen)
+    elif args.minutes is not None:  # the cpu scale's models, on fewer tokens per parameter
+        scale = _fit(scale, args.minutes)
+    if args.plan:
+        plan = sizing or [forecast_run(scale, data, args.out / "forecast", chosen)]
+        print(json.dumps(plan, indent=2) if args.json else _plan_table(plan))
+        return
     result = {"benchmark": "convergence", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "corpus": str(args.data) if args.data else "Python standard library source (.py, no tests), UTF-8 bytes as tokens",
-              **run(scale, data, args.out, chosen)}
+              **({"sizing": sizing} if sizing else {}), **run(scale, data, args.out, chosen)}
     # a variant never overwrites the default run's record
-    stem = "-".join(["convergence"] + ([args.data.name] if args.data else []) + ([f"reserve{args.reserve}"] if args.reserve else [])
+    stem = "-".join(["convergence"] + ([args.scale] if args.scale != "cpu" else []) + ([args.data.name] if args.data else [])
+                    + ([f"reserve{args.reserve}"] if args.reserve else [])
                     + ([f"tune{scale.tune_share:g}"] if scale.tune_share != 1 else []) + (["subset"] if chosen is not None else []))
     _write(result, args.out, stem, args.record)  # the arms first: a long sweep must not hold them hostage
     sweeps = {"sizes": lambda work: sizes_sweep(scale, result, data, work), "pretrain": lambda work: pretrain_sweep(scale, data, work),
@@ -653,6 +818,39 @@ def _write(result: dict, out: Path, stem: str, record: bool) -> None:
     if record:
         for path in written:
             shutil.copy(path, HERE / "results" / path.name)
+
+
+def fit_scale(scale: Scale, minutes: float, source: Path | None, work: Path, chosen: list[Arm] | None,
+              ladder: tuple[int, ...] = GPU_HIDDEN) -> tuple[Scale, list[dict]]:
+    """The largest hidden size of `ladder` (head size and FFN ratio kept) whose run is forecast to take at
+    most `minutes` on this machine, measured here rather than guessed: a model that fills an H100 is not the
+    one that fills an H200. Returns it and every size's forecast; exits 2 when even the smallest is over."""
+    head_dim, tried, fitted = scale.hidden // scale.heads, [], None
+    for hidden in ladder:
+        candidate = replace(scale, hidden=hidden, ffn=round(hidden * scale.ffn / scale.hidden), heads=hidden // head_dim)
+        tried.append(forecast_run(candidate, source, work / f"hidden-{hidden}", chosen))
+        print(f"sizing: hidden {hidden}: {tried[-1]['minutes']:g} minutes forecast", file=sys.stderr, flush=True)
+        if tried[-1]["minutes"] > minutes:
+            break
+        fitted = candidate
+    if fitted is None:
+        print(f"error: even hidden {ladder[0]} is forecast at {tried[0]['minutes']:g} minutes on this machine, over --minutes "
+              f"{minutes:g}: give more --minutes, or run --scale cpu", file=sys.stderr)
+        sys.exit(2)
+    return fitted, tried
+
+
+def _plan_table(plan: list[dict]) -> str:
+    """Each size's parameters, budgets and forecast, and where the time goes in the last one that fits."""
+    lines = ["| hidden | params small / wide / wide+deep / deep | tokens wide | forecast, minutes |", "|---|---|---|---|"]
+    for one in plan:
+        p = one["params"]
+        lines.append(f"| {one['hidden']} | {p['small']:,} / {p['wide']:,} / {p['wide_deep']:,} / {p['deep']:,} | "
+                     f"{one['tokens']['wide']:,} | {one['minutes']:g} |")
+    lines.append("")
+    lines += [f"hidden {one['hidden']}: small model {one['small_seconds']} s, then {one['jobs']} arm(s) at a time: "
+              + ", ".join(f"{name} {s} s" for name, s in one["arm_seconds"].items()) for one in plan]
+    return "\n".join(lines)
 
 
 def _fit(scale: Scale, minutes: float) -> Scale:

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +47,13 @@ def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
     small = result["small"]
     assert small["final_eval_loss"] == min(small["tuning_eval_loss"].values()) == small["tuning_eval_loss"][f"{small['lr']:.6g}"]
     assert len(small["tuning_eval_loss"]) >= 3
+    # the forecast's account of an arm's work is what its tunnel trained: runs, steps and evals
+    rows = [[json.loads(line) for line in m.read_text().splitlines()] for m in (out / "tune-hyperclone_noise").rglob("metrics.jsonl")]
+    steps = sum(1 for run in rows for r in run if "tokens_per_s" in r)
+    evals = sum(1 for run in rows for r in run if "eval_loss" in r)
+    convergence = _convergence()
+    assert (len(rows), steps, evals) == convergence._tunnel_work(result["large"]["tokens"]["wide"] // (result["scale"]["seq"] * result["scale"]["batch"]), convergence.BRANCHES,
+                                                                 len(grown["tuning_eval_loss"]), every_budget=False)
 
     # the learning-rate resolution probe on the same run: each arm tuned again either side of its best rate,
     # then with a second seed at every rate next to its best
@@ -82,9 +90,7 @@ def test_copy_correlation_finds_the_copies_growth_made_and_sees_them_part(tmp_pa
 
     import hyperclone
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import convergence
-
+    convergence = _convergence()
     config = dict(vocab_size=260, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
                   num_key_value_heads=2, tie_word_embeddings=False)
     torch.manual_seed(0)
@@ -103,9 +109,7 @@ def test_copy_correlation_finds_the_copies_growth_made_and_sees_them_part(tmp_pa
 
 def test_recorded_sweeps_render_as_tables_and_a_plot(tmp_path):
     """The recorded run's sweeps (sizes, pretraining length, warmup, noise) come back as tables and one PNG."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import convergence
-
+    convergence = _convergence()
     result = json.loads((ROOT / "benchmarks" / "results" / "convergence.json").read_text())
     convergence._write(result, tmp_path, "sweeps", record=False)
     table = (tmp_path / "sweeps.md").read_text()
@@ -145,3 +149,52 @@ def test_noise_beyond_cap_scales_the_zero_sum_pattern_and_keeps_the_function(tmp
     assert (far[name] - exact[name]).abs().sum() > 2.9 * (noisy[name] - exact[name]).abs().sum() > 0
     result = hyperclone.verify(tmp_path / "small", wider)
     assert result["passed"] and result["max_abs_diff"] < 1e-4
+
+
+def _convergence():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import convergence
+
+    return convergence
+
+
+def test_the_forecast_schedules_arms_as_the_pool_takes_them():
+    """Two workers: arms that tune for themselves are queued at once, in order; a second seed joins the queue
+    when the arm whose rate it reuses is done, behind everything queued before it."""
+    makespan = _convergence()._makespan
+    order = [("a", None), ("b", None), ("c", None), ("a1", "a")]
+    # a 0-10 then c 10-40 on one worker, b 0-30 then a1 30-35 on the other (a1 was queued at 10, behind c)
+    assert makespan(order, {"a": 10, "b": 30, "c": 30, "a1": 5}, jobs=2) == 40
+    assert makespan(order, {"a": 10, "b": 30, "c": 30, "a1": 5}, jobs=1) == 75
+    assert makespan(order, {"a": 10, "b": 30, "c": 30, "a1": 5}, jobs=4) == 30
+
+
+def test_plan_forecasts_a_run_and_trains_nothing(tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--plan", "--json", "--minutes", "1",
+            "--arms", "random_init,hyperclone_noise", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    [plan] = json.loads(done.stdout)
+    assert set(plan["arm_seconds"]) == {"random_init", "hyperclone_noise"} and plan["minutes"] > 0
+    assert set(plan["costs"]) == {"small", "wide/adamw"}
+    assert all(cost["step_s"] > 0 and cost["run_s"] >= 0 for cost in plan["costs"].values())
+    assert not list(out.rglob("metrics.jsonl"))  # the measuring runs removed, and no arm trained
+
+
+def test_gpu_sizing_picks_the_largest_model_that_fits_and_refuses_when_none_does(tmp_path, capsys):
+    """fit_scale on this machine with a ladder of CPU-sized models: the forecasts are measured, not assumed."""
+    import pytest
+
+    convergence = _convergence()
+    corpus = None  # the standard library's source, as the default run; forecasts train nothing, so full budgets
+    scale = replace(convergence.SCALES["cpu"], split_tokens_per_param=20, jobs=1)
+    chosen = convergence.key_arms(scale)
+    fitted, tried = convergence.fit_scale(scale, 1e6, corpus, tmp_path / "all", chosen, ladder=(8, 16))
+    assert fitted.hidden == 16 and fitted.heads == 2 and fitted.ffn == 44 and [t["hidden"] for t in tried] == [8, 16]
+    assert tried[0]["params"]["wide"] < tried[1]["params"]["wide"]
+    with pytest.raises(SystemExit) as refused:
+        convergence.fit_scale(scale, 1e-6, corpus, tmp_path / "none", chosen, ladder=(8, 16))
+    assert refused.value.code == 2
+    assert "even hidden 8 is forecast at" in capsys.readouterr().err
+
