@@ -329,16 +329,11 @@ def forecast_run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm
 def _run_arms(bench: Bench, todo: list[Arm], small: Path, sizes: dict[str, tuple[dict, int]]) -> dict[str, dict]:
     """Every arm, `bench.scale.jobs` at a time, each in a process of its own; an arm that reuses another's
     learning rate starts when that one is done. Returns the reports in `todo`'s order."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    import torch
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     report: dict[str, dict] = {}
     waiting, running = list(todo), {}
-    context = multiprocessing.get_context("spawn")  # a forked child of a process that ran torch's threads can hang
-    with ProcessPoolExecutor(bench.scale.jobs, mp_context=context, initializer=torch.set_num_threads,
-                             initargs=(arm_threads(bench.scale.jobs),)) as pool:
+    with _pool(bench) as pool:
         while waiting or running:
             for arm in [a for a in waiting if a.tune_as is None or a.tune_as in report]:
                 waiting.remove(arm)
@@ -354,6 +349,18 @@ def _run_arms(bench: Bench, todo: list[Arm], small: Path, sizes: dict[str, tuple
                 print(f"{arm.name:28} lr {entry['lr']:.3g}  " + " ".join(f"{v:.3f}" for v in entry["budget_eval_loss"].values()),
                       file=sys.stderr, flush=True)
     return {arm.name: report[arm.name] for arm in todo}
+
+
+def _pool(bench: Bench):
+    """`bench.scale.jobs` processes for the arms, each at its share of torch's threads."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    context = multiprocessing.get_context("spawn")  # a forked child of a process that ran torch's threads can hang
+    return ProcessPoolExecutor(bench.scale.jobs, mp_context=context, initializer=torch.set_num_threads,
+                               initargs=(arm_threads(bench.scale.jobs),))
 
 
 def arm_threads(jobs: int) -> int:
@@ -448,15 +455,8 @@ def _measure_steps(bench: Bench, arch: str, shape: dict, optimizer: str, data: P
 
 
 def _in_pool(bench: Bench, calls: list[tuple]) -> list:
-    """`calls` (function, *args) run `bench.scale.jobs` at a time, each process at the arms' thread count, as
-    `_run_arms` runs the arms; their results in order."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch
-
-    with ProcessPoolExecutor(bench.scale.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
-                             initargs=(arm_threads(bench.scale.jobs),)) as pool:
+    """`calls` (function, *args) in the arms' processes, `bench.scale.jobs` at a time; their results in order."""
+    with _pool(bench) as pool:
         return [future.result() for future in [pool.submit(*call) for call in calls]]
 
 
@@ -841,7 +841,7 @@ def fit_scale(scale: Scale, minutes: float, source: Path | None, work: Path, cho
 
 
 def _plan_table(plan: list[dict]) -> str:
-    """Each size's parameters, budgets and forecast, and where the time goes in the last one that fits."""
+    """Each size's parameters, budgets and forecast, and where each one's time goes."""
     lines = ["| hidden | params small / wide / wide+deep / deep | tokens wide | forecast, minutes |", "|---|---|---|---|"]
     for one in plan:
         p = one["params"]

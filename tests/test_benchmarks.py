@@ -16,10 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
     out = tmp_path / "out"
-    args = [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--minutes", "1", "--arms", "random_init,hyperclone_noise",
-            "--reserve", "20", "--out", str(out)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _benchmark("convergence.py", "--minutes", "1", "--arms", "random_init,hyperclone_noise", "--reserve", "20", "--out", str(out))
     assert "[hyperclone_noise] tune: lr" in done.stderr and "[random_init] tune: lr" in done.stderr  # arms in parallel, named
     stem = "convergence-reserve20-subset"
     assert {p.name for p in out.glob(f"{stem}*")} == {f"{stem}{s}" for s in (".json", ".md", ".png")}
@@ -57,9 +54,7 @@ def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
 
     # the learning-rate resolution probe on the same run: each arm tuned again either side of its best rate,
     # then with a second seed at every rate next to its best
-    probe = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lr_resolution.py"), str(out), "--seeds", "2"], capture_output=True,
-                           text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert probe.returncode == 0, probe.stderr[-3000:]
+    probe = _benchmark("lr_resolution.py", str(out), "--seeds", "2")
     finer = json.loads(probe.stdout[probe.stdout.index("{"):])
     assert finer["factor2_speedup"] == grown["speedup"]
     for name, arm in finer["arms"].items():
@@ -151,6 +146,14 @@ def test_noise_beyond_cap_scales_the_zero_sum_pattern_and_keeps_the_function(tmp
     assert result["passed"] and result["max_abs_diff"] < 1e-4
 
 
+def _benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """A benchmark script run as a user runs it, offline; it must succeed."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def _convergence():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import convergence
@@ -171,10 +174,7 @@ def test_the_forecast_schedules_arms_as_the_pool_takes_them():
 
 def test_plan_forecasts_a_run_and_trains_nothing(tmp_path):
     out = tmp_path / "out"
-    args = [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--plan", "--json", "--minutes", "1",
-            "--arms", "random_init,hyperclone_noise", "--out", str(out)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _benchmark("convergence.py", "--plan", "--json", "--minutes", "1", "--arms", "random_init,hyperclone_noise", "--out", str(out))
     [plan] = json.loads(done.stdout)
     assert set(plan["arm_seconds"]) == {"random_init", "hyperclone_noise"} and plan["minutes"] > 0
     assert set(plan["costs"]) == {"small", "wide/adamw"}
