@@ -118,22 +118,36 @@ class Arm:
     baseline: str = "random_init"
     tune_as: str | None = None  # reuse another arm's tuned learning rate (the second seeds)
     warmup: float = 0.05  # WSD warmup, a fraction of the budget
+    weight_decay: float = 0.1  # decoupled weight decay: hyperclone train's default, best from scratch (weight_decay.py)
+
+
+RECIPE = HERE.parent / "recipes" / "after-growth.yaml"
+
+
+def after_growth() -> dict:
+    """The warmup and weight decay of the recipe the toolkit ships for training after growth: every grown arm
+    trains with them, so the benchmark measures the product's recipe, not settings picked per run. Random init
+    keeps hyperclone train's defaults."""
+    import yaml
+
+    recipe = yaml.safe_load(RECIPE.read_text())
+    return {"warmup": float(recipe["warmup"]), "weight_decay": float(recipe["weight_decay"])}
 
 
 def arms(noise: float, layers: int) -> list[Arm]:
-    width = {"width": 2, "noise": noise}
+    width, after = {"width": 2, "noise": noise}, after_growth()
     return [
         Arm("random_init", "wide", None),
         Arm("random_init_seed1", "wide", None, seed=1, tune_as="random_init"),
-        Arm("hyperclone_noise", "wide", width),
-        Arm("hyperclone_noise_seed1", "wide", width, seed=1, tune_as="hyperclone_noise"),
-        Arm("exact_copies", "wide", {"width": 2, "noise": 0}),
+        Arm("hyperclone_noise", "wide", width, **after),
+        Arm("hyperclone_noise_seed1", "wide", width, seed=1, tune_as="hyperclone_noise", **after),
+        Arm("exact_copies", "wide", {"width": 2, "noise": 0}, **after),
         Arm("random_init_muonclip", "wide", None, "muonclip", baseline="random_init_muonclip"),
-        Arm("hyperclone_noise_muonclip", "wide", width, "muonclip", baseline="random_init_muonclip"),
+        Arm("hyperclone_noise_muonclip", "wide", width, "muonclip", baseline="random_init_muonclip", **after),
         Arm("random_init_width_depth", "wide_deep", None, baseline="random_init_width_depth"),
-        Arm("hyperclone_width_depth", "wide_deep", {**width, "layers": 2 * layers}, baseline="random_init_width_depth"),
+        Arm("hyperclone_width_depth", "wide_deep", {**width, "layers": 2 * layers}, baseline="random_init_width_depth", **after),
         Arm("random_init_depth", "deep", None, baseline="random_init_depth"),
-        Arm("hyperclone_depth_only", "deep", {"layers": 2 * layers, "noise": noise}, baseline="random_init_depth"),
+        Arm("hyperclone_depth_only", "deep", {"layers": 2 * layers, "noise": noise}, baseline="random_init_depth", **after),
     ]
 
 
@@ -205,6 +219,7 @@ class Bench:
 
         path = self.work / name
         if not (path / "config.json").exists():  # arms in parallel share one: written aside, renamed whole
+            _clear_dead_asides(path)
             torch.manual_seed(seed)
             aside = path.with_name(f".{name}.{os.getpid()}")
             AutoModelForCausalLM.from_config(LlamaConfig(**config)).save_pretrained(aside)
@@ -213,6 +228,13 @@ class Bench:
             except OSError:  # another arm's process was first, with the same bytes
                 shutil.rmtree(aside)
         return path
+
+    def init_model(self, arch: str, seed: int = 0) -> Path:
+        """An architecture's random init at `seed`, named and seeded in one place, so the arms, the forecast
+        and the probes on a finished run all start from the very same checkpoint."""
+        if arch == "small":
+            return self.random_model("small-init", self.architectures()["small"], 0)
+        return self.random_model(f"init-{arch}-seed{seed}", self.architectures()[arch], 1 + seed)
 
     def architectures(self) -> dict[str, dict]:
         small = self.scale.small_config()
@@ -230,7 +252,7 @@ class Bench:
 
         steps = self.small_steps(n_small)
         started = time.perf_counter()
-        wind = hyperclone.tune(self.random_model("small-init", self.architectures()["small"], 0), str(self.pretrain),
+        wind = hyperclone.tune(self.init_model("small"), str(self.pretrain),
                                self.work / "small", lrs=list(self.scale.lrs), budget_tokens=steps * self.tokens_per_step,
                                budgets=(max(BRANCHES),), optimizer="adamw", seed=0, force=True, warmup=0.05, **self.common)
         lr, tokens = wind["best_lr"], wind["budgets_tokens"][-1]
@@ -266,33 +288,50 @@ class Bench:
         # training seed 0 for every arm: one data order and one held-out eval set; a seed varies the
         # initialisation (random init) or the noise (grown) only, which is the spread the table shows
         return hyperclone.tune(model, str(self.cont), self.work / name, lrs=list(lrs), budget_tokens=budget, budgets=budgets,
-                               budgets_at=budgets_at, optimizer=arm.optimizer, seed=0, force=True, warmup=arm.warmup, **self.common)
+                               budgets_at=budgets_at, optimizer=arm.optimizer, seed=0, force=True, warmup=arm.warmup,
+                               weight_decay=arm.weight_decay, **self.common)
+
+
+def _clear_dead_asides(path: Path) -> None:
+    """Remove what a killed run's process left half-written beside `path` (`.name.pid`); a live process's stays."""
+    for aside in path.parent.glob(f".{path.name}.*"):
+        pid = aside.suffix[1:]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 @dataclass
 class Layout:
     """A run's models, budgets, data split and arms, fixed before anything trains."""
 
-    shapes: dict[str, dict]
     params: dict[str, int]
     budgets: dict[str, int]  # tokens per large architecture
     corpus: dict
     todo: list[Arm]
 
-    def sizes(self) -> dict[str, tuple[dict, int]]:
-        return {arm.name: (self.shapes[arm.arch], self.budgets[arm.arch]) for arm in self.todo}
+    def arm_budgets(self) -> dict[str, int]:
+        return {arm.name: self.budgets[arm.arch] for arm in self.todo}
 
 
 def lay_out(bench: Bench, source: Path | None, chosen: list[Arm] | None) -> Layout:
     """Architectures, parameter counts and budgets, and the corpus cut in two (written into the work directory)."""
     bench.work.mkdir(parents=True, exist_ok=True)
-    shapes = bench.architectures()
-    params = {arch: sum(_count(cfg)) for arch, cfg in shapes.items()}
+    params = {arch: sum(_count(cfg)) for arch, cfg in bench.architectures().items()}
     budgets = {a: bench.budget(params[a]) for a in ("wide", "wide_deep", "deep")}
     corpus = bench.split(source, params["small"])
     corpus["continue_epochs"] = {a: round(b / (0.95 * corpus["continue_bytes"]), 2) for a, b in budgets.items()}
     todo = arms(bench.scale.noise, bench.scale.layers) if chosen is None else chosen
-    return Layout(shapes, params, budgets, corpus, todo)
+    return Layout(params, budgets, corpus, todo)
 
 
 def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None = None) -> dict:
@@ -302,7 +341,7 @@ def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None 
     layout = lay_out(bench, source, chosen)
     params, budgets = layout.params, layout.budgets
     small, small_report = bench.pretrain_small(params["small"])
-    report = _run_arms(bench, layout.todo, small, layout.sizes())
+    report = _run_arms(bench, layout.todo, small, layout.arm_budgets())
     tuned = {name: entry["lr"] for name, entry in report.items() if entry["tuning_eval_loss"] is not None}
     for name, entry in report.items():
         if not name.startswith("random_init") and entry["baseline"] in report:
@@ -321,12 +360,12 @@ def forecast_run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm
     started = time.perf_counter()
     bench = Bench(scale, work)
     layout = lay_out(bench, source, chosen)
-    found = forecast(bench, layout.todo, bench.small_steps(layout.params["small"]), layout.sizes())
+    found = forecast(bench, layout.todo, bench.small_steps(layout.params["small"]), layout.arm_budgets())
     return {"hidden": scale.hidden, "params": layout.params, "tokens": layout.budgets, **found,
             "seconds": round(time.perf_counter() - started, 1)}  # what measuring for the forecast took
 
 
-def _run_arms(bench: Bench, todo: list[Arm], small: Path, sizes: dict[str, tuple[dict, int]]) -> dict[str, dict]:
+def _run_arms(bench: Bench, todo: list[Arm], small: Path, budgets: dict[str, int]) -> dict[str, dict]:
     """Every arm, `bench.scale.jobs` at a time, each in a process of its own; an arm that reuses another's
     learning rate starts when that one is done. Returns the reports in `todo`'s order."""
     from concurrent.futures import FIRST_COMPLETED, wait
@@ -338,7 +377,7 @@ def _run_arms(bench: Bench, todo: list[Arm], small: Path, sizes: dict[str, tuple
             for arm in [a for a in waiting if a.tune_as is None or a.tune_as in report]:
                 waiting.remove(arm)
                 lr = report[arm.tune_as]["lr"] if arm.tune_as else None
-                running[pool.submit(_arm, bench, arm, small, *sizes[arm.name], lr)] = arm
+                running[pool.submit(_arm, bench, arm, small, budgets[arm.name], lr)] = arm
             if not running:
                 raise SystemExit(f"{', '.join(a.name for a in waiting)} reuse{'s' if len(waiting) == 1 else ''} the learning rate "
                                  f"of {', '.join(sorted({a.tune_as for a in waiting}))}: run that arm too")
@@ -376,17 +415,16 @@ RATES_PER_TUNNEL = 4  # rates a wind tunnel trains: the grid's 3 and usually one
 MEASURED_STEPS = 12  # training steps timed per model (the first 2 left out: allocation and warm caches)
 
 
-def forecast(bench: Bench, todo: list[Arm], small_steps: int, sizes: dict[str, tuple[dict, int]]) -> dict:
+def forecast(bench: Bench, todo: list[Arm], small_steps: int, budgets: dict[str, int]) -> dict:
     """The run's minutes before it runs: every arm's training steps, evals and runs as `_measure_arm` makes
     them, times step, eval and start-up seconds measured here with hyperclone's own training loop (each model
     at the thread count and concurrency the run gives it), arms scheduled as `_run_arms` schedules them.
     A forecast, not a measurement: each tunnel is taken to train RATES_PER_TUNNEL rates."""
-    shapes = bench.architectures()
     pairs = sorted({(arm.arch, arm.optimizer) for arm in todo})
-    small_cost = _measure_steps(bench, "small", shapes["small"], "adamw", bench.pretrain)  # pretrained here, at every thread
-    cost = dict(zip(pairs, _in_pool(bench, [(_measure_steps, bench, arch, shapes[arch], opt, bench.cont) for arch, opt in pairs])))
+    small_cost = _measure_steps(bench, "small", "adamw", bench.pretrain)  # pretrained here, at every thread
+    cost = dict(zip(pairs, _in_pool(bench, [(_measure_steps, bench, arch, opt, bench.cont) for arch, opt in pairs])))
     small = _seconds(small_cost, *_tunnel_work(small_steps, (max(BRANCHES),), RATES_PER_TUNNEL, every_budget=True))
-    arms_s = {arm.name: _seconds(cost[arm.arch, arm.optimizer], *_arm_work(bench, arm, sizes[arm.name][1])) for arm in todo}
+    arms_s = {arm.name: _seconds(cost[arm.arch, arm.optimizer], *_arm_work(bench, arm, budgets[arm.name])) for arm in todo}
     wall = small + _makespan([(arm.name, arm.tune_as) for arm in todo], arms_s, bench.scale.jobs)
     return {"minutes": round(wall / 60, 1), "small_seconds": round(small), "arm_seconds": {k: round(v) for k, v in arms_s.items()},
             "costs": {"small": small_cost, **{f"{arch}/{opt}": c for (arch, opt), c in cost.items()}},
@@ -426,7 +464,7 @@ def _seconds(cost: dict, runs: int, steps: int, evals: int) -> float:
     return runs * cost["run_s"] + steps * cost["step_s"] + evals * cost["eval_s"]
 
 
-def _measure_steps(bench: Bench, arch: str, shape: dict, optimizer: str, data: Path) -> dict:
+def _measure_steps(bench: Bench, arch: str, optimizer: str, data: Path) -> dict:
     """A short `hyperclone.train` run of the architecture's random init: seconds per step (the median of its
     later steps), per eval (its batches forward only, taken as a third of a step's work each) and per run
     for start-up and finish (the rest of the call's wall time)."""
@@ -434,7 +472,7 @@ def _measure_steps(bench: Bench, arch: str, shape: dict, optimizer: str, data: P
 
     import hyperclone
 
-    model = bench.random_model("small-init" if arch == "small" else f"init-{arch}-seed0", shape, 0 if arch == "small" else 1)
+    model = bench.init_model(arch)
     out = bench.work / "forecast" / f"{arch}-{optimizer}"
 
     def seconds(steps: int) -> float:
@@ -490,20 +528,20 @@ class _Named(io.TextIOBase):
         self.stream.flush()
 
 
-def _arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, lr: float | None) -> dict:
+def _arm(bench: Bench, arm: Arm, small: Path, budget: int, lr: float | None) -> dict:
     """The arm, in its own process, with every line it writes to stderr named."""
     with contextlib.redirect_stderr(_Named(arm.name, sys.__stderr__)):
-        return _measure_arm(bench, arm, small, shape, budget, lr)
+        return _measure_arm(bench, arm, small, budget, lr)
 
 
-def _measure_arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, lr: float | None) -> dict:
+def _measure_arm(bench: Bench, arm: Arm, small: Path, budget: int, lr: float | None) -> dict:
     """Make the arm's model (random init, or grown and verified), tune its learning rate (unless it reuses
     `lr`, another arm's), measure its budgets."""
     import hyperclone
 
     started = time.perf_counter()
     if arm.grow is None:
-        model = bench.random_model(f"init-{arm.arch}-seed{arm.seed}", shape, 1 + arm.seed)
+        model = bench.init_model(arm.arch, arm.seed)
     else:
         model = hyperclone.grow(small, {**arm.grow, "seed": arm.seed}, bench.work / f"grown-{arm.name}", force=True, progress=False)
         assert hyperclone.verify(small, model)["passed"], f"{arm.name} does not preserve the function"
@@ -519,6 +557,7 @@ def _measure_arm(bench: Bench, arm: Arm, small: Path, shape: dict, budget: int, 
         measured, run_dir = bench.tune(model, arm, f"measure-{arm.name}", [lr], budget, BRANCHES), bench.work / f"measure-{arm.name}"
     curve = {int(t): loss for t, loss in measured["eval_loss"][f"{lr:.6g}"].items()}
     entry = {"arch": arm.arch, "optimizer": arm.optimizer, "seed": arm.seed, "grow": arm.grow, "baseline": arm.baseline, "lr": lr,
+             "warmup": arm.warmup, "weight_decay": arm.weight_decay,
              "tuning_eval_loss": tuning, "start_eval_loss": _start(run_dir), "budget_eval_loss": curve,
              "final_eval_loss": curve[budget]}
     if arm.grow is not None and "width" in arm.grow:
@@ -666,6 +705,15 @@ def finished_run(run: Path) -> tuple[dict, Bench]:
     bench = Bench(scale, run)
     bench.pretrain, bench.cont = run / "pretrain.jsonl", run / "continue.jsonl"
     return record, bench
+
+
+def recorded_arm(record: dict, name: str, **changes) -> Arm:
+    """An arm of a finished run as it trained, for a probe to train again (records before stop 42 kept no
+    warmup or weight decay: every arm then trained at 0.05 and 0.1)."""
+    entry = record["arms"][name]
+    arm = Arm(name, entry["arch"], entry["grow"], entry["optimizer"], entry["seed"], entry["baseline"],
+              warmup=entry.get("warmup", 0.05), weight_decay=entry.get("weight_decay", 0.1))
+    return replace(arm, **changes)
 
 
 def probe_result(name: str, record: dict, run: Path, started: float, **fields) -> dict:

@@ -77,7 +77,7 @@ def run(data: Path | None, work: Path, seeds: int) -> dict:
     budget = bench.budget(params["wide"])
     bench.split(data, params["small"])
     small, report = bench.pretrain_small(params["small"])
-    random_init = arm(bench, "random_init", lambda s: bench.random_model(f"init-wide-seed{s}", shapes["wide"], 1 + s), scale.lrs, budget, seeds)
+    random_init = arm(bench, "random_init", lambda s: bench.init_model("wide", s), scale.lrs, budget, seeds)
     result = {"small": report, "budget": budget, "params": params, "random_init": random_init, "arms": {}}
     for name, (checkpoint, share) in starts(bench, small, report).items():
         def grown(seed: int, checkpoint=checkpoint, name=name) -> Path:

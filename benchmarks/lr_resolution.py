@@ -40,7 +40,7 @@ def finer(run: Path, record: dict, bench, name: str) -> dict:
 
     arm, budget = record["arms"][name], record["large"]["tokens"]["wide"]
     if not (run / f"finer-{name}" / "tune.json").exists():  # a finished probe's runs are read back, not trained again
-        bench.tune(_model(run, record, bench, name, 0), C.Arm(name, "wide", None), f"finer-{name}", [arm["lr"] / STEP, arm["lr"] * STEP],
+        bench.tune(_model(run, record, bench, name, 0), C.recorded_arm(record, name), f"finer-{name}", [arm["lr"] / STEP, arm["lr"] * STEP],
                    budget, C.BRANCHES, budgets_at="every")
     wind = json.loads((run / f"finer-{name}" / "tune.json").read_text())
     curves = {float(lr): {int(t): loss for t, loss in by.items()} for lr, by in wind["eval_loss"].items()}
@@ -68,7 +68,7 @@ def _model(run: Path, record: dict, bench, name: str, seed: int) -> Path:
     import hyperclone
 
     if name == "random_init":
-        return bench.random_model(f"init-wide-seed{seed}", bench.architectures()["wide"], 1 + seed)
+        return bench.init_model("wide", seed)
     grown = run / ("grown-hyperclone_noise" + (f"_seed{seed}" if seed else ""))
     if not (grown / "config.json").exists():
         small = bench.small_final(record["small"]["lr"])
@@ -116,7 +116,7 @@ def _run_missing(run: Path, record: dict, bench, name: str, rates: dict[str, flo
     for seed, (key, lr) in ((s, r) for s in runs for r in rates.items()):
         out = run / f"seeds-{name}" / f"seed{seed}-lr{key}"
         if key not in runs[seed] and not (out / "tune.json").exists():
-            bench.tune(_model(run, record, bench, name, seed), C.Arm(name, "wide", None), str(out.relative_to(run)), [lr], budget, C.BRANCHES)
+            bench.tune(_model(run, record, bench, name, seed), C.recorded_arm(record, name), str(out.relative_to(run)), [lr], budget, C.BRANCHES)
         if key not in runs[seed]:
             runs[seed].update(_curves(out / "tune.json", budget))
 

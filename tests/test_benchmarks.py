@@ -76,6 +76,24 @@ def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
     assert seeds["arms"]["hyperclone_noise"]["target_eval_loss"] == seeds["arms"]["random_init"]["final_eval_loss"]
     assert len(seeds["speedup_pairs"]) == 4
 
+    # the weight-decay probe on the same run: each arm tuned again at the decay it did not train with (random
+    # init at 0, the grown arm at 0.1: it trains with the after-growth recipe's 0), its own read back
+    probe = _benchmark("weight_decay.py", str(out), "--decays", "0,0.1")
+    decays = json.loads(probe.stdout[probe.stdout.index("{"):])
+    assert decays["run_weight_decay"] == {"random_init": 0.1, "hyperclone_noise": 0.0} == {
+        name: result["arms"][name]["weight_decay"] for name in decays["arms"]}
+    for name, by in decays["arms"].items():
+        own, other = f"{result['arms'][name]['weight_decay']:g}", "0" if name == "random_init" else "0.1"
+        assert set(by) == {"0", "0.1"} and by[own]["final_eval_loss"] == result["arms"][name]["final_eval_loss"]
+        assert by[other]["final_eval_loss"] == min(by[other]["final_eval_loss_by_lr"].values())
+        rate = f"{by[own]['lr']:.6g}"  # the same rate at the other decay trains to another loss: the setting reached the optimizer
+        assert by[other]["final_eval_loss_by_lr"][rate] != result["arms"][name]["tuning_eval_loss"][rate]
+        assert f"weight_decay: {float(other)}" in (out / f"wd{other}-{name}" / "recipe.yaml").read_text()
+    chosen = decays["best_weight_decay"]
+    assert chosen["random_init"] == min(decays["arms"]["random_init"], key=lambda d: decays["arms"]["random_init"][d]["final_eval_loss"])
+    if chosen == {"random_init": "0.1", "hyperclone_noise": "0"}:  # the run's own pair
+        assert decays["speedup_at_best"]["speedup"] == grown["speedup"]
+
 
 def test_copy_correlation_finds_the_copies_growth_made_and_sees_them_part(tmp_path):
     """A grown model before training: every FFN unit has a copy, correlated 1. The same units after their
@@ -159,6 +177,18 @@ def _convergence():
     import convergence
 
     return convergence
+
+
+def test_a_random_init_clears_what_a_killed_run_left_beside_it(tmp_path):
+    """A run killed while saving a random init leaves `.name.pid`; the next run removes it, not a live process's."""
+    convergence = _convergence()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    bench = convergence.Bench(replace(convergence.SCALES["cpu"], hidden=8, ffn=16), tmp_path)
+    left, live = tmp_path / f".init-wide-seed0.{dead}", tmp_path / f".init-wide-seed0.{os.getppid()}"
+    left.mkdir(), live.mkdir()
+    model = bench.init_model("wide")
+    assert (model / "config.json").exists() and not left.exists() and live.exists()
+    assert json.loads((model / "config.json").read_text())["hidden_size"] == 16
 
 
 def test_the_forecast_schedules_arms_as_the_pool_takes_them():
