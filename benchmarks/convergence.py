@@ -68,7 +68,7 @@ class Scale:
     # the wind tunnel's budget as a share of the arm's. 1: every grid point is a full WSD run with decay
     # branches, and the best one's branches are the arm's measurement. A shorter tunnel is cheaper but
     # biased both ways: it picks too high a rate from scratch and too low a rate after growth (measured:
-    # results/convergence.md against convergence-tune0.25.md)
+    # results/convergence-wd0.1.md against convergence-tune0.25.md)
     tune_share: float = 1.0
     # --sizes: hidden (and ffn) x these; budgets grow with the parameters, so on 2 CPU cores the sweep
     # goes down from the main size (x2 would take 16x the main run's compute per arm), on a GPU up

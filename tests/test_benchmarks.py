@@ -121,9 +121,9 @@ def test_copy_correlation_finds_the_copies_growth_made_and_sees_them_part(tmp_pa
 
 
 def test_recorded_sweeps_render_as_tables_and_a_plot(tmp_path):
-    """The recorded run's sweeps (sizes, pretraining length, warmup, noise) come back as tables and one PNG."""
+    """The recorded sweeps (sizes, pretraining length, warmup, noise) come back as tables and one PNG."""
     convergence = _convergence()
-    result = json.loads((ROOT / "benchmarks" / "results" / "convergence.json").read_text())
+    result = json.loads((ROOT / "benchmarks" / "results" / "convergence-wd0.1.json").read_text())
     convergence._write(result, tmp_path, "sweeps", record=False)
     table = (tmp_path / "sweeps.md").read_text()
     for title in ("hidden (small)", "small model's tokens per parameter", "grown arm's warmup", "grown arm's noise"):
