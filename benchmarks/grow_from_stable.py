@@ -50,7 +50,9 @@ def starts(bench, small: Path, report: dict) -> dict[str, tuple[Path, float]]:
 
 
 def arm(bench, name: str, make, lrs, budget: int, seeds: int) -> dict:
-    """Tune at seed 0 over `lrs`, run seeds 1.. at the best rate; the mean curve and each seed's."""
+    """Tune at seed 0 over `lrs`, run seeds 1.. at the best rate; the mean curve and each seed's. Every arm,
+    grown or not, at weight decay 0.1 (C.Arm's default), as recorded before the after-growth recipe set 0:
+    what this compares is where the grown models start, and the decay is the same for all three."""
     import convergence as C
 
     wind = bench.tune(make(0), C.Arm(name, "wide", None), f"tune-{name}", lrs, budget, C.BRANCHES)
