@@ -555,7 +555,7 @@ def _measure_arm(bench: Bench, arm: Arm, small: Path, budget: int, lr: float | N
         measured, run_dir = wind, bench.work / f"tune-{arm.name}"
     else:
         measured, run_dir = bench.tune(model, arm, f"measure-{arm.name}", [lr], budget, BRANCHES), bench.work / f"measure-{arm.name}"
-    curve = {int(t): loss for t, loss in measured["eval_loss"][f"{lr:.6g}"].items()}
+    curve = rate_curve(measured, lr)
     entry = {"arch": arm.arch, "optimizer": arm.optimizer, "seed": arm.seed, "grow": arm.grow, "baseline": arm.baseline, "lr": lr,
              "warmup": arm.warmup, "weight_decay": arm.weight_decay,
              "tuning_eval_loss": tuning, "start_eval_loss": _start(run_dir), "budget_eval_loss": curve,
@@ -667,6 +667,17 @@ def _speedups(entry: dict, baseline: dict[int, float], budget: int, small_cost: 
     entry["speedup_is_lower_bound"] = bound
     entry["speedup_including_small"] = None if reached is None else budget / (reached + small_cost)
     entry.update(head_start(baseline, entry["start_eval_loss"], budget))
+
+
+def wide_speedups(entry: dict, baseline: dict[int, float], record: dict) -> None:
+    """`_speedups` for a x2-wide arm a probe measured on a finished run: at that run's budget, counting its small model."""
+    small, large = record["small"], record["large"]
+    _speedups(entry, baseline, large["tokens"]["wide"], small["tokens"] * small["params"] / large["params"]["wide"])
+
+
+def rate_curve(tuned: dict, lr: float) -> dict[int, float]:
+    """A wind tunnel's eval loss at `lr` by budget in tokens (tune.json keys both as strings)."""
+    return {int(t): loss for t, loss in tuned["eval_loss"][f"{lr:.6g}"].items()}
 
 
 def head_start(baseline: dict[int, float], start: float, budget: int) -> dict:

@@ -57,10 +57,10 @@ def arm(bench, name: str, make, lrs, budget: int, seeds: int) -> dict:
 
     wind = bench.tune(make(0), C.Arm(name, "wide", None), f"tune-{name}", lrs, budget, C.BRANCHES)
     lr = wind["best_lr"]
-    curves = [{int(t): loss for t, loss in wind["eval_loss"][f"{lr:.6g}"].items()}]
+    curves = [C.rate_curve(wind, lr)]
     for seed in range(1, seeds):
         more = bench.tune(make(seed), C.Arm(name, "wide", None), f"measure-{name}-seed{seed}", [lr], budget, C.BRANCHES)
-        curves.append({int(t): loss for t, loss in more["eval_loss"][f"{lr:.6g}"].items()})
+        curves.append(C.rate_curve(more, lr))
     mean = {t: statistics.fmean(c[t] for c in curves) for t in curves[0]}
     return {"lr": lr, "tuning_eval_loss": {r: by[str(budget)] for r, by in wind["eval_loss"].items()},
             "start_eval_loss": C._start(bench.work / f"tune-{name}"), "by_seed": curves, "budget_eval_loss": mean,

@@ -125,10 +125,9 @@ def seed_speedups(arms: dict, record: dict) -> dict:
     """The mean curves' speedup, and the spread over every pairing of one grown seed with one random-init seed."""
     import convergence as C
 
-    small, budget = record["small"], record["large"]["tokens"]["wide"]
-    small_cost = small["tokens"] * small["params"] / record["large"]["params"]["wide"]
+    budget = record["large"]["tokens"]["wide"]
     grown, random_init = arms["hyperclone_noise"], arms["random_init"]
-    C._speedups(grown, random_init["budget_eval_loss"], budget, small_cost)
+    C.wide_speedups(grown, random_init["budget_eval_loss"], record)
     pairs = []
     for curve in grown["by_seed"]:
         for target in random_init["by_seed"]:
@@ -150,9 +149,8 @@ def main() -> None:
     record, bench = C.finished_run(args.run)
     started = time.perf_counter()
     arms = {name: finer(args.run, record, bench, name) for name in KEY_PAIR}
-    small, params = record["small"], record["large"]["params"]["wide"]
     grown = arms["hyperclone_noise"]
-    C._speedups(grown, arms["random_init"]["budget_eval_loss"], record["large"]["tokens"]["wide"], small["tokens"] * small["params"] / params)
+    C.wide_speedups(grown, arms["random_init"]["budget_eval_loss"], record)
     result = C.probe_result("lr_resolution", record, args.run, started, factor2_speedup=record["arms"]["hyperclone_noise"]["speedup"],
                             speedup=grown["speedup"], speedup_including_small=grown["speedup_including_small"], arms=arms)
     for name, arm in arms.items():

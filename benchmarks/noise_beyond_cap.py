@@ -52,12 +52,13 @@ def probe(run: Path, k: float, record: dict, bench) -> dict:
     small_dir = bench.small_final(small["lr"])
     drift = hyperclone.verify(small_dir, model)["max_abs_diff"]
     lrs = sorted({float(lr) for lr in arm["tuning_eval_loss"]})
-    wind = bench.tune(model, C.Arm(f"noise-x{k:g}", "wide", {}), f"tune-noise-x{k:g}", lrs, budget, C.BRANCHES)
-    curve = {int(t): loss for t, loss in wind["eval_loss"][f"{wind['best_lr']:.6g}"].items()}
+    # trained as the run trained its grown arm (warmup, weight decay), so k = 1 is that arm again
+    wind = bench.tune(model, C.recorded_arm(record, "hyperclone_noise"), f"tune-noise-x{k:g}", lrs, budget, C.BRANCHES)
+    curve = C.rate_curve(wind, wind["best_lr"])
     entry = {"k": k, "max_abs_logit_diff": drift, "lr": wind["best_lr"], "start_eval_loss": C._start(run / f"tune-noise-x{k:g}"),
              "budget_eval_loss": curve, "final_eval_loss": curve[budget]}
     baseline = {int(t): loss for t, loss in random_init["budget_eval_loss"].items()}
-    C._speedups(entry, baseline, budget, small["tokens"] * small["params"] / record["large"]["params"]["wide"])
+    C.wide_speedups(entry, baseline, record)
     return entry
 
 

@@ -44,7 +44,7 @@ def _tunnel(run: Path, record: dict, bench, name: str, decay: float) -> dict:
     lrs = sorted({float(lr) for lr in entry["tuning_eval_loss"]})
     folder = f"wd{decay:g}-{name}"
     wind = bench.tune(model, replace(arm, weight_decay=decay), folder, lrs, budget, C.BRANCHES)
-    curve = {int(t): loss for t, loss in wind["eval_loss"][f"{wind['best_lr']:.6g}"].items()}
+    curve = C.rate_curve(wind, wind["best_lr"])
     return {"lr": wind["best_lr"], "final_eval_loss_by_lr": {rate: by[str(budget)] for rate, by in wind["eval_loss"].items()},
             "start_eval_loss": C._start(run / folder), "budget_eval_loss": curve, "final_eval_loss": curve[budget]}
 
@@ -53,9 +53,8 @@ def speedup(grown: dict, random_init: dict, record: dict) -> dict:
     """The grown arm against the random init's final loss, counted with and without the small model."""
     import convergence as C
 
-    small, budget = record["small"], record["large"]["tokens"]["wide"]
     entry = dict(grown)
-    C._speedups(entry, random_init["budget_eval_loss"], budget, small["tokens"] * small["params"] / record["large"]["params"]["wide"])
+    C.wide_speedups(entry, random_init["budget_eval_loss"], record)
     return {key: entry[key] for key in ("speedup", "speedup_including_small", "speedup_is_lower_bound", "speedup_from_head_start")}
 
 
