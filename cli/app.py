@@ -511,6 +511,8 @@ def tune(
     seeds: int = typer.Option(1, "--seeds", help="Runs per learning rate, at training seeds --seed onwards (one held-out split, "
                               "--split-seed's); each rate is judged by their mean (one run can be a lucky draw where the loss is "
                               "bumpy in the rate)."),
+    weight_decays: Optional[str] = typer.Option(None, "--weight-decays", help="Weight decays, comma-separated: the whole learning-"
+                                                "rate search at each, the best pair kept (default: the recipe's decay alone)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe the search starts from."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="muonclip | muon | adamw"),
     seq_len: Optional[int] = typer.Option(None, "--seq-len"),
@@ -526,19 +528,15 @@ def tune(
     branches from it; writes the best as a training recipe, with a plot of final loss against learning rate."""
     import hyperclone
 
-    grid = None
-    if lrs is not None:
-        try:
-            grid = [float(x) for x in lrs.split(",") if x.strip()]
-        except ValueError:
-            raise hyperclone.UserError(f"--lrs takes numbers separated by commas, got {lrs!r}") from None
+    grid, decays = _numbers(lrs, "--lrs"), _numbers(weight_decays, "--weight-decays")
     mix = data[0] if data and len(data) == 1 else data or None
     given = dict(optimizer=optimizer, seq_len=seq_len, batch_size=batch_size, warmup=warmup, decay_fraction=decay_fraction,
                  eval_batches=eval_batches, seed=seed, split_seed=split_seed)
     result = hyperclone.tune(model, mix, output, lrs=grid, budget_tokens=budget_tokens, budgets_at=budgets_at, extend=extend, seeds=seeds,
-                             recipe=recipe, force=force, trackers="none", **{k: v for k, v in given.items() if v is not None})
-    table = Table("peak lr", *(f"{t:,} tokens" for t in result["budgets_tokens"]),
-                  title=f"final eval loss, mean ± half the range of {seeds} seeds" if seeds > 1 else None)
+                             weight_decays=decays, recipe=recipe, force=force, trackers="none", **{k: v for k, v in given.items() if v is not None})
+    titles = ([f"final eval loss, mean ± half the range of {seeds} seeds"] if seeds > 1 else []) \
+        + ([f"at weight decay {result['weight_decay']:g}"] if "weight_decays" in result else [])
+    table = Table("peak lr", *(f"{t:,} tokens" for t in result["budgets_tokens"]), title=", ".join(titles) or None)
     for lr, by in result["eval_loss"].items():
         spread = result["eval_loss_by_seed"][lr]
         table.add_row(("* " if float(lr) == result["best_lr"] else "") + lr,
@@ -547,11 +545,31 @@ def tune(
     best_by = result["best_lr_by_budget"]
     table.add_row("best lr", *(f"{best_by[t]:.3g}" if t in best_by else "–" for t in map(str, result["budgets_tokens"])))
     out.print(table)
+    if "weight_decays" in result:  # each decay's own search: its best rate and that rate's loss
+        by_decay = Table("weight decay", "best lr", f"final eval loss, {result['budget_tokens']:,} tokens")
+        for decay, found in result["weight_decays"].items():
+            loss = found["eval_loss"][f"{found['best_lr']:.6g}"]
+            by_decay.add_row(("* " if float(decay) == result["weight_decay"] else "") + decay, f"{found['best_lr']:.3g}", f"{loss:.4f}")
+        out.print(by_decay)
     if len(set(result["best_lr_by_budget"].values())) > 1:
         err.print(f"the best learning rate moves with the budget: the recipe holds for {result['budget_tokens']:,} tokens; "
                   "tune again with --budget-tokens for a different one", soft_wrap=True)
-    err.print(f"[green]best learning rate[/] {result['best_lr']:.3g} (eval loss {result['best_eval_loss']:.4f}) → "
+    err.print(f"[green]best learning rate[/] {result['best_lr']:.3g}"
+              + (f" at weight decay {result['weight_decay']:g}" if "weight_decays" in result else "")
+              + f" (eval loss {result['best_eval_loss']:.4f}) → "
               f"recipe {result['recipe']}, plot {result['plot']}", soft_wrap=True)
+
+
+def _numbers(text: str | None, option: str) -> list[float] | None:
+    """A comma-separated list of numbers, or None when the option was not given."""
+    from hyperclone.errors import UserError
+
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{option} takes numbers separated by commas, got {text!r}") from None
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import os
 import shutil
 import statistics
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -130,7 +130,7 @@ def _decays(common: dict, branches: Branches, ks, folder: Path, done: Callable[[
 
 def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *, lrs=None, budget_tokens: int | None = None,
          budgets: tuple[int, ...] = DEFAULT_BUDGETS, budgets_at: str = "every", extend: int = 2, seeds: int = 1,
-         recipe: str | None = None, force: bool = False, **settings) -> dict:
+         weight_decays=None, recipe: str | None = None, force: bool = False, **settings) -> dict:
     """Final eval loss over a grid of peak learning rates (and budgets); writes tune.json, tune.png and
     recipe.yaml (the recipe's settings with the best learning rate) into `out`.
 
@@ -143,6 +143,11 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     (from scratch at the convergence benchmark's size it moved up to 0.1 nats between seeds at one rate,
     benchmarks/results/lr_resolution-*.json).
 
+    `weight_decays` repeats the whole search (grid, extension, seeds) at each weight decay and keeps the
+    pair with the lowest loss: a grown model starts from trained weights that decoupled decay pulls
+    towards zero, and its best decay was 0 where random init's was 0.1 (benchmarks/results/weight_decay-*.json).
+    The optimal rate moves with the decay, so each decay gets its own search rather than the best rate's.
+
     `budgets_at="best"` runs the budgets below the largest only at the best learning rate, after the
     search: the chosen rate's loss at every budget (how many tokens it needs to reach a loss) for the
     price of one decay branch per other rate, but no best rate per budget. Its losses are the ones
@@ -154,6 +159,7 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     source = str(model)
     model = resolve_source(source, "model")  # hf://org/name[@rev]: its snapshot, resolved once for every run
     base = make_config(recipe, model=str(model), data=data, **{**settings, "tuned_tokens": 0})
+    decays = _decay_grid(weight_decays, base.weight_decay)
     tokens_per_step = base.tokens_per_step()
     total = budget_tokens // tokens_per_step if budget_tokens else base.max_steps
     branches = Branches.plan(total, tuple(budgets), base.decay_fraction)
@@ -162,31 +168,61 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     target = Path(out or f"{Path(source.split('@')[0]).name}-tune")
     created = not target.exists()
     _prepare(target, model, force)
-    results: dict[float, list[dict[int, float]]] = {}  # per learning rate, each seed's {budget steps: final eval loss}
+    # per weight decay, per learning rate, each seed's {budget steps: final eval loss}
+    results: dict[float, dict[float, list[dict[int, float]]]] = {}
     first = branches.budgets if budgets_at == "every" else (max(branches.budgets),)  # what every rate runs
     later = tuple(k for k in branches.budgets if k not in first)  # what the best rate runs after the search
-    total = (branches.run_steps(first) * len(grid) + branches.decay_steps(later)) * seeds * tokens_per_step
+    total = (branches.run_steps(first) * len(grid) * len(decays) + branches.decay_steps(later)) * seeds * tokens_per_step
     try:
         with token_progress("tune", total, base.progress) as advance:
-            _search(base, grid, extend, seeds, branches, first, warmup, target / "runs", advance, results)
-            _branch_best(base, later, seeds, branches, warmup, target / "runs", advance, results)
+            for decay in decays:
+                at = base if weight_decays is None else replace(base, weight_decay=decay)
+                _search(at, grid, extend, seeds, branches, first, warmup, target / "runs", advance, results.setdefault(decay, {}),
+                        weight_decays is not None)
+            best = _best_decay(results, branches.steps(max(branches.budgets)))
+            base = replace(base, weight_decay=best)
+            _branch_best(base, later, seeds, branches, warmup, target / "runs", advance, results[best], weight_decays is not None)
     except BaseException:
-        if created and not results:  # bad data or settings: leave nothing that a retry would need --force for
+        if created and not any(results.values()):  # bad data or settings: leave nothing that a retry would need --force for
             shutil.rmtree(target, ignore_errors=True)
         raise
-    return _report(results, base, branches, tokens_per_step, target, budgets_at)
+    return _report(results, base, branches, tokens_per_step, target, budgets_at, weight_decays is not None)
+
+
+def _decay_grid(weight_decays, default: float) -> list[float]:
+    """The weight decays to search, or the one the settings give."""
+    if weight_decays is None:
+        return [default]
+    try:
+        values = sorted({float(x) for x in weight_decays})
+    except (TypeError, ValueError):
+        values = []
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise UserError(f"--weight-decays must be numbers >= 0, got {weight_decays!r}")
+    return values
+
+
+def _best_decay(results: dict[float, dict[float, list[dict[int, float]]]], steps: int) -> float:
+    """The weight decay whose best learning rate ends lowest at `steps`."""
+    def lowest(decay: float) -> float:
+        means = {lr: _mean(runs) for lr, runs in results[decay].items()}
+        return means[_best(means, steps)][steps]
+    return min(results, key=lowest)
 
 
 def _search(base: TrainConfig, grid: list[float], extend: int, seeds: int, branches: Branches, ks, warmup: int, runs: Path,
-            advance: Callable[..., None], results: dict[float, list[dict[int, float]]]) -> None:
+            advance: Callable[..., None], results: dict[float, list[dict[int, float]]], by_decay: bool = False) -> None:
     """Every learning rate of the grid, at budgets `ks`, into `results`, then up to `extend` more past the edge
-    the best sits on; `advance(tokens, more_tokens)` moves the bar and grows its total."""
+    the best sits on; `advance(tokens, more_tokens)` moves the bar and grows its total. `by_decay`: one of
+    several weight decays, named in the messages and the run folders."""
     full, per_step = branches.steps(max(branches.budgets)), base.tokens_per_step()
+    decay = base.weight_decay if by_decay else None
     while grid:
         for lr in grid:
-            stderr.print(f"tune: lr {lr:.3g}: a stable run and {len(ks)} decay branch{'es' if len(ks) > 1 else ''}"
+            stderr.print(f"tune: lr {lr:.3g}" + (f", weight decay {decay:g}" if by_decay else "")
+                         + f": a stable run and {len(ks)} decay branch{'es' if len(ks) > 1 else ''}"
                          + (f", at seeds {', '.join(map(str, _seeds(base, seeds)))}" if seeds > 1 else ""), highlight=False)
-            results[lr] = [_one_lr(base, lr, seed, branches, ks, warmup, _folder(runs, lr, seed, seeds),
+            results[lr] = [_one_lr(base, lr, seed, branches, ks, warmup, _folder(runs, lr, seed, seeds, decay),
                                    lambda steps: advance(steps * per_step)) for seed in _seeds(base, seeds)]
             _say_losses(results[lr], seeds, per_step)
         grid = _beyond_edge({lr: _mean(runs) for lr, runs in results.items()}, full) if extend > 0 and len(results) > 1 else []
@@ -195,7 +231,7 @@ def _search(base: TrainConfig, grid: list[float], extend: int, seeds: int, branc
 
 
 def _branch_best(base: TrainConfig, ks, seeds: int, branches: Branches, warmup: int, runs: Path,
-                 advance: Callable[..., None], results: dict[float, list[dict[int, float]]]) -> None:
+                 advance: Callable[..., None], results: dict[float, list[dict[int, float]]], by_decay: bool = False) -> None:
     """The decay branches for budgets `ks` at the best learning rate only, from its stable runs' checkpoints."""
     if not ks:
         return
@@ -203,7 +239,8 @@ def _branch_best(base: TrainConfig, ks, seeds: int, branches: Branches, warmup: 
     best = _best({lr: _mean(runs) for lr, runs in results.items()}, full)
     stderr.print(f"tune: lr {best:.3g}, the best: {len(ks)} more decay branch{'es' if len(ks) > 1 else ''}", highlight=False)
     for seed, losses in zip(_seeds(base, seeds), results[best]):
-        losses.update(_decays(_run_settings(base, best, seed, warmup), branches, ks, _folder(runs, best, seed, seeds),
+        losses.update(_decays(_run_settings(base, best, seed, warmup), branches, ks,
+                              _folder(runs, best, seed, seeds, base.weight_decay if by_decay else None),
                               lambda steps: advance(steps * per_step)))
     results[best] = [dict(sorted(losses.items())) for losses in results[best]]
     _say_losses(results[best], seeds, per_step)
@@ -213,8 +250,9 @@ def _seeds(base: TrainConfig, seeds: int) -> list[int]:
     return [base.seed + i for i in range(seeds)]
 
 
-def _folder(runs: Path, lr: float, seed: int, seeds: int) -> Path:
-    return runs / (f"lr-{lr:.3g}" + (f"-seed-{seed}" if seeds > 1 else ""))
+def _folder(runs: Path, lr: float, seed: int, seeds: int, decay: float | None = None) -> Path:
+    """One level under runs/ whatever is searched, so --force finds train's run folders where it looks."""
+    return runs / (f"lr-{lr:.3g}" + (f"-wd-{decay:g}" if decay is not None else "") + (f"-seed-{seed}" if seeds > 1 else ""))
 
 
 def _say_losses(runs: list[dict[int, float]], seeds: int, per_step: int) -> None:
@@ -239,9 +277,11 @@ def _beyond_edge(results: dict[float, dict[int, float]], full: int) -> list[floa
     return [best * 2] if best == ordered[-1] else [best / 2] if best == ordered[0] else []
 
 
-def _report(by_seed: dict[float, list[dict[int, float]]], base: TrainConfig, branches: Branches, tokens_per_step: int, out: Path,
-            budgets_at: str) -> dict:
+def _report(by_decay: dict[float, dict[float, list[dict[int, float]]]], base: TrainConfig, branches: Branches, tokens_per_step: int,
+            out: Path, budgets_at: str, searched_decay: bool) -> dict:
+    """tune.json, recipe.yaml and tune.png; every per-rate field is the chosen weight decay's (base's)."""
     full = branches.steps(max(branches.budgets))
+    by_seed = by_decay[base.weight_decay]
     results = {lr: _mean(runs) for lr, runs in by_seed.items()}
     everywhere = [steps for steps in map(branches.steps, branches.budgets) if all(steps in by for by in results.values())]
     by_budget = {steps: _best(results, steps) for steps in everywhere}
@@ -262,12 +302,17 @@ def _report(by_seed: dict[float, list[dict[int, float]]], base: TrainConfig, bra
         "seeds": len(next(iter(by_seed.values()))), "seed": base.seed,
         "eval_loss_by_seed": {f"{lr:.6g}": {str(steps * tokens_per_step): [run[steps] for run in runs] for steps in runs[0]}
                               for lr, runs in by_seed.items()},
-        "recipe": str(out / "recipe.yaml"), "plot": str(out / "tune.png"),
+        "recipe": str(out / "recipe.yaml"), "plot": str(out / "tune.png"), "weight_decay": base.weight_decay,
     }
+    finals = {decay: {lr: _mean(runs)[full] for lr, runs in by_lr.items()} for decay, by_lr in by_decay.items()}
+    if searched_decay:  # each weight decay's own search, at the full budget
+        summary["weight_decays"] = {f"{decay:g}": {"best_lr": min(by, key=by.get), "eval_loss": {f"{lr:.6g}": v for lr, v in by.items()}}
+                                    for decay, by in finals.items()}
     (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
     _write_recipe(out / "recipe.yaml", base, best, full, summary)
     plot_lr_sweep({lr: {steps * tokens_per_step: loss for steps, loss in by.items()} for lr, by in results.items()}, best,
-                  out / "tune.png", {lr: [run[full] for run in runs] for lr, runs in by_seed.items()} if summary["seeds"] > 1 else None)
+                  out / "tune.png", {lr: [run[full] for run in runs] for lr, runs in by_seed.items()} if summary["seeds"] > 1 else None,
+                  {decay: by for decay, by in finals.items() if decay != base.weight_decay} if searched_decay else None, base.weight_decay)
     return summary
 
 
@@ -276,7 +321,8 @@ def _write_recipe(path: Path, base: TrainConfig, lr: float, steps: int, summary:
     lines = ["kind: training",
              f"description: chosen by hyperclone tune, best final eval loss {summary['best_eval_loss']:.4f}"
              + (f" (mean of {summary['seeds']} seeds)" if summary["seeds"] > 1 else "") + " at "
-             f"{summary['budget_tokens']:,} tokens over learning rates {', '.join(summary['eval_loss'])}",
+             f"{summary['budget_tokens']:,} tokens over learning rates {', '.join(summary['eval_loss'])}"
+             + (f" and weight decays {', '.join(summary['weight_decays'])} (best {base.weight_decay:g})" if "weight_decays" in summary else ""),
              f"optimizer: {base.optimizer}", f"lr: {lr:.6g}", "schedule: wsd", f"warmup: {base.warmup}",
              f"decay_fraction: {base.decay_fraction}", f"decay_shape: {base.decay_shape}", f"weight_decay: {base.weight_decay}",
              f"seq_len: {base.seq_len}", f"batch_size: {base.batch_size}", f"grad_accum: {base.grad_accum}",
