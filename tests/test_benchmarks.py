@@ -228,3 +228,16 @@ def test_gpu_sizing_picks_the_largest_model_that_fits_and_refuses_when_none_does
     assert refused.value.code == 2
     assert "even hidden 8 is forecast at" in capsys.readouterr().err
 
+
+
+def test_the_finer_grid_reuses_the_float_a_tunnel_ran_at():
+    """lr_resolution's neighbours of a sqrt-2 point land back on the factor-2 grid: the rate a tunnel already
+    ran is taken as it ran (0.008), not as the sqrt-2 point read back from tune.json (6 digits) times sqrt 2
+    computes (0.00799999...), which trains another draw of a chaotic run; a rate no tunnel ran is computed."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import lr_resolution
+
+    between = float(f"{0.008 / lr_resolution.STEP:.6g}")  # as tune.json keys it
+    assert between * lr_resolution.STEP != 0.008  # what the probe used to train at
+    near = lr_resolution._near(between, {"0.008": 0.008})
+    assert near == {"0.004": between / lr_resolution.STEP, "0.00566": between, "0.008": 0.008}
