@@ -159,7 +159,7 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     source = str(model)
     model = resolve_source(source, "model")  # hf://org/name[@rev]: its snapshot, resolved once for every run
     base = make_config(recipe, model=str(model), data=data, **{**settings, "tuned_tokens": 0})
-    decays = _decay_grid(weight_decays, base.weight_decay)
+    decays, searched = _decay_grid(weight_decays, base.weight_decay), weight_decays is not None
     tokens_per_step = base.tokens_per_step()
     total = budget_tokens // tokens_per_step if budget_tokens else base.max_steps
     branches = Branches.plan(total, tuple(budgets), base.decay_fraction)
@@ -176,17 +176,15 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     try:
         with token_progress("tune", total, base.progress) as advance:
             for decay in decays:
-                at = base if weight_decays is None else replace(base, weight_decay=decay)
-                _search(at, grid, extend, seeds, branches, first, warmup, target / "runs", advance, results.setdefault(decay, {}),
-                        weight_decays is not None)
-            best = _best_decay(results, branches.steps(max(branches.budgets)))
-            base = replace(base, weight_decay=best)
-            _branch_best(base, later, seeds, branches, warmup, target / "runs", advance, results[best], weight_decays is not None)
+                _search(replace(base, weight_decay=decay), grid, extend, seeds, branches, first, warmup, target / "runs", advance,
+                        results.setdefault(decay, {}), searched)
+            base = replace(base, weight_decay=_best_decay(results, branches.steps(max(branches.budgets))))
+            _branch_best(base, later, seeds, branches, warmup, target / "runs", advance, results[base.weight_decay], searched)
     except BaseException:
         if created and not any(results.values()):  # bad data or settings: leave nothing that a retry would need --force for
             shutil.rmtree(target, ignore_errors=True)
         raise
-    return _report(results, base, branches, tokens_per_step, target, budgets_at, weight_decays is not None)
+    return _report(results, base, branches, tokens_per_step, target, budgets_at, searched)
 
 
 def _decay_grid(weight_decays, default: float) -> list[float]:
