@@ -49,13 +49,12 @@ def starts(bench, small: Path, report: dict) -> dict[str, tuple[Path, float]]:
     return {"decayed": (small, 1.0), "before_decay": (before_decay, stable / steps), "constant": (constant / "final", 1.0)}
 
 
-def arm(bench, name: str, make, lrs, budget: int, seeds: int, grown: bool) -> dict:
-    """Tune at seed 0 over `lrs`, run seeds 1.. at the best rate; the mean curve and each seed's. A grown arm
-    trains with the after-growth recipe's warmup and weight decay (convergence.after_growth), random init
-    with train's defaults, as in convergence.py (the records before stop 43 trained every arm at 0.1)."""
+def arm(bench, settings, make, lrs, budget: int, seeds: int) -> dict:
+    """Tune `settings` (a convergence.Arm) at seed 0 over `lrs`, run seeds 1.. at the best rate; the mean
+    curve and each seed's."""
     import convergence as C
 
-    settings = C.Arm(name, "wide", None, **(C.after_growth() if grown else {}))
+    name = settings.name
     wind = bench.tune(make(0), settings, f"tune-{name}", lrs, budget, C.BRANCHES)
     lr = wind["best_lr"]
     curves = [C.rate_curve(wind, lr)]
@@ -63,7 +62,8 @@ def arm(bench, name: str, make, lrs, budget: int, seeds: int, grown: bool) -> di
         more = bench.tune(make(seed), settings, f"measure-{name}-seed{seed}", [lr], budget, C.BRANCHES)
         curves.append(C.rate_curve(more, lr))
     mean = {t: statistics.fmean(c[t] for c in curves) for t in curves[0]}
-    return {"lr": lr, "warmup": settings.warmup, "weight_decay": settings.weight_decay, "tuning_eval_loss": {r: by[str(budget)] for r, by in wind["eval_loss"].items()},
+    return {"lr": lr, "warmup": settings.warmup, "weight_decay": settings.weight_decay,
+            "tuning_eval_loss": {r: by[str(budget)] for r, by in wind["eval_loss"].items()},
             "start_eval_loss": C._start(bench.work / f"tune-{name}"), "by_seed": curves, "budget_eval_loss": mean,
             "final_eval_loss": mean[budget]}
 
@@ -80,7 +80,9 @@ def run(data: Path | None, work: Path, seeds: int) -> dict:
     budget = bench.budget(params["wide"])
     bench.split(data, params["small"])
     small, report = bench.pretrain_small(params["small"])
-    random_init = arm(bench, "random_init", lambda s: bench.init_model("wide", s), scale.lrs, budget, seeds, False)
+    # a grown arm trains with the after-growth recipe's warmup and weight decay, random init with train's
+    # defaults, as in convergence.py (the records before stop 43 trained every arm at 0.1)
+    random_init = arm(bench, C.Arm("random_init", "wide", None), lambda s: bench.init_model("wide", s), scale.lrs, budget, seeds)
     result = {"small": report, "budget": budget, "params": params, "random_init": random_init, "arms": {}}
     for name, (checkpoint, share) in starts(bench, small, report).items():
         def grown(seed: int, checkpoint=checkpoint, name=name) -> Path:
@@ -89,7 +91,7 @@ def run(data: Path | None, work: Path, seeds: int) -> dict:
             assert hyperclone.verify(checkpoint, out)["passed"], f"{name} does not preserve the function"
             return out
 
-        entry = {"small_compute_share": share, **arm(bench, name, grown, scale.lrs, budget, seeds, True)}
+        entry = {"small_compute_share": share, **arm(bench, C.Arm(name, "wide", None, **C.after_growth()), grown, scale.lrs, budget, seeds)}
         C._speedups(entry, random_init["budget_eval_loss"], budget, share * report["tokens"] * params["small"] / params["wide"])
         result["arms"][name] = entry
     result["minutes"] = round((time.perf_counter() - began) / 60, 1)

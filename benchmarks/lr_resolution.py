@@ -53,11 +53,10 @@ def finer(run: Path, record: dict, bench, name: str) -> dict:
             "factor2_final_eval_loss": arm["final_eval_loss"]}
 
 
-def _curves(tune_json: Path, budget: int) -> dict[str, tuple[float, dict[int, float]]]:
-    """Every rate of a finished tune at the arm's whole budget: its curve (final eval loss by budget) and the
-    rate itself, keyed as the runs' folders are (3 digits, so that rates a factor sqrt 2 apart computed two
-    ways meet)."""
-    tuned = json.loads(tune_json.read_text())
+def _curves(tuned: dict, budget: int) -> dict[str, tuple[float, dict[int, float]]]:
+    """Every rate of a finished tune (its tune.json) at the arm's whole budget: its curve (final eval loss by
+    budget) and the rate itself, keyed as the runs' folders are (3 digits, so that rates a factor sqrt 2
+    apart computed two ways meet)."""
     whole = set(map(str, tuned["budgets_tokens"]))  # a rate that ran every budget (convergence.py branches the best rate only)
     return {f"{float(lr):.3g}": (float(lr), {int(t): loss for t, loss in by.items()}) for lr, by in tuned["eval_loss"].items()
             if str(budget) in by and set(by) == whole}
@@ -80,8 +79,8 @@ def _model(run: Path, record: dict, bench, name: str, seed: int) -> Path:
 def _near(lr: float, known: dict[str, float]) -> dict[str, float]:
     """A rate and its neighbours on the finer grid, keyed as the runs' folders are. A rate one of the run's
     tunnels used keeps the float it ran at: the sqrt-2 point as tune.json keeps it (0.00565685) x sqrt 2 is
-    0.00799999..., and a chaotic run there is another draw, not the run at 0.008. Until stop 43 it was computed, so the records of stop 42 hold such
-    draws at grid rates (seed 0 at 8e-3 from scratch on both corpora: 1.5551 where the tunnel had 1.5630 on
+    0.00799999..., and a chaotic run there is another draw, not the run at 0.008. Until stop 43 it was
+    computed, so the records of stop 42 hold such draws at grid rates (seed 0 at 8e-3 from scratch on both corpora: 1.5551 where the tunnel had 1.5630 on
     stdlib code); none is at a rate the probe chose, and with the tunnel's loss none would have been."""
     return {key: known.get(key, r) for key, r in ((f"{r:.3g}", r) for r in (lr / STEP, lr, lr * STEP))}
 
@@ -95,8 +94,9 @@ def seeded(run: Path, record: dict, bench, name: str, seeds: int) -> dict:
     known: dict[str, float] = {}  # every rate any of the run's tunnels used, even one without every budget
     for seed, done in [(0, f"tune-{name}"), (0, f"finer-{name}")] + [(s, f"measure-{name}_seed{s}") for s in range(1, seeds)]:
         if (run / done / "tune.json").exists():
-            runs[seed].update(_curves(run / done / "tune.json", budget))
-            known.update({f"{float(lr):.3g}": float(lr) for lr in json.loads((run / done / "tune.json").read_text())["eval_loss"]})
+            tuned = json.loads((run / done / "tune.json").read_text())
+            runs[seed].update(_curves(tuned, budget))
+            known.update({f"{float(lr):.3g}": float(lr) for lr in tuned["eval_loss"]})
     around = _near(min((lr for lr, _ in runs[0].values()), key=lambda lr: runs[0][f"{lr:.3g}"][1][budget]), known)
     while True:  # outwards while the best mean sits at an edge of the rates run
         _run_missing(run, record, bench, name, around, runs)
@@ -124,7 +124,7 @@ def _run_missing(run: Path, record: dict, bench, name: str, rates: dict[str, flo
         if key not in runs[seed] and not (out / "tune.json").exists():
             bench.tune(_model(run, record, bench, name, seed), C.recorded_arm(record, name), str(out.relative_to(run)), [lr], budget, C.BRANCHES)
         if key not in runs[seed]:
-            runs[seed].update(_curves(out / "tune.json", budget))
+            runs[seed].update(_curves(json.loads((out / "tune.json").read_text()), budget))
 
 
 def seed_speedups(arms: dict, record: dict) -> dict:

@@ -202,10 +202,12 @@ def _decay_grid(weight_decays, default: float) -> list[float]:
 
 def _best_decay(results: dict[float, dict[float, list[dict[int, float]]]], steps: int) -> float:
     """The weight decay whose best learning rate ends lowest at `steps`."""
-    def lowest(decay: float) -> float:
-        means = {lr: _mean(runs) for lr, runs in results[decay].items()}
-        return means[_best(means, steps)][steps]
-    return min(results, key=lowest)
+    return min(results, key=lambda decay: min(_at(results[decay], steps).values()))
+
+
+def _at(by_lr: dict[float, list[dict[int, float]]], steps: int) -> dict[float, float]:
+    """Each learning rate's mean final eval loss at `steps`."""
+    return {lr: _mean(runs)[steps] for lr, runs in by_lr.items()}
 
 
 def _search(base: TrainConfig, grid: list[float], extend: int, seeds: int, branches: Branches, ks, warmup: int, runs: Path,
@@ -302,7 +304,7 @@ def _report(by_decay: dict[float, dict[float, list[dict[int, float]]]], base: Tr
                               for lr, runs in by_seed.items()},
         "recipe": str(out / "recipe.yaml"), "plot": str(out / "tune.png"), "weight_decay": base.weight_decay,
     }
-    finals = {decay: {lr: _mean(runs)[full] for lr, runs in by_lr.items()} for decay, by_lr in by_decay.items()}
+    finals = {decay: _at(by_lr, full) for decay, by_lr in by_decay.items()}
     if searched_decay:  # each weight decay's own search, at the full budget
         summary["weight_decays"] = {f"{decay:g}": {"best_lr": min(by, key=by.get), "eval_loss": {f"{lr:.6g}": v for lr, v in by.items()}}
                                     for decay, by in finals.items()}
