@@ -118,20 +118,23 @@ class Arm:
     baseline: str = "random_init"
     tune_as: str | None = None  # reuse another arm's tuned learning rate (the second seeds)
     warmup: float = 0.05  # WSD warmup, a fraction of the budget
-    weight_decay: float = 0.1  # decoupled weight decay: hyperclone train's default, best from scratch (weight_decay.py)
+    weight_decay: float = 0.1  # decoupled weight decay: hyperclone train's default, best from scratch (recipe_probe.py)
+    decay_fraction: float = DECAY  # the WSD decay's share of the budget
+    decay_shape: str = "linear"  # how the decay falls to zero (hyperclone train's decay_shape)
 
 
 RECIPE = HERE.parent / "recipes" / "after-growth.yaml"
 
 
 def after_growth() -> dict:
-    """The warmup and weight decay of the recipe the toolkit ships for training after growth: every grown arm
-    trains with them, so the benchmark measures the product's recipe, not settings picked per run. Random init
-    keeps hyperclone train's defaults."""
+    """The warmup, weight decay and decay phase of the recipe the toolkit ships for training after growth:
+    every grown arm trains with them, so the benchmark measures the product's recipe, not settings picked
+    per run. Random init keeps hyperclone train's defaults."""
     import yaml
 
     recipe = yaml.safe_load(RECIPE.read_text())
-    return {"warmup": float(recipe["warmup"]), "weight_decay": float(recipe["weight_decay"])}
+    return {"warmup": float(recipe["warmup"]), "weight_decay": float(recipe["weight_decay"]),
+            "decay_fraction": float(recipe["decay_fraction"]), "decay_shape": str(recipe["decay_shape"])}
 
 
 def arms(noise: float, layers: int) -> list[Arm]:
@@ -289,7 +292,8 @@ class Bench:
         # initialisation (random init) or the noise (grown) only, which is the spread the table shows
         return hyperclone.tune(model, str(self.cont), self.work / name, lrs=list(lrs), budget_tokens=budget, budgets=budgets,
                                budgets_at=budgets_at, optimizer=arm.optimizer, seed=0, force=True, warmup=arm.warmup,
-                               weight_decay=arm.weight_decay, **self.common)
+                               weight_decay=arm.weight_decay, **{**self.common, "decay_fraction": arm.decay_fraction,
+                                                                 "decay_shape": arm.decay_shape})
 
 
 def _clear_dead_asides(path: Path) -> None:
@@ -557,7 +561,7 @@ def _measure_arm(bench: Bench, arm: Arm, small: Path, budget: int, lr: float | N
         measured, run_dir = bench.tune(model, arm, f"measure-{arm.name}", [lr], budget, BRANCHES), bench.work / f"measure-{arm.name}"
     curve = rate_curve(measured, lr)
     entry = {"arch": arm.arch, "optimizer": arm.optimizer, "seed": arm.seed, "grow": arm.grow, "baseline": arm.baseline, "lr": lr,
-             "warmup": arm.warmup, "weight_decay": arm.weight_decay,
+             "warmup": arm.warmup, "weight_decay": arm.weight_decay, "decay_fraction": arm.decay_fraction, "decay_shape": arm.decay_shape,
              "tuning_eval_loss": tuning, "start_eval_loss": _start(run_dir), "budget_eval_loss": curve,
              "final_eval_loss": curve[budget]}
     if arm.grow is not None and "width" in arm.grow:
@@ -720,10 +724,12 @@ def finished_run(run: Path) -> tuple[dict, Bench]:
 
 def recorded_arm(record: dict, name: str, **changes) -> Arm:
     """An arm of a finished run as it trained, for a probe to train again (records before stop 42 kept no
-    warmup or weight decay: every arm then trained at 0.05 and 0.1)."""
+    warmup or weight decay, those before stop 44 no decay phase: every arm then trained at 0.05, 0.1 and a
+    linear decay over the last 20 %)."""
     entry = record["arms"][name]
     arm = Arm(name, entry["arch"], entry["grow"], entry["optimizer"], entry["seed"], entry["baseline"],
-              warmup=entry.get("warmup", 0.05), weight_decay=entry.get("weight_decay", 0.1))
+              warmup=entry.get("warmup", 0.05), weight_decay=entry.get("weight_decay", 0.1),
+              decay_fraction=entry.get("decay_fraction", DECAY), decay_shape=entry.get("decay_shape", "linear"))
     return replace(arm, **changes)
 
 
@@ -735,13 +741,13 @@ def probe_result(name: str, record: dict, run: Path, started: float, **fields) -
             "run": str(run), **fields, "minutes": round((time.perf_counter() - started) / 60, 1)}
 
 
-def emit_probe(result: dict, record: dict, write: bool) -> None:
-    """Print a probe's record and, with `write`, keep it as results/<benchmark>-<corpus>.json."""
+def emit_probe(result: dict, record: dict, write: bool, tag: str = "") -> None:
+    """Print a probe's record and, with `write`, keep it as results/<benchmark>[-<tag>]-<corpus>.json."""
     text = json.dumps(result, indent=2) + "\n"
     print(text)
     if write:
         corpus = "stdlib" if record["corpus"].startswith("Python standard library") else Path(record["corpus"]).name
-        (HERE / "results" / f"{result['benchmark']}-{corpus}.json").write_text(text)
+        (HERE / "results" / "-".join(filter(None, (result["benchmark"], tag, corpus)))).with_suffix(".json").write_text(text)
 
 
 def key_arms(scale: Scale) -> list[Arm]:

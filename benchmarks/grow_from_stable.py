@@ -62,7 +62,8 @@ def arm(bench, settings, make, lrs, budget: int, seeds: int) -> dict:
         more = bench.tune(make(seed), settings, f"measure-{name}-seed{seed}", [lr], budget, C.BRANCHES)
         curves.append(C.rate_curve(more, lr))
     mean = {t: statistics.fmean(c[t] for c in curves) for t in curves[0]}
-    return {"lr": lr, "warmup": settings.warmup, "weight_decay": settings.weight_decay,
+    return {"lr": lr, "warmup": settings.warmup, "weight_decay": settings.weight_decay, "decay_fraction": settings.decay_fraction,
+            "decay_shape": settings.decay_shape,
             "tuning_eval_loss": {r: by[str(budget)] for r, by in wind["eval_loss"].items()},
             "start_eval_loss": C._start(bench.work / f"tune-{name}"), "by_seed": curves, "budget_eval_loss": mean,
             "final_eval_loss": mean[budget]}
