@@ -137,6 +137,18 @@ def after_growth() -> dict:
             "decay_fraction": float(recipe["decay_fraction"]), "decay_shape": str(recipe["decay_shape"])}
 
 
+def schedule() -> str:
+    """The WSD settings each kind of arm trains with, as a record says them."""
+    scratch, grown = Arm("", "", None), after_growth()
+
+    def one(warmup: float, fraction: float, shape: str) -> str:
+        return f"{warmup:.0%} warmup, {shape} decay over the last {fraction:.0%}"
+
+    return (f"WSD: random init {one(scratch.warmup, scratch.decay_fraction, scratch.decay_shape)}, grown arms "
+            f"{one(grown['warmup'], grown['decay_fraction'], grown['decay_shape'])} (recipes/after-growth.yaml); "
+            "decay branches at 1/8 .. 8/8 of the budget")
+
+
 def arms(noise: float, layers: int) -> list[Arm]:
     width, after = {"width": 2, "noise": noise}, after_growth()
     return [
@@ -355,7 +367,7 @@ def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None 
             "large": {"params": {a: params[a] for a in budgets}, "tokens": budgets,
                       "tokens_per_param": {a: round(b / params[a], 1) for a, b in budgets.items()},
                       "seq_len": scale.seq, "batch": scale.batch, "tuned_lr": tuned,
-                      "schedule": "WSD: 5 % warmup, 20 % linear decay; decay branches at 1/8 .. 8/8 of the budget"},
+                      "schedule": schedule()},
             "arms": report, "minutes": round((time.perf_counter() - began) / 60, 1)}
 
 
@@ -439,24 +451,25 @@ def _arm_work(bench: Bench, arm: Arm, budget: int) -> tuple[int, int, int]:
     """(runs, training steps, evals) of one arm as `_measure_arm` trains it: a tunnel at the whole budget whose
     best rate is the measurement; or a tunnel at a share of it, then the measurement at the chosen rate; or,
     reusing another arm's rate, the measurement alone."""
-    steps = budget // bench.tokens_per_step
-    measure = _tunnel_work(steps, BRANCHES, 1, every_budget=True)
+    steps, decay = budget // bench.tokens_per_step, arm.decay_fraction
+    measure = _tunnel_work(steps, BRANCHES, 1, every_budget=True, decay=decay)
     if arm.tune_as is not None:
         return measure
     share = bench.scale.tune_share
     if share == 1:
-        return _tunnel_work(steps, BRANCHES, RATES_PER_TUNNEL, every_budget=False)
-    tunnel = _tunnel_work(round(steps * share), (1,), RATES_PER_TUNNEL, every_budget=True)
+        return _tunnel_work(steps, BRANCHES, RATES_PER_TUNNEL, every_budget=False, decay=decay)
+    tunnel = _tunnel_work(round(steps * share), (1,), RATES_PER_TUNNEL, every_budget=True, decay=decay)
     return tuple(a + b for a, b in zip(tunnel, measure))
 
 
-def _tunnel_work(steps: int, budgets: tuple[int, ...], rates: int, every_budget: bool) -> tuple[int, int, int]:
+def _tunnel_work(steps: int, budgets: tuple[int, ...], rates: int, every_budget: bool, decay: float = DECAY) -> tuple[int, int, int]:
     """(runs, training steps, evals) of `hyperclone.tune` over `rates` rates: each rate a stable run, evaluated
     at its start and every branch point, and a decay branch per budget (`every_budget`) or for the whole
-    budget only, the best rate's smaller budgets after the search (budgets_at="best")."""
+    budget only, the best rate's smaller budgets after the search (budgets_at="best"); `decay` the WSD
+    decay's share of each budget."""
     from hyperclone.train.tune import Branches
 
-    plan = Branches.plan(steps, budgets, DECAY)
+    plan = Branches.plan(steps, budgets, decay)
     first = budgets if every_budget else (max(budgets),)
     later = tuple(k for k in budgets if k not in first)
     runs = rates * (1 + len(first)) + len(later)

@@ -50,7 +50,7 @@ def test_convergence_benchmark_runs_a_subset_of_arms_end_to_end(tmp_path):
     evals = sum(1 for run in rows for r in run if "eval_loss" in r)
     convergence = _convergence()
     assert (len(rows), steps, evals) == convergence._tunnel_work(result["large"]["tokens"]["wide"] // (result["scale"]["seq"] * result["scale"]["batch"]), convergence.BRANCHES,
-                                                                 len(grown["tuning_eval_loss"]), every_budget=False)
+                                                                 len(grown["tuning_eval_loss"]), every_budget=False, decay=grown["decay_fraction"])
 
     # the learning-rate resolution probe on the same run: each arm tuned again either side of its best rate,
     # then with a second seed at every rate next to its best
