@@ -19,7 +19,7 @@ from hyperclone.yamlio import parse_yaml, read_yaml
 # 2 the cap binds for almost every weight (all below ~3.5 RMS) from NOISE_CAP on, so more changes little.
 # The default is the cap: on the convergence benchmark x2 width paid more the further its copies could start
 # apart, up to this cap (benchmarks/results/noise_beyond_cap-*.json); at its smallest size noise 0.5 and 1.5
-# ended alike, and exact copies, which stay copies under AdamW, worst (convergence.md, --noises). The
+# ended alike, and exact copies, which stay copies under AdamW, worst (convergence-decay0.2.md, --noises). The
 # function is exact at any noise.
 NOISE_CAP = SHARE_CAP
 DEFAULT_NOISE = NOISE_CAP
