@@ -513,6 +513,8 @@ def tune(
                               "bumpy in the rate)."),
     weight_decays: Optional[str] = typer.Option(None, "--weight-decays", help="Weight decays, comma-separated: the whole learning-"
                                                 "rate search at each, the best pair kept (default: the recipe's decay alone)."),
+    decay_fractions: Optional[str] = typer.Option(None, "--decay-fractions", help="WSD decay fractions, comma-separated: the whole "
+                                                  "search at each (and each weight decay), the best kept (default: the recipe's alone)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe the search starts from."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="muonclip | muon | adamw"),
     seq_len: Optional[int] = typer.Option(None, "--seq-len"),
@@ -529,13 +531,15 @@ def tune(
     import hyperclone
 
     grid, decays = _numbers(lrs, "--lrs"), _numbers(weight_decays, "--weight-decays")
+    fractions = _numbers(decay_fractions, "--decay-fractions")
     mix = data[0] if data and len(data) == 1 else data or None
     given = dict(optimizer=optimizer, seq_len=seq_len, batch_size=batch_size, warmup=warmup, decay_fraction=decay_fraction,
                  eval_batches=eval_batches, seed=seed, split_seed=split_seed)
     result = hyperclone.tune(model, mix, output, lrs=grid, budget_tokens=budget_tokens, budgets_at=budgets_at, extend=extend, seeds=seeds,
-                             weight_decays=decays, recipe=recipe, force=force, trackers="none", **{k: v for k, v in given.items() if v is not None})
-    titles = ([f"final eval loss, mean ± half the range of {seeds} seeds"] if seeds > 1 else []) \
-        + ([f"at weight decay {result['weight_decay']:g}"] if "weight_decays" in result else [])
+                             weight_decays=decays, decay_fractions=fractions, recipe=recipe, force=force, trackers="none",
+                             **{k: v for k, v in given.items() if v is not None})
+    chosen = ", ".join(f"{name.replace('_', ' ')} {result[name]:g}" for name in result.get("searched", ()))
+    titles = ([f"final eval loss, mean ± half the range of {seeds} seeds"] if seeds > 1 else []) + ([f"at {chosen}"] if chosen else [])
     table = Table("peak lr", *(f"{t:,} tokens" for t in result["budgets_tokens"]), title=", ".join(titles) or None)
     for lr, by in result["eval_loss"].items():
         spread = result["eval_loss_by_seed"][lr]
@@ -545,17 +549,21 @@ def tune(
     best_by = result["best_lr_by_budget"]
     table.add_row("best lr", *(f"{best_by[t]:.3g}" if t in best_by else "–" for t in map(str, result["budgets_tokens"])))
     out.print(table)
-    if "weight_decays" in result:  # each decay's own search: its best rate and that rate's loss
-        by_decay = Table("weight decay", "best lr", f"final eval loss, {result['budget_tokens']:,} tokens")
-        for decay, found in result["weight_decays"].items():
+    if chosen:  # each searched combination's own search: its best rate and that rate's loss
+        names = result["searched"]
+        by_setting = Table(*(name.replace("_", " ") for name in names), "best lr", f"final eval loss, {result['budget_tokens']:,} tokens")
+        for found in result["settings"].values():
+            cells = [f"{found[name]:g}" for name in names]
+            if all(found[name] == result[name] for name in names):
+                cells[0] = "* " + cells[0]
             loss = found["eval_loss"][f"{found['best_lr']:.6g}"]
-            by_decay.add_row(("* " if float(decay) == result["weight_decay"] else "") + decay, f"{found['best_lr']:.3g}", f"{loss:.4f}")
-        out.print(by_decay)
+            by_setting.add_row(*cells, f"{found['best_lr']:.3g}", f"{loss:.4f}")
+        out.print(by_setting)
     if len(set(result["best_lr_by_budget"].values())) > 1:
         err.print(f"the best learning rate moves with the budget: the recipe holds for {result['budget_tokens']:,} tokens; "
                   "tune again with --budget-tokens for a different one", soft_wrap=True)
     err.print(f"[green]best learning rate[/] {result['best_lr']:.3g}"
-              + (f" at weight decay {result['weight_decay']:g}" if "weight_decays" in result else "")
+              + (f" at {chosen}" if chosen else "")
               + f" (eval loss {result['best_eval_loss']:.4f}) → "
               f"recipe {result['recipe']}, plot {result['plot']}", soft_wrap=True)
 

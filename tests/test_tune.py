@@ -163,32 +163,41 @@ def test_budgets_at_best_branches_the_smaller_budgets_at_the_best_rate_only(tiny
     assert bad.returncode == 2 and "--budgets-at" in bad.stderr and "Traceback" not in bad.stderr and not (tmp_path / "v").exists()
 
 
-def test_weight_decays_search_the_rates_at_each_decay_and_keep_the_best_pair(tiny, tmp_path):
-    """--weight-decays: the whole learning-rate search at each decay (each run really trained at it: the same
-    losses a tune at that decay alone gives), the lowest pair kept in the recipe, and the smaller budgets
-    (with --budgets-at best) branched at that pair only."""
+def test_weight_decays_and_decay_fractions_search_the_rates_at_each_combination_and_keep_the_best(tiny, tmp_path):
+    """--weight-decays and --decay-fractions: the whole learning-rate search at each combination (each run really
+    trained at it: the same losses a tune at that combination alone gives, its decay branch from its own
+    branch point), the lowest kept in the recipe, and the smaller budgets (with --budgets-at best) branched
+    at that combination only."""
     model = tiny("llama", vocab_size=300)
     settings = dict(lrs=[3e-3, 1e-2], budget_tokens=16 * 256, budgets=(1, 2), extend=0, **SMALL)
     full = str(16 * 256)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # two rates: the best sits on an edge
-        both = hyperclone.tune(model, DATA, tmp_path / "both", weight_decays=[0.5, 0], budgets_at="best", **settings)
-        alone = hyperclone.tune(model, DATA, tmp_path / "alone", weight_decay=0.5, **settings)
-    assert list(both["weight_decays"]) == ["0", "0.5"]
-    assert both["weight_decays"]["0.5"]["eval_loss"] == pytest.approx({lr: by[full] for lr, by in alone["eval_loss"].items()}, rel=1e-6)
-    assert both["weight_decays"]["0"]["eval_loss"] != both["weight_decays"]["0.5"]["eval_loss"]
-    lowest = {float(d): min(found["eval_loss"].values()) for d, found in both["weight_decays"].items()}
+        both = hyperclone.tune(model, DATA, tmp_path / "both", weight_decays=[0.5, 0], decay_fractions=[0.5, 0.25], budgets_at="best",
+                               **settings)
+        alone = hyperclone.tune(model, DATA, tmp_path / "alone", weight_decay=0.5, decay_fraction=0.5, **settings)
+    combos = ["weight_decay=0,decay_fraction=0.25", "weight_decay=0,decay_fraction=0.5", "weight_decay=0.5,decay_fraction=0.25",
+              "weight_decay=0.5,decay_fraction=0.5"]
+    assert both["searched"] == ["weight_decay", "decay_fraction"] and list(both["settings"]) == combos
+    found = both["settings"]
+    assert found[combos[3]]["eval_loss"] == pytest.approx({lr: by[full] for lr, by in alone["eval_loss"].items()}, rel=1e-6)
+    assert len({tuple(entry["eval_loss"].values()) for entry in found.values()}) == 4  # every setting reached the optimizer
+    lowest = {key: min(entry["eval_loss"].values()) for key, entry in found.items()}
     chosen = min(lowest, key=lowest.get)
-    assert both["weight_decay"] == chosen and both["best_eval_loss"] == lowest[chosen]
-    assert both["best_lr"] == both["weight_decays"][f"{chosen:g}"]["best_lr"]
-    assert {lr: by[full] for lr, by in both["eval_loss"].items()} == both["weight_decays"][f"{chosen:g}"]["eval_loss"]
+    assert (both["weight_decay"], both["decay_fraction"]) == (found[chosen]["weight_decay"], found[chosen]["decay_fraction"])
+    assert both["best_eval_loss"] == lowest[chosen] and both["best_lr"] == found[chosen]["best_lr"]
+    assert {lr: by[full] for lr, by in both["eval_loss"].items()} == found[chosen]["eval_loss"]
     recipe = make_config(both["recipe"], model=str(model), data=DATA)
-    assert recipe.weight_decay == chosen and recipe.lr == both["best_lr"]
-    assert f"weight decays 0, 0.5 (best {chosen:g})" in (tmp_path / "both" / "recipe.yaml").read_text()
+    assert (recipe.weight_decay, recipe.decay_fraction, recipe.lr) == (both["weight_decay"], both["decay_fraction"], both["best_lr"])
+    assert "weight decay 0, 0.5 x decay fraction 0.25, 0.5 (best" in (tmp_path / "both" / "recipe.yaml").read_text()
     runs = tmp_path / "both" / "runs"
+    tag = f"wd-{both['weight_decay']:g}-df-{both['decay_fraction']:g}"
     branched = {p.name for p in runs.iterdir() if (p / "budget-1").is_dir()}
-    assert len(list(runs.iterdir())) == 4 and branched == {f"lr-{both['best_lr']:.3g}-wd-{chosen:g}"}
-    assert alone["weight_decay"] == 0.5 and "weight_decays" not in alone
+    assert len(list(runs.iterdir())) == 8 and branched == {f"lr-{both['best_lr']:.3g}-{tag}"}
+    # the budget-1 branch (8 steps) decays over its own fraction: from step 6 at 0.25, step 4 at 0.5
+    branch = read_metrics(runs / f"lr-{both['best_lr']:.3g}-{tag}" / "budget-1" / "metrics.jsonl")
+    assert min(r["step"] for r in branch if "loss" in r) == 8 - round(both["decay_fraction"] * 8) + 1
+    assert alone["weight_decay"] == 0.5 and "settings" not in alone and "searched" not in alone
     args = [shutil.which("hyperclone"), "tune", "--model", str(model), "--data", DATA, "--lrs", "3e-3", "--budget-tokens", str(24 * 256),
             "--seq-len", "64", "--batch-size", "4", "--optimizer", "adamw", "--extend", "0", "--budgets-at", "best", "--weight-decays", "0,0.5",
             "-o", str(tmp_path / "c")]
@@ -197,6 +206,6 @@ def test_weight_decays_search_the_rates_at_each_decay_and_keep_the_best_pair(tin
     assert "tune: lr 0.003, weight decay 0.5" in done.stderr and "at weight decay" in done.stderr
     rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 2}
     assert {"0", "0.5"} <= {name.lstrip("* ") for name in rows}
-    for bad in ("-0.1", "none"):
-        wrong = subprocess.run([*args[:-1], str(tmp_path / "v"), "--weight-decays", bad], capture_output=True, text=True, env=ENV, timeout=120)
-        assert wrong.returncode == 2 and "--weight-decays" in wrong.stderr and "Traceback" not in wrong.stderr and not (tmp_path / "v").exists()
+    for option, bad in (("--weight-decays", "-0.1"), ("--weight-decays", "none"), ("--decay-fractions", "1"), ("--decay-fractions", "0")):
+        wrong = subprocess.run([*args[:-1], str(tmp_path / "v"), option, bad], capture_output=True, text=True, env=ENV, timeout=120)
+        assert wrong.returncode == 2 and option in wrong.stderr and "Traceback" not in wrong.stderr and not (tmp_path / "v").exists()

@@ -49,10 +49,10 @@ def plot_expert_load(counts: list[list[int]], layers: list[int], out: Path) -> N
 
 
 def plot_lr_sweep(losses: dict[float, dict[int, float]], best: float, out: Path, seeds: dict[float, list[float]] | None = None,
-                  other_decays: dict[float, dict[float, float]] | None = None, decay: float | None = None) -> None:
+                  others: dict[str, dict[float, float]] | None = None, chosen: str = "") -> None:
     """Final eval loss against peak learning rate, a line per budget (in tokens); with `seeds`, each
     seed's loss at the full budget as a point around its mean, so the spread a choice rests on shows;
-    with `other_decays`, the full budget's line at each weight decay not chosen (`decay` is the chosen one)."""
+    with `others`, the full budget's line at each searched setting not chosen, by name (`chosen` names the chosen one)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     lrs = sorted(losses)
@@ -64,10 +64,10 @@ def plot_lr_sweep(losses: dict[float, dict[int, float]], best: float, out: Path,
     if seeds:
         points = [(lr, loss) for lr in lrs for loss in seeds[lr]]
         ax.scatter(*zip(*points), marker="x", color="black", alpha=0.6, label=f"each seed, {max(losses[best]):,} tokens")
-    for other, finals in sorted((other_decays or {}).items()):
+    for other, finals in sorted((others or {}).items()):
         rates = sorted(finals)
-        ax.plot(rates, [finals[lr] for lr in rates], "^--", alpha=0.7, label=f"weight decay {other:g}, {max(losses[best]):,} tokens")
-    ax.axvline(best, color="grey", linestyle=":", label=f"best {best:.3g}" + (f" at weight decay {decay:g}" if other_decays else ""))
+        ax.plot(rates, [finals[lr] for lr in rates], "^--", alpha=0.7, label=f"{other}, {max(losses[best]):,} tokens")
+    ax.axvline(best, color="grey", linestyle=":", label=f"best {best:.3g}" + (f" at {chosen}" if others else ""))
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final eval loss")

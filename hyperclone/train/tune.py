@@ -8,6 +8,7 @@ the losses at the smaller budgets say how many tokens each learning rate needs t
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -130,7 +131,7 @@ def _decays(common: dict, branches: Branches, ks, folder: Path, done: Callable[[
 
 def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *, lrs=None, budget_tokens: int | None = None,
          budgets: tuple[int, ...] = DEFAULT_BUDGETS, budgets_at: str = "every", extend: int = 2, seeds: int = 1,
-         weight_decays=None, recipe: str | None = None, force: bool = False, **settings) -> dict:
+         weight_decays=None, decay_fractions=None, recipe: str | None = None, force: bool = False, **settings) -> dict:
     """Final eval loss over a grid of peak learning rates (and budgets); writes tune.json, tune.png and
     recipe.yaml (the recipe's settings with the best learning rate) into `out`.
 
@@ -143,10 +144,12 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     (from scratch at the convergence benchmark's size it moved up to 0.1 nats between seeds at one rate,
     benchmarks/results/lr_resolution-*.json).
 
-    `weight_decays` repeats the whole search (grid, extension, seeds) at each weight decay and keeps the
-    pair with the lowest loss: a grown model starts from trained weights that decoupled decay pulls
-    towards zero, and its best decay was 0 where random init's was 0.1 (benchmarks/results/weight_decay-*.json).
-    The optimal rate moves with the decay, so each decay gets its own search rather than the best rate's.
+    `weight_decays` and `decay_fractions` repeat the whole search (grid, extension, seeds) at every
+    combination of them and keep the one with the lowest loss: a grown model starts from trained weights,
+    which decoupled decay pulls towards zero, and on the convergence benchmark its best was weight decay 0
+    and a decay over the last 40 % where random init's was 0.1 and 20 %
+    (benchmarks/results/weight_decay-*.json, recipe_probe-*.json). The optimal rate moves with both, so
+    each combination gets its own search rather than the best rate's.
 
     `budgets_at="best"` runs the budgets below the largest only at the best learning rate, after the
     search: the chosen rate's loss at every budget (how many tokens it needs to reach a loss) for the
@@ -159,50 +162,68 @@ def tune(model: str | os.PathLike, data, out: str | os.PathLike | None = None, *
     source = str(model)
     model = resolve_source(source, "model")  # hf://org/name[@rev]: its snapshot, resolved once for every run
     base = make_config(recipe, model=str(model), data=data, **{**settings, "tuned_tokens": 0})
-    decays, searched = _decay_grid(weight_decays, base.weight_decay), weight_decays is not None
+    options, searched = _settings(base, weight_decays, decay_fractions)
     tokens_per_step = base.tokens_per_step()
     total = budget_tokens // tokens_per_step if budget_tokens else base.max_steps
-    branches = Branches.plan(total, tuple(budgets), base.decay_fraction)
+    branches = {key: Branches.plan(total, tuple(budgets), config.decay_fraction) for key, config in options.items()}
     grid = _grid(lrs, base.lr)
-    warmup = TrainConfig(**{**base.as_dict(), "max_steps": branches.steps(max(branches.budgets))}).warmup_steps()
+    full = next(iter(branches.values())).steps(max(budgets))  # every decay fraction's budgets are the same steps
+    warmup = TrainConfig(**{**base.as_dict(), "max_steps": full}).warmup_steps()
     target = Path(out or f"{Path(source.split('@')[0]).name}-tune")
     created = not target.exists()
     _prepare(target, model, force)
-    # per weight decay, per learning rate, each seed's {budget steps: final eval loss}
-    results: dict[float, dict[float, list[dict[int, float]]]] = {}
-    first = branches.budgets if budgets_at == "every" else (max(branches.budgets),)  # what every rate runs
-    later = tuple(k for k in branches.budgets if k not in first)  # what the best rate runs after the search
-    total = (branches.run_steps(first) * len(grid) * len(decays) + branches.decay_steps(later)) * seeds * tokens_per_step
+    # per setting searched besides the rate, per learning rate, each seed's {budget steps: final eval loss}
+    results: dict[str, dict[float, list[dict[int, float]]]] = {}
+    first = tuple(sorted(budgets)) if budgets_at == "every" else (max(budgets),)  # what every rate runs
+    later = tuple(k for k in sorted(budgets) if k not in first)  # what the best rate runs after the search
+    total = sum(plan.run_steps(first) for plan in branches.values()) * len(grid) * seeds * tokens_per_step
     try:
         with token_progress("tune", total, base.progress) as advance:
-            for decay in decays:
-                _search(replace(base, weight_decay=decay), grid, extend, seeds, branches, first, warmup, target / "runs", advance,
-                        results.setdefault(decay, {}), searched)
-            base = replace(base, weight_decay=_best_decay(results, branches.steps(max(branches.budgets))))
-            _branch_best(base, later, seeds, branches, warmup, target / "runs", advance, results[base.weight_decay], searched)
+            for key, config in options.items():
+                _search(config, grid, extend, seeds, branches[key], first, warmup, target / "runs", advance,
+                        results.setdefault(key, {}), _named(config, searched))
+            key = min(results, key=lambda k: min(_at(results[k], full).values()))
+            base = options[key]
+            _branch_best(base, later, seeds, branches[key], warmup, target / "runs", advance, results[key], _named(base, searched))
     except BaseException:
         if created and not any(results.values()):  # bad data or settings: leave nothing that a retry would need --force for
             shutil.rmtree(target, ignore_errors=True)
         raise
-    return _report(results, base, branches, tokens_per_step, target, budgets_at, searched)
+    return _report(results, key, options, searched, branches[key], tokens_per_step, target, budgets_at)
 
 
-def _decay_grid(weight_decays, default: float) -> list[float]:
-    """The weight decays to search, or the one the settings give."""
-    if weight_decays is None:
-        return [default]
+# the settings `tune` can search besides the learning rate: (option, words, folder tag)
+AXES = {"weight_decay": ("--weight-decays", "weight decay", "wd"), "decay_fraction": ("--decay-fractions", "decay fraction", "df")}
+
+
+def _settings(base: TrainConfig, weight_decays, decay_fractions) -> tuple[dict[str, TrainConfig], tuple[str, ...]]:
+    """Every combination of the settings searched besides the rate, keyed "weight_decay=0,decay_fraction=0.4"
+    (by the searched ones only; "" when none is), and the names of those searched."""
+    given = {"weight_decay": _values(weight_decays, "weight_decay", lambda v: v >= 0, "numbers >= 0"),
+             "decay_fraction": _values(decay_fractions, "decay_fraction", lambda v: 0 < v < 1, "fractions between 0 and 1")}
+    searched = tuple(name for name, values in given.items() if values is not None)
+    combos = itertools.product(*(given[name] or [getattr(base, name)] for name in AXES))
+    options = [replace(base, **dict(zip(AXES, combo))) for combo in combos]
+    return {",".join(f"{name}={getattr(c, name):g}" for name in searched): c for c in options}, searched
+
+
+def _values(given, name: str, valid: Callable[[float], bool], what: str) -> list[float] | None:
+    """One searched setting's values, sorted, or None when it is not searched."""
+    if given is None:
+        return None
     try:
-        values = sorted({float(x) for x in weight_decays})
+        values = sorted({float(x) for x in given})
     except (TypeError, ValueError):
         values = []
-    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
-        raise UserError(f"--weight-decays must be numbers >= 0, got {weight_decays!r}")
+    if not values or not all(math.isfinite(v) and valid(v) for v in values):
+        raise UserError(f"{AXES[name][0]} must be {what}, got {given!r}")
     return values
 
 
-def _best_decay(results: dict[float, dict[float, list[dict[int, float]]]], steps: int) -> float:
-    """The weight decay whose best learning rate ends lowest at `steps`."""
-    return min(results, key=lambda decay: min(_at(results[decay], steps).values()))
+def _named(config: TrainConfig, searched: tuple[str, ...]) -> tuple[str, str]:
+    """A searched combination in words (for messages) and as a folder tag ("-wd-0-df-0.4"); empty when none is searched."""
+    words = ", ".join(f"{AXES[name][1]} {getattr(config, name):g}" for name in searched)
+    return words, "".join(f"-{AXES[name][2]}-{getattr(config, name):g}" for name in searched)
 
 
 def _at(by_lr: dict[float, list[dict[int, float]]], steps: int) -> dict[float, float]:
@@ -211,18 +232,17 @@ def _at(by_lr: dict[float, list[dict[int, float]]], steps: int) -> dict[float, f
 
 
 def _search(base: TrainConfig, grid: list[float], extend: int, seeds: int, branches: Branches, ks, warmup: int, runs: Path,
-            advance: Callable[..., None], results: dict[float, list[dict[int, float]]], by_decay: bool = False) -> None:
+            advance: Callable[..., None], results: dict[float, list[dict[int, float]]], named: tuple[str, str] = ("", "")) -> None:
     """Every learning rate of the grid, at budgets `ks`, into `results`, then up to `extend` more past the edge
-    the best sits on; `advance(tokens, more_tokens)` moves the bar and grows its total. `by_decay`: one of
-    several weight decays, named in the messages and the run folders."""
+    the best sits on; `advance(tokens, more_tokens)` moves the bar and grows its total. `named`: the
+    combination of searched settings this is, in the messages and the run folders (see `_named`)."""
     full, per_step = branches.steps(max(branches.budgets)), base.tokens_per_step()
-    decay = base.weight_decay if by_decay else None
     while grid:
         for lr in grid:
-            stderr.print(f"tune: lr {lr:.3g}" + (f", weight decay {decay:g}" if by_decay else "")
+            stderr.print(f"tune: lr {lr:.3g}" + (f", {named[0]}" if named[0] else "")
                          + f": a stable run and {len(ks)} decay branch{'es' if len(ks) > 1 else ''}"
                          + (f", at seeds {', '.join(map(str, _seeds(base, seeds)))}" if seeds > 1 else ""), highlight=False)
-            results[lr] = [_one_lr(base, lr, seed, branches, ks, warmup, _folder(runs, lr, seed, seeds, decay),
+            results[lr] = [_one_lr(base, lr, seed, branches, ks, warmup, _folder(runs, lr, seed, seeds, named[1]),
                                    lambda steps: advance(steps * per_step)) for seed in _seeds(base, seeds)]
             _say_losses(results[lr], seeds, per_step)
         grid = _beyond_edge({lr: _mean(runs) for lr, runs in results.items()}, full) if extend > 0 and len(results) > 1 else []
@@ -231,16 +251,17 @@ def _search(base: TrainConfig, grid: list[float], extend: int, seeds: int, branc
 
 
 def _branch_best(base: TrainConfig, ks, seeds: int, branches: Branches, warmup: int, runs: Path,
-                 advance: Callable[..., None], results: dict[float, list[dict[int, float]]], by_decay: bool = False) -> None:
+                 advance: Callable[..., None], results: dict[float, list[dict[int, float]]], named: tuple[str, str] = ("", "")) -> None:
     """The decay branches for budgets `ks` at the best learning rate only, from its stable runs' checkpoints."""
     if not ks:
         return
     full, per_step = branches.steps(max(branches.budgets)), base.tokens_per_step()
     best = _best({lr: _mean(runs) for lr, runs in results.items()}, full)
-    stderr.print(f"tune: lr {best:.3g}, the best: {len(ks)} more decay branch{'es' if len(ks) > 1 else ''}", highlight=False)
+    stderr.print(f"tune: lr {best:.3g}" + (f", {named[0]}" if named[0] else "")
+                 + f", the best: {len(ks)} more decay branch{'es' if len(ks) > 1 else ''}", highlight=False)
+    advance(0, branches.decay_steps(ks) * per_step * seeds)
     for seed, losses in zip(_seeds(base, seeds), results[best]):
-        losses.update(_decays(_run_settings(base, best, seed, warmup), branches, ks,
-                              _folder(runs, best, seed, seeds, base.weight_decay if by_decay else None),
+        losses.update(_decays(_run_settings(base, best, seed, warmup), branches, ks, _folder(runs, best, seed, seeds, named[1]),
                               lambda steps: advance(steps * per_step)))
     results[best] = [dict(sorted(losses.items())) for losses in results[best]]
     _say_losses(results[best], seeds, per_step)
@@ -250,9 +271,9 @@ def _seeds(base: TrainConfig, seeds: int) -> list[int]:
     return [base.seed + i for i in range(seeds)]
 
 
-def _folder(runs: Path, lr: float, seed: int, seeds: int, decay: float | None = None) -> Path:
+def _folder(runs: Path, lr: float, seed: int, seeds: int, tag: str = "") -> Path:
     """One level under runs/ whatever is searched, so --force finds train's run folders where it looks."""
-    return runs / (f"lr-{lr:.3g}" + (f"-wd-{decay:g}" if decay is not None else "") + (f"-seed-{seed}" if seeds > 1 else ""))
+    return runs / (f"lr-{lr:.3g}{tag}" + (f"-seed-{seed}" if seeds > 1 else ""))
 
 
 def _say_losses(runs: list[dict[int, float]], seeds: int, per_step: int) -> None:
@@ -277,52 +298,60 @@ def _beyond_edge(results: dict[float, dict[int, float]], full: int) -> list[floa
     return [best * 2] if best == ordered[-1] else [best / 2] if best == ordered[0] else []
 
 
-def _report(by_decay: dict[float, dict[float, list[dict[int, float]]]], base: TrainConfig, branches: Branches, tokens_per_step: int,
-            out: Path, budgets_at: str, searched_decay: bool) -> dict:
-    """tune.json, recipe.yaml and tune.png; every per-rate field is the chosen weight decay's (base's)."""
-    full = branches.steps(max(branches.budgets))
-    by_seed = by_decay[base.weight_decay]
-    results = {lr: _mean(runs) for lr, runs in by_seed.items()}
-    everywhere = [steps for steps in map(branches.steps, branches.budgets) if all(steps in by for by in results.values())]
-    by_budget = {steps: _best(results, steps) for steps in everywhere}
+def _report(results: dict[str, dict[float, list[dict[int, float]]]], chosen: str, options: dict[str, TrainConfig],
+            searched: tuple[str, ...], branches: Branches, tokens_per_step: int, out: Path, budgets_at: str) -> dict:
+    """tune.json, recipe.yaml and tune.png; every per-rate field is the chosen combination's."""
+    base, full = options[chosen], branches.steps(max(branches.budgets))
+    by_seed = results[chosen]
+    means = {lr: _mean(runs) for lr, runs in by_seed.items()}
+    everywhere = [steps for steps in map(branches.steps, branches.budgets) if all(steps in by for by in means.values())]
+    by_budget = {steps: _best(means, steps) for steps in everywhere}
     best = by_budget[full]
-    if len(results) > 1 and _beyond_edge(results, full):
+    if len(means) > 1 and _beyond_edge(means, full):
         warnings.warn(f"the best learning rate {best:.3g} is at the edge of the grid: the optimum may lie beyond it; "
                       "extend --lrs", UserWarning, stacklevel=3)
     summary = {
-        "model": base.model, "data": base.data, "optimizer": base.optimizer, "best_lr": best, "best_eval_loss": results[best][full],
+        "model": base.model, "data": base.data, "optimizer": base.optimizer, "best_lr": best, "best_eval_loss": means[best][full],
         "budget_tokens": full * tokens_per_step, "warmup": base.warmup, "decay_fraction": base.decay_fraction,
         "budgets_tokens": [branches.steps(k) * tokens_per_step for k in branches.budgets], "budgets_at": budgets_at,
         # at the budgets every learning rate ran (with budgets_at "best", the full one alone). The optimum moves
         # with the budget (on the convergence benchmark, 4x after growth between a quarter of the budget and
         # all of it), so the recipe is only right for the budget it was tuned at
         "best_lr_by_budget": {str(steps * tokens_per_step): lr for steps, lr in by_budget.items()},
-        "eval_loss": {f"{lr:.6g}": {str(steps * tokens_per_step): loss for steps, loss in by.items()} for lr, by in results.items()},
+        "eval_loss": {f"{lr:.6g}": {str(steps * tokens_per_step): loss for steps, loss in by.items()} for lr, by in means.items()},
         # the mean above over these runs, each at its own training seed (base.seed onwards)
         "seeds": len(next(iter(by_seed.values()))), "seed": base.seed,
         "eval_loss_by_seed": {f"{lr:.6g}": {str(steps * tokens_per_step): [run[steps] for run in runs] for steps in runs[0]}
                               for lr, runs in by_seed.items()},
         "recipe": str(out / "recipe.yaml"), "plot": str(out / "tune.png"), "weight_decay": base.weight_decay,
     }
-    finals = {decay: _at(by_lr, full) for decay, by_lr in by_decay.items()}
-    if searched_decay:  # each weight decay's own search, at the full budget
-        summary["weight_decays"] = {f"{decay:g}": {"best_lr": min(by, key=by.get), "eval_loss": {f"{lr:.6g}": v for lr, v in by.items()}}
-                                    for decay, by in finals.items()}
+    finals = {key: _at(by_lr, full) for key, by_lr in results.items()}
+    if searched:  # each combination's own search, at the full budget
+        summary["searched"] = list(searched)
+        summary["settings"] = {key: {**{name: getattr(options[key], name) for name in searched}, "best_lr": min(by, key=by.get),
+                                     "eval_loss": {f"{lr:.6g}": v for lr, v in by.items()}} for key, by in finals.items()}
     (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _write_recipe(out / "recipe.yaml", base, best, full, summary)
-    plot_lr_sweep({lr: {steps * tokens_per_step: loss for steps, loss in by.items()} for lr, by in results.items()}, best,
+    _write_recipe(out / "recipe.yaml", base, best, full, summary, _named(base, searched)[0])
+    others = {_named(options[key], searched)[0]: by for key, by in finals.items() if key != chosen}
+    plot_lr_sweep({lr: {steps * tokens_per_step: loss for steps, loss in by.items()} for lr, by in means.items()}, best,
                   out / "tune.png", {lr: [run[full] for run in runs] for lr, runs in by_seed.items()} if summary["seeds"] > 1 else None,
-                  {decay: by for decay, by in finals.items() if decay != base.weight_decay} if searched_decay else None, base.weight_decay)
+                  others or None, _named(base, searched)[0])
     return summary
 
 
-def _write_recipe(path: Path, base: TrainConfig, lr: float, steps: int, summary: dict) -> None:
+def _searched_values(summary: dict) -> str:
+    """What a search covered besides the rate, in words: "weight decay 0, 0.1 x decay fraction 0.2, 0.4"."""
+    return " x ".join(f"{AXES[name][1]} {', '.join(f'{v:g}' for v in sorted({s[name] for s in summary['settings'].values()}))}"
+                      for name in summary["searched"])
+
+
+def _write_recipe(path: Path, base: TrainConfig, lr: float, steps: int, summary: dict, chosen: str) -> None:
     """The best learning rate with the budget it was found at: `train` warns when a run's budget is far from it."""
     lines = ["kind: training",
              f"description: chosen by hyperclone tune, best final eval loss {summary['best_eval_loss']:.4f}"
              + (f" (mean of {summary['seeds']} seeds)" if summary["seeds"] > 1 else "") + " at "
              f"{summary['budget_tokens']:,} tokens over learning rates {', '.join(summary['eval_loss'])}"
-             + (f" and weight decays {', '.join(summary['weight_decays'])} (best {base.weight_decay:g})" if "weight_decays" in summary else ""),
+             + (f" and {_searched_values(summary)} (best {chosen})" if "settings" in summary else ""),
              f"optimizer: {base.optimizer}", f"lr: {lr:.6g}", "schedule: wsd", f"warmup: {base.warmup}",
              f"decay_fraction: {base.decay_fraction}", f"decay_shape: {base.decay_shape}", f"weight_decay: {base.weight_decay}",
              f"seq_len: {base.seq_len}", f"batch_size: {base.batch_size}", f"grad_accum: {base.grad_accum}",
