@@ -18,8 +18,9 @@ What it found:
 - the decay phase (results/recipe_probe-decay_fraction-decay_shape-*.json, 10 / 20 / 40 %, linear or 1-sqrt):
   the grown model ends lowest at 40 %, 0.008 nats below 20 % on stdlib code and 0.007 on English docs, at
   twice the rate; 1-sqrt is within 0.002 of linear; random init does best at 20 %. So the recipe decays
-  over 40 %. The speedup with each arm at its best moves less (2.13x -> 2.16x, 2.14x -> 2.15x): at the
-  higher rate the shorter budgets end higher.
+  over 40 %. The speedup with each arm at its best moves less (2.13x -> 2.16x, 2.14x -> 2.15x; on English
+  docs the best was 1-sqrt, and the recipe's linear decay gives 2.12x): at the higher rate the shorter
+  budgets end higher.
 
     python benchmarks/recipe_probe.py RUN_DIR --set decay_fraction=0.2,0.4 [--set decay_shape=linear,1-sqrt] [--record]
 """
