@@ -80,8 +80,9 @@ def _near(lr: float, known: dict[str, float]) -> dict[str, float]:
     """A rate and its neighbours on the finer grid, keyed as the runs' folders are. A rate one of the run's
     tunnels used keeps the float it ran at: the sqrt-2 point as tune.json keeps it (0.00565685) x sqrt 2 is
     0.00799999..., and a chaotic run there is another draw, not the run at 0.008. Until stop 43 it was
-    computed, so the records of stop 42 hold such draws at grid rates (seed 0 at 8e-3 from scratch on both corpora: 1.5551 where the tunnel had 1.5630 on
-    stdlib code); none is at a rate the probe chose, and with the tunnel's loss none would have been."""
+    computed, so the records of stop 42 hold such draws at grid rates (seed 0 at 8e-3 from scratch on both
+    corpora: 1.5551 where the tunnel had 1.5630 on stdlib code); none is at a rate the probe chose, and with
+    the tunnel's loss none would have been."""
     return {key: known.get(key, r) for key, r in ((f"{r:.3g}", r) for r in (lr / STEP, lr, lr * STEP))}
 
 
