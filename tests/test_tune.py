@@ -200,12 +200,17 @@ def test_weight_decays_and_decay_fractions_search_the_rates_at_each_combination_
     assert alone["weight_decay"] == 0.5 and "settings" not in alone and "searched" not in alone
     args = [shutil.which("hyperclone"), "tune", "--model", str(model), "--data", DATA, "--lrs", "3e-3", "--budget-tokens", str(24 * 256),
             "--seq-len", "64", "--batch-size", "4", "--optimizer", "adamw", "--extend", "0", "--budgets-at", "best", "--weight-decays", "0,0.5",
-            "-o", str(tmp_path / "c")]
+            "--decay-fractions", "0.25,0.5", "-o", str(tmp_path / "c")]
     done = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert "tune: lr 0.003, weight decay 0.5" in done.stderr and "at weight decay" in done.stderr
-    rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 2}
-    assert {"0", "0.5"} <= {name.lstrip("* ") for name in rows}
+    assert "tune: lr 0.003, weight decay 0.5, decay fraction 0.25" in done.stderr
+    cli = json.loads((tmp_path / "c" / "tune.json").read_text())
+    assert f"at weight decay {cli['weight_decay']:g}, decay fraction {cli['decay_fraction']:g}" in " ".join(done.stderr.split())
+    # the settings table: a row per combination, a column per searched setting, the chosen one starred
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in done.stdout.splitlines() if line.count("│") == 5]
+    rows = [row for row in cells if row[1] in ("0.25", "0.5")]  # a loss in the rates' table has four decimals
+    assert sorted((decay.lstrip("* "), fraction) for decay, fraction, *_ in rows) == [("0", "0.25"), ("0", "0.5"), ("0.5", "0.25"), ("0.5", "0.5")]
+    assert [row[:2] for row in rows if row[0].startswith("* ")] == [[f"* {cli['weight_decay']:g}", f"{cli['decay_fraction']:g}"]]
     for option, bad in (("--weight-decays", "-0.1"), ("--weight-decays", "none"), ("--decay-fractions", "1"), ("--decay-fractions", "0")):
         wrong = subprocess.run([*args[:-1], str(tmp_path / "v"), option, bad], capture_output=True, text=True, env=ENV, timeout=120)
         assert wrong.returncode == 2 and option in wrong.stderr and "Traceback" not in wrong.stderr and not (tmp_path / "v").exists()
