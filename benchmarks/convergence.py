@@ -976,8 +976,14 @@ SWEEPS = {"sizes": ("hidden", "small model's hidden size (x2 wide after growth)"
           "noises": ("noise", "grown arm's noise (relative to each row's RMS)", "grown arm's noise")}
 
 
+# sweeps of the grown arm alone at the smallest size, where it starts about at random init's final loss: its
+# speedup there is a bound or set by how the tuned rate's short budgets end, so the plot shows the final loss
+BY_FINAL_LOSS = ("warmups", "noises")
+
+
 def _plot_sweeps(result: dict, out: Path) -> None:
-    """Speedup of x2 width with noise along each sweep; a triangle is a lower bound (reached at the smallest budget)."""
+    """Speedup of x2 width with noise along the size and pretraining sweeps (a triangle is a lower bound,
+    reached at the smallest budget), its final eval loss along the warmup and noise sweeps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -987,25 +993,37 @@ def _plot_sweeps(result: dict, out: Path) -> None:
     fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 4), squeeze=False)
     for ax, key in zip(axes[0], shown):
         field, label, _ = SWEEPS[key]
-        rows = [r for r in result[key] if r["speedup"] is not None]
-        for value, name, color in (("speedup", "grown model's tokens", "C0"), ("speedup_including_small", "incl. small model", "C1")):
-            ax.plot([r[field] for r in rows], [r[value] for r in rows], "-", color=color, label=name)
-            for r in rows:
-                ax.plot(r[field], r[value], "^" if r["speedup_is_lower_bound"] else "o", color=color)
+        (_final_loss if key in BY_FINAL_LOSS else _speedups)(ax, result[key], field)
         if key == "pretrain":
             ax.set_xscale("log")
         if key == "noises":
             ax.set_xscale("symlog", linthresh=0.01)
-        ax.axhline(1, color="grey", linestyle=":")
-        ax.axhline(2, color="grey", linestyle="--", linewidth=0.8)
+            ax.set_xlim(left=-0.003)  # no empty negative half: the noise starts at 0
         ax.set_xlabel(label)
-        ax.set_ylabel("speedup over random init")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("x2 width with noise: speedup along each sweep (triangle: lower bound)")
+    fig.suptitle("x2 width with noise along each sweep: speedup over random init (triangle: lower bound) or final eval loss")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def _speedups(ax, rows: list[dict], field: str) -> None:
+    rows = [r for r in rows if r["speedup"] is not None]
+    for value, name, color in (("speedup", "grown model's tokens", "C0"), ("speedup_including_small", "incl. small model", "C1")):
+        ax.plot([r[field] for r in rows], [r[value] for r in rows], "-", color=color, label=name)
+        for r in rows:
+            ax.plot(r[field], r[value], "^" if r["speedup_is_lower_bound"] else "o", color=color)
+    ax.axhline(1, color="grey", linestyle=":")
+    ax.axhline(2, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_ylabel("speedup over random init")
+
+
+def _final_loss(ax, rows: list[dict], field: str) -> None:
+    ax.plot([r[field] for r in rows], [r["grown_final"] for r in rows], "o-", color="C0", label="grown model, final")
+    ax.axhline(rows[0]["grown_start"], color="C0", linestyle=":", label="grown model, start")
+    ax.axhline(rows[0]["random_init_final"], color="C3", linestyle="--", label="random init, final")
+    ax.set_ylabel("eval loss")
 
 
 def _x(value: float | None, bound: bool = False) -> str:

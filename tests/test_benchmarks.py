@@ -142,6 +142,19 @@ def test_recorded_sweeps_render_as_tables_and_a_plot(tmp_path):
     assert re.search(r"\| 1\.000 \(0\.\d\d\) \|", table)  # exact copies: their copies' correlation beside the unrelated units' floor
     assert "≥ 8.00x" in table  # a point reached at the smallest budget is shown as a bound
     assert (tmp_path / "sweeps-sweeps.png").read_bytes()[:4] == b"\x89PNG"
+    # the warmup and noise sweeps start about at random init's final loss, so their panels show the final loss
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert convergence.BY_FINAL_LOSS == ("warmups", "noises")
+    ax = plt.subplots()[1]
+    convergence._final_loss(ax, result["noises"], "noise")
+    grown, start, random_init = (list(line.get_ydata()) for line in ax.lines)
+    assert grown == [row["grown_final"] for row in result["noises"]]
+    assert start[0] == result["noises"][0]["grown_start"] and random_init[0] == result["noises"][0]["random_init_final"]
+    plt.close("all")
 
 
 def test_noise_beyond_cap_scales_the_zero_sum_pattern_and_keeps_the_function(tmp_path):
