@@ -993,7 +993,7 @@ def _plot_sweeps(result: dict, out: Path) -> None:
     fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 4), squeeze=False)
     for ax, key in zip(axes[0], shown):
         field, label, _ = SWEEPS[key]
-        (_final_loss if key in BY_FINAL_LOSS else _speedups)(ax, result[key], field)
+        (_final_loss_panel if key in BY_FINAL_LOSS else _speedup_panel)(ax, result[key], field)
         if key == "pretrain":
             ax.set_xscale("log")
         if key == "noises":
@@ -1008,7 +1008,7 @@ def _plot_sweeps(result: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def _speedups(ax, rows: list[dict], field: str) -> None:
+def _speedup_panel(ax, rows: list[dict], field: str) -> None:
     rows = [r for r in rows if r["speedup"] is not None]
     for value, name, color in (("speedup", "grown model's tokens", "C0"), ("speedup_including_small", "incl. small model", "C1")):
         ax.plot([r[field] for r in rows], [r[value] for r in rows], "-", color=color, label=name)
@@ -1019,7 +1019,7 @@ def _speedups(ax, rows: list[dict], field: str) -> None:
     ax.set_ylabel("speedup over random init")
 
 
-def _final_loss(ax, rows: list[dict], field: str) -> None:
+def _final_loss_panel(ax, rows: list[dict], field: str) -> None:
     ax.plot([r[field] for r in rows], [r["grown_final"] for r in rows], "o-", color="C0", label="grown model, final")
     ax.axhline(rows[0]["grown_start"], color="C0", linestyle=":", label="grown model, start")
     ax.axhline(rows[0]["random_init_final"], color="C3", linestyle="--", label="random init, final")

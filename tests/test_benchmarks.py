@@ -150,7 +150,7 @@ def test_recorded_sweeps_render_as_tables_and_a_plot(tmp_path):
 
     assert convergence.BY_FINAL_LOSS == ("warmups", "noises")
     ax = plt.subplots()[1]
-    convergence._final_loss(ax, result["noises"], "noise")
+    convergence._final_loss_panel(ax, result["noises"], "noise")
     grown, start, random_init = (list(line.get_ydata()) for line in ax.lines)
     assert grown == [row["grown_final"] for row in result["noises"]]
     assert start[0] == result["noises"][0]["grown_start"] and random_init[0] == result["noises"][0]["random_init_final"]
