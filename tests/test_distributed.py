@@ -18,6 +18,9 @@ import hyperclone
 from hyperclone.arch import FAMILIES
 
 DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")
+# every test here is several processes racing a clock (heartbeats, timeouts, a kill mid-run): run alone
+pytestmark = pytest.mark.serial
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
 
