@@ -18,9 +18,6 @@ import hyperclone
 from hyperclone.arch import FAMILIES
 
 DATA = str(Path(sysconfig.get_paths()["stdlib"]) / "json")
-# every test here is several processes racing a clock (heartbeats, timeouts, a kill mid-run): run alone
-pytestmark = pytest.mark.serial
-
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
 
@@ -29,6 +26,7 @@ def _train(model, out, *extra: str) -> list[str]:
             "--seq-len", "32", "--batch-size", "2", "--trackers", "none", "--optimizer", "adamw", "--lr", "3e-3", *extra]
 
 
+@pytest.mark.serial  # replica groups, a lighthouse and heartbeats: a race against a clock
 def test_diloco_outer_step_is_nesterov_on_the_averaged_pseudo_gradients(tiny, tmp_path):
     """Two replica groups (real processes, a real lighthouse) take 3 inner steps each on their own half of
     the data, then one sync: both end with W0 - lr_out * (1 + momentum) * mean_i(W0 - W_i) — the first
@@ -85,6 +83,7 @@ def _launched(cmd: list[str], processes: int) -> list[str]:
     return [*GROUP_OF_TWO, "--main_process_port", str(_free_port()), "-m", "hyperclone.train", *cmd[2:]]
 
 
+@pytest.mark.serial  # replica groups, a lighthouse and heartbeats: a race against a clock
 def test_diloco_groups_of_two_processes_train_what_groups_of_one_do(tiny, tmp_path):
     """A replica group may be several processes (`accelerate launch`, data parallel inside the group, or
     the model sharded over them with --fsdp; rank r of each group averaging with rank r of the others):
@@ -170,6 +169,7 @@ def test_muonclip_on_fsdp2_shards_equals_one_process(tmp_path):
         assert found["worst_relative"] <= 1e-5, (family, found)  # float reduction order only
 
 
+@pytest.mark.serial  # replica groups, a lighthouse and heartbeats: a race against a clock
 @pytest.mark.parametrize("sharded", [False, True], ids=["one-process", "fsdp-two-processes"])
 def test_a_killed_replica_group_rejoins_and_no_batch_counts_twice_or_never(sharded, tiny, tmp_path):
     """Group B is SIGKILLed during its inner steps. A goes on alone once the lighthouse has missed B's

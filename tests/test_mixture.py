@@ -74,7 +74,7 @@ def test_decay_data_takes_over_at_the_decays_first_step(tiny, tmp_path):
     assert sum(d[B] for d in later) and sum(d[C] for d in later)
 
 
-@pytest.mark.serial
+@pytest.mark.serial  # a kill timed against the run's checkpoints: run alone
 def test_sigkill_resume_across_the_switch_ends_like_an_uninterrupted_run(tiny, tmp_path):
     model = tiny("llama", vocab_size=300)
     args = ["train", "--model", str(model), "--data", f"{A}=2", "--data", f"{C}=1", "--decay-data", B, "--max-steps", "30",

@@ -27,7 +27,7 @@ def test_parallel_workers_write_the_same_bytes(tiny, tmp_path):
     assert len(shard_bytes(one)) > 4 and shard_bytes(one) == shard_bytes(two)
 
 
-@pytest.mark.serial
+@pytest.mark.serial  # a kill timed between the first and the last shard: run alone
 def test_a_killed_grow_resumes_to_byte_identical_shards(tiny, tmp_path):
     src = tiny("llama", dtype=torch.bfloat16, **MEDIUM)
     args = ["grow", str(src), "--to", "4x", "--shard-size", "4MB"]

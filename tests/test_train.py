@@ -100,7 +100,7 @@ def test_expert_learning_rates_follow_the_hunyuan_rule(tiny):
     assert scales == {1.0, (2 / 4) ** 0.5}
 
 
-@pytest.mark.serial
+@pytest.mark.serial  # a kill timed against the run's checkpoints: run alone
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path):
     model = tiny("llama", vocab_size=300)
     args = ["train", "--model", str(model), "--data", DATA, "--max-steps", "30", "--seq-len", "64", "--batch-size", "4",
@@ -126,7 +126,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path):
     assert losses(tmp_path / "full") == a
 
 
-@pytest.mark.serial
+@pytest.mark.serial  # a process group on accelerate launch's default port: run alone
 def test_two_processes_match_one_with_the_same_global_batch(tiny, tmp_path):
     model = tiny("llama", vocab_size=300)
     common = ["--model", str(model), "--data", DATA, "--max-steps", "8", "--seq-len", "64", "--trackers", "none"]
@@ -163,7 +163,7 @@ def test_resume_is_exact_for_a_model_with_dropout(fmt, tiny, tmp_path):
     assert losses(tmp_path / "cut") == losses(tmp_path / "run")
 
 
-@pytest.mark.serial
+@pytest.mark.serial  # a process group on accelerate launch's default port: run alone
 def test_async_dcp_checkpoint_from_two_processes_resumes_on_one_and_consolidates(tiny, tmp_path):
     """Two processes write a torch.distributed.checkpoint checkpoint in the background (each its own
     shard file) while they train; one process, and four, resume from it with the same global batch and
@@ -367,7 +367,7 @@ def test_bad_training_input_is_one_clear_line(case, bad_inputs, tmp_path):
         assert (tmp_path / "occupied" / "notes.txt").read_text() == "keep me"
 
 
-@pytest.mark.serial
+@pytest.mark.serial  # a process group on accelerate launch's default port: run alone
 def test_fsdp2_on_two_processes_matches_one_process(tiny, tmp_path):
     """FSDP2 under accelerate launch, asked for with --fsdp (gemma, its layers compiled) or by the launch config recipes/fsdp2.yaml
     (qwen3_moe, with activation checkpointing and sharded checkpoints by default): transformers' model
