@@ -14,7 +14,7 @@ depth only, each against its own random-init twin. Speedup = the twin's tokens /
 reach the twin's final eval loss; `speedup_including_small` also counts the small model's pretraining
 (its tokens x N_small / N_large); `head_start_tokens` is what the small model's training is worth in the
 twin's tokens and `speedup_from_head_start` what that alone would give (see head_start). `--sizes` repeats
-the key arms at three model sizes; `--pretrain` at three lengths of the small model's pretraining (100,
+the key arms at three model sizes (or at the factors of the hidden size it is given); `--pretrain` at three lengths of the small model's pretraining (100,
 300, 1000 tokens per parameter on CPU); `--warmups` the grown arm at four warmup fractions; `--noises` at
 four noise scales. Every width arm also reports how far its copies came apart in training (`copies`: the
 correlation of each FFN unit with its copy, 1 = still copies).
@@ -24,7 +24,7 @@ machine (every arm's steps, evals and runs, timed with a few steps of hyperclone
 model, scheduled as the arms are). `--scale gpu` sizes itself the same way: the largest small model of
 GPU_HIDDEN whose run is forecast to fit `--minutes` (default 10), at the full 100 / 20 tokens per parameter.
 
-    python benchmarks/convergence.py [--data PATH] [--scale cpu|gpu] [--sizes] [--pretrain] [--warmups] [--noises]
+    python benchmarks/convergence.py [--data PATH] [--scale cpu|gpu] [--sizes [F,F,...]] [--pretrain] [--warmups] [--noises]
                                       [--arms A,B] [--reserve N] [--minutes M] [--plan] [--json] [--out DIR] [--record]
 
 Without --data the corpus is the running interpreter's standard library source (real text, no download).
@@ -780,10 +780,11 @@ def _key_row(result: dict, grown: str) -> dict:
             "copies": arm["copies"]["copies"], "unrelated": arm["copies"]["unrelated"]}
 
 
-def sizes_sweep(base: Scale, main: dict, data: Path | None, work: Path) -> list[dict]:
-    """The key arms at three sizes, the same tokens per parameter; factor 1 is the main run's."""
+def sizes_sweep(base: Scale, main: dict, data: Path | None, work: Path, factors: tuple[float, ...] | None = None) -> list[dict]:
+    """The key arms at each size (`factors` of the main hidden size, default the scale's three), the same
+    tokens per parameter; factor 1 is the main run's."""
     rows = []
-    for factor in base.sweep:  # hidden x factor: the blocks' parameters grow about factor^2
+    for factor in factors or base.sweep:  # hidden x factor: the blocks' parameters grow about factor^2
         scale = replace(base, hidden=round(base.hidden * factor), ffn=round(base.ffn * factor))
         result = main if factor == 1 else run(scale, data, work / f"hidden-{scale.hidden}", key_arms(scale))
         rows.append({"hidden": scale.hidden, **_key_row(result, "hyperclone_noise")})
@@ -830,11 +831,24 @@ def _grown_sweep(base: Scale, data: Path | None, work: Path, key: str, values: t
     return [{key: value, "hidden": scale.hidden, **_key_row(result, arm.name)} for value, arm in zip(values, chosen)]
 
 
+def _factors(text: str) -> tuple[float, ...]:
+    """--sizes' factors, e.g. 1.5,2: positive numbers, in the order given."""
+    try:
+        factors = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        factors = ()
+    if not factors or min(factors) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive factors of the hidden size, e.g. 1.5,2")
+    return factors
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    ap.add_argument("--sizes", action="store_true", help="also sweep three model sizes (key arms only)")
+    ap.add_argument("--sizes", nargs="?", const=True, default=False, type=_factors, metavar="F,F,...",
+                    help="also sweep model size (key arms only): hidden x each factor, the same tokens per parameter "
+                         "(default: the scale's three, 0.5,0.75,1 at cpu scale, 1,1.5,2 at gpu)")
     ap.add_argument("--pretrain", action="store_true", help="also sweep the small model's pretraining length (key arms only)")
     ap.add_argument("--warmups", action="store_true", help="also sweep the grown arm's warmup fraction")
     ap.add_argument("--noises", action="store_true", help="also sweep the grown arm's symmetry-breaking noise")
@@ -876,7 +890,8 @@ def main() -> None:
                     + ([f"reserve{args.reserve}"] if args.reserve else [])
                     + ([f"tune{scale.tune_share:g}"] if scale.tune_share != 1 else []) + (["subset"] if chosen is not None else []))
     _write(result, args.out, stem, args.record)  # the arms first: a long sweep must not hold them hostage
-    sweeps = {"sizes": lambda work: sizes_sweep(scale, result, data, work), "pretrain": lambda work: pretrain_sweep(scale, data, work),
+    factors = args.sizes if isinstance(args.sizes, tuple) else None
+    sweeps = {"sizes": lambda work: sizes_sweep(scale, result, data, work, factors), "pretrain": lambda work: pretrain_sweep(scale, data, work),
               "warmups": lambda work: warmup_sweep(scale, data, work), "noises": lambda work: noise_sweep(scale, data, work)}
     for key, sweep in sweeps.items():
         if getattr(args, key):

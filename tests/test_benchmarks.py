@@ -236,6 +236,23 @@ def test_plan_forecasts_a_run_and_trains_nothing(tmp_path):
     assert not list(out.rglob("metrics.jsonl"))  # the measuring runs removed, and no arm trained
 
 
+def test_sizes_takes_the_factors_it_is_given_and_refuses_others(tmp_path):
+    """`--sizes 1.5,2` sweeps those factors of the hidden size instead of the scale's three; factor 1 is the
+    main run's arms (here the recorded run's), not trained again; a factor that is not positive is one line
+    and exit 2."""
+    convergence = _convergence()
+    main = json.loads((ROOT / "benchmarks" / "results" / "convergence.json").read_text())
+    scale = convergence.SCALES["cpu"]
+    [row] = convergence.sizes_sweep(scale, main, None, tmp_path, factors=(1,))
+    assert row["hidden"] == scale.hidden == main["scale"]["hidden"] and row["speedup"] == main["arms"]["hyperclone_noise"]["speedup"]
+    assert not list(tmp_path.iterdir())  # nothing trained
+    assert convergence._factors("1.5,2") == (1.5, 2.0)
+    for bad in ("0,1", "x", ""):
+        refused = _benchmark("convergence.py", f"--sizes={bad}", "--plan", check=False)
+        assert refused.returncode == 2 and "give positive factors of the hidden size" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
 def test_gpu_sizing_picks_the_largest_model_that_fits_and_refuses_when_none_does(tmp_path, capsys):
     """fit_scale on this machine with a ladder of CPU-sized models: the forecasts are measured, not assumed."""
     import pytest
