@@ -22,7 +22,10 @@ correlation of each FFN unit with its copy, 1 = still copies).
 `--plan` trains nothing: it prints each model's parameters and budget and the run's forecast minutes on this
 machine (every arm's steps, evals and runs, timed with a few steps of hyperclone's own training loop per
 model, scheduled as the arms are). `--scale gpu` sizes itself the same way: the largest small model of
-GPU_HIDDEN whose run is forecast to fit `--minutes` (default 10), at the full 100 / 20 tokens per parameter.
+GPU_HIDDEN whose run is forecast to fit `--minutes` (default 10), at the full 100 / 20 tokens per parameter,
+and whose data the corpus holds (the small model's pretraining never repeats, no arm passes over its text
+more than MAX_EPOCHS times): that takes --data with far more text than the standard library's 11 MB, which
+is short even for the smallest GPU size (a site-packages directory holds hundreds of MB).
 
     python benchmarks/convergence.py [--data PATH] [--scale cpu|gpu] [--sizes [F,F,...]] [--pretrain] [--warmups] [--noises]
                                       [--arms A,B] [--reserve N] [--minutes M] [--plan] [--json] [--out DIR] [--record]
@@ -184,24 +187,28 @@ def documents(source: Path | None) -> list[str]:
     return [d for d in docs if d.strip()]
 
 
-def split_corpus(source: Path | None, out: Path, first_bytes: int) -> tuple[Path, Path, dict]:
+def split_corpus(source: Path | None, out: Path, first_bytes: int, rest_bytes: int | None = None) -> tuple[Path, Path, dict]:
     """Two disjoint .jsonl corpora: the small model's pretraining data, then the data every large arm
-    continues on. A grown model trained again on its small model's data would see repeated tokens
-    while random init sees fresh ones, which is not the comparison. Documents are shuffled once
-    (seed 0) so both parts cover the same kinds of text."""
+    continues on (at most about `rest_bytes` of it). A grown model trained again on its small model's data
+    would see repeated tokens while random init sees fresh ones, which is not the comparison. Documents
+    are shuffled once (seed 0) so both parts cover the same kinds of text."""
     import random
 
     docs = documents(source)
     random.Random(0).shuffle(docs)
-    parts, size = ([], []), 0
+    parts, sizes = ([], []), [0, 0]
     for doc in docs:
-        part = 0 if size < first_bytes else 1
+        part = 0 if sizes[0] < first_bytes else 1
+        if part == 1 and rest_bytes is not None and sizes[1] >= rest_bytes:
+            break  # text no arm will reach would only slow every run's data loading
         parts[part].append(doc)
-        size += len(doc.encode()) if part == 0 else 0
+        sizes[part] += len(doc.encode())
     paths = (out / "pretrain.jsonl", out / "continue.jsonl")
     for path, part in zip(paths, parts):
         path.write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
-    return *paths, {"documents": len(docs), "pretrain_bytes": size, "continue_bytes": sum(len(d.encode()) for d in parts[1])}
+    unused = len(docs) - len(parts[0]) - len(parts[1])
+    return *paths, {"documents": len(docs), "pretrain_bytes": sizes[0], "continue_bytes": sizes[1],
+                    **({"unused_documents": unused} if unused else {})}
 
 
 def tokens_to_reach(curve: dict[int, float], target: float) -> tuple[float | None, bool]:
@@ -284,12 +291,16 @@ class Bench:
         eighths = math.ceil(self.scale.large_tokens_per_param * params / self.tokens_per_step / 8)
         return 8 * eighths * self.tokens_per_step
 
-    def split(self, source: Path | None, n_small: int) -> dict:
+    def split(self, source: Path | None, n_small: int, rest_bytes: int | None = None) -> dict:
         """Cut the corpus into the small model's pretraining part and the continuation part every large arm
-        trains on. Byte tokens: a token is a byte; the held-out 5 % and packing remainders need a little more."""
-        reserved = self.scale.split_tokens_per_param or self.scale.small_tokens_per_param
-        self.pretrain, self.cont, corpus = split_corpus(source, self.work, int(1.1 * reserved * n_small))
+        trains on (at most about `rest_bytes` of it)."""
+        self.pretrain, self.cont, corpus = split_corpus(source, self.work, self.pretrain_bytes(n_small), rest_bytes)
         return corpus
+
+    def pretrain_bytes(self, n_small: int) -> int:
+        """Byte tokens: a token is a byte; the held-out 5 % and packing remainders need a little more."""
+        reserved = self.scale.split_tokens_per_param or self.scale.small_tokens_per_param
+        return int(1.1 * reserved * n_small)
 
     def small_final(self, lr: float) -> Path:
         """The small model's pretrained checkpoint: its wind tunnel's run at `lr`, the full budget."""
@@ -344,10 +355,35 @@ def lay_out(bench: Bench, source: Path | None, chosen: list[Arm] | None) -> Layo
     bench.work.mkdir(parents=True, exist_ok=True)
     params = {arch: sum(_count(cfg)) for arch, cfg in bench.architectures().items()}
     budgets = {a: bench.budget(params[a]) for a in ("wide", "wide_deep", "deep")}
-    corpus = bench.split(source, params["small"])
-    corpus["continue_epochs"] = {a: round(b / (0.95 * corpus["continue_bytes"]), 2) for a, b in budgets.items()}
+    # the continuation holds one pass of the largest arm (every architecture's, so that a subset of arms sees
+    # the same split as the full run), never less than CONTINUE_FLOOR
+    corpus = bench.split(source, params["small"], max(CONTINUE_FLOOR, int(1.1 * max(budgets.values()) / 0.95)))
     todo = arms(bench.scale.noise, bench.scale.layers) if chosen is None else chosen
+    _check_text(corpus, bench.pretrain_bytes(params["small"]), max(budgets[arm.arch] for arm in todo), source, bench.scale.hidden)
+    corpus["continue_epochs"] = {a: round(b / (0.95 * corpus["continue_bytes"]), 2) for a, b in budgets.items()}
     return Layout(params, budgets, corpus, todo)
+
+
+# a corpus far larger than a run needs is cut after this much continuation text: at hidden 64 of the gpu
+# scale, site-packages' 333 MB of continuation took 92 s to pack at a run's first start and 15 s to load at
+# every later one, cut to 64 MB 26 s and 12 s (2 CPU cores). The CPU records' corpora (9-17 MB) are never cut.
+CONTINUE_FLOOR = 64_000_000
+MAX_EPOCHS = 4  # passes over its text an arm may make: up to about 4, repeated text trains about as well as fresh (Muennighoff et al. 2023)
+
+
+class ShortOfText(Exception):
+    """The corpus cannot feed this size: the small model's pretraining would repeat, or an arm would pass
+    over its text more than MAX_EPOCHS times."""
+
+
+def _check_text(corpus: dict, pretrain: int, largest_budget: int, source: Path | None, hidden: int) -> None:
+    need = largest_budget / (0.95 * MAX_EPOCHS)  # 5 % of the continuation is held out for eval
+    if corpus["pretrain_bytes"] >= pretrain and corpus["continue_bytes"] >= need:
+        return
+    total = (corpus["pretrain_bytes"] + corpus["continue_bytes"]) / 1e6
+    raise ShortOfText(f"{source or 'the standard library source'} holds {total:.1f} MB of text; hidden {hidden} needs {pretrain / 1e6:.1f} MB "
+                      f"to pretrain the small model and {need / 1e6:.1f} MB more for the large arms (at most {MAX_EPOCHS} passes over it): "
+                      "give --data with more text (e.g. a site-packages directory), or smaller models")
 
 
 def run(scale: Scale, source: Path | None, work: Path, chosen: list[Arm] | None = None) -> dict:
@@ -777,15 +813,20 @@ def _key_row(result: dict, grown: str) -> dict:
             "grown_final": arm["final_eval_loss"], "speedup": arm["speedup"], "speedup_including_small": arm["speedup_including_small"],
             "speedup_is_lower_bound": arm["speedup_is_lower_bound"], "lr_random": random_init["lr"], "lr_grown": arm["lr"],
             **{field: arm[field] for field in ("head_start_tokens", "head_start_is_upper_bound", "speedup_from_head_start")},
-            "copies": arm["copies"]["copies"], "unrelated": arm["copies"]["unrelated"]}
+            "copies": arm["copies"]["copies"], "unrelated": arm["copies"]["unrelated"],
+            "continue_epochs": result["corpus_split"]["continue_epochs"]["wide"]}  # over 1: the x2-wide pair saw text again
 
 
 def sizes_sweep(base: Scale, main: dict, data: Path | None, work: Path, factors: tuple[float, ...] | None = None) -> list[dict]:
     """The key arms at each size (`factors` of the main hidden size, default the scale's three), the same
     tokens per parameter; factor 1 is the main run's."""
+    # hidden x factor: the blocks' parameters grow about factor^2
+    scales = {factor: replace(base, hidden=round(base.hidden * factor), ffn=round(base.ffn * factor)) for factor in factors or base.sweep}
+    for factor, scale in scales.items():  # every size's text first: a corpus too short must not end the sweep halfway
+        if factor != 1:
+            lay_out(Bench(scale, work / f"hidden-{scale.hidden}"), data, key_arms(scale))
     rows = []
-    for factor in factors or base.sweep:  # hidden x factor: the blocks' parameters grow about factor^2
-        scale = replace(base, hidden=round(base.hidden * factor), ffn=round(base.ffn * factor))
+    for factor, scale in scales.items():
         result = main if factor == 1 else run(scale, data, work / f"hidden-{scale.hidden}", key_arms(scale))
         rows.append({"hidden": scale.hidden, **_key_row(result, "hyperclone_noise")})
     return rows
@@ -843,6 +884,14 @@ def _factors(text: str) -> tuple[float, ...]:
 
 
 def main() -> None:
+    try:
+        _main()
+    except ShortOfText as short:
+        print(f"error: {short}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
@@ -917,11 +966,19 @@ def fit_scale(scale: Scale, minutes: float, source: Path | None, work: Path, cho
               ladder: tuple[int, ...] = GPU_HIDDEN) -> tuple[Scale, list[dict]]:
     """The largest hidden size of `ladder` (head size and FFN ratio kept) whose run is forecast to take at
     most `minutes` on this machine, measured here rather than guessed: a model that fills an H100 is not the
-    one that fills an H200. Returns it and every size's forecast; exits 2 when even the smallest is over."""
+    one that fills an H200. A size the corpus cannot feed (ShortOfText) ends the ladder too. Returns the
+    size and every size's forecast; exits 2 when even the smallest is over, raises when it is short of text."""
     head_dim, tried, fitted = scale.hidden // scale.heads, [], None
     for hidden in ladder:
         candidate = replace(scale, hidden=hidden, ffn=round(hidden * scale.ffn / scale.hidden), heads=hidden // head_dim)
-        tried.append(forecast_run(candidate, source, work / f"hidden-{hidden}", chosen))
+        try:
+            tried.append(forecast_run(candidate, source, work / f"hidden-{hidden}", chosen))
+        except ShortOfText as short:  # a larger model needs more text than the corpus has: the ladder ends here
+            if fitted is None:
+                raise
+            tried.append({"hidden": hidden, "short_of_text": str(short)})
+            print(f"sizing: hidden {hidden}: {short}", file=sys.stderr, flush=True)
+            break
         print(f"sizing: hidden {hidden}: {tried[-1]['minutes']:g} minutes forecast", file=sys.stderr, flush=True)
         if tried[-1]["minutes"] > minutes:
             break
@@ -936,6 +993,8 @@ def fit_scale(scale: Scale, minutes: float, source: Path | None, work: Path, cho
 def _plan_table(plan: list[dict]) -> str:
     """Each size's parameters, budgets and forecast, and where each one's time goes."""
     lines = ["| hidden | params small / wide / wide+deep / deep | tokens wide | forecast, minutes |", "|---|---|---|---|"]
+    short = [one for one in plan if "short_of_text" in one]
+    plan = [one for one in plan if "short_of_text" not in one]
     for one in plan:
         p = one["params"]
         lines.append(f"| {one['hidden']} | {p['small']:,} / {p['wide']:,} / {p['wide_deep']:,} / {p['deep']:,} | "
@@ -943,6 +1002,7 @@ def _plan_table(plan: list[dict]) -> str:
     lines.append("")
     lines += [f"hidden {one['hidden']}: small model {one['small_seconds']} s, then {one['jobs']} arm(s) at a time: "
               + ", ".join(f"{name} {s} s" for name, s in one["arm_seconds"].items()) for one in plan]
+    lines += [f"hidden {one['hidden']}: not sized: {one['short_of_text']}" for one in short]
     return "\n".join(lines)
 
 
@@ -1080,14 +1140,16 @@ def _table(result: dict, stem: str) -> str:
 
 
 def _sweep_table(rows: list[dict], title: str, key: str) -> str:
-    copies = "copies" in rows[0]  # records from before the copy correlation was measured lack the column
+    # records from before the copy correlation (or the epochs over the data) was recorded lack the column
+    copies, epochs = "copies" in rows[0], "continue_epochs" in rows[0]
     head = (f"\n| {title} | params (x2 wide) | grown start | grown final | random init final | speedup | incl. small | head start → alone |"
-            " lr random / grown |" + (" copies' correlation (unrelated units) |" if copies else "") + "\n|---|---|---|---|---|---|---|---|---|"
-            + ("---|" if copies else "") + "\n")
+            " lr random / grown |" + (" copies' correlation (unrelated units) |" if copies else "") + (" epochs of its data |" if epochs else "")
+            + "\n|---|---|---|---|---|---|---|---|---|" + ("---|" if copies else "") + ("---|" if epochs else "") + "\n")
     return head + "\n".join(
         f"| {r[key]} | {r['params_wide']:,} | {r['grown_start']:.3f} | {r['grown_final']:.3f} | {r['random_init_final']:.3f} | "
         f"{_x(r['speedup'], r['speedup_is_lower_bound'])} | {_x(r['speedup_including_small'], r['speedup_is_lower_bound'])} | "
         f"{_head(r, r['tokens'])} | {r['lr_random']:.3g} / {r['lr_grown']:.3g} |" + (f" {_corr(r['copies'])} ({r['unrelated']:.2f}) |" if copies else "")
+        + (f" {r['continue_epochs']:.2f} |" if epochs else "")
         for r in rows) + "\n"
 
 

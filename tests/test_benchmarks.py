@@ -238,15 +238,21 @@ def test_plan_forecasts_a_run_and_trains_nothing(tmp_path):
 
 def test_sizes_takes_the_factors_it_is_given_and_refuses_others(tmp_path):
     """`--sizes 1.5,2` sweeps those factors of the hidden size instead of the scale's three; factor 1 is the
-    main run's arms (here the recorded run's), not trained again; a factor that is not positive is one line
-    and exit 2."""
+    main run's arms (here the recorded run's), not trained again; a size the corpus cannot feed is refused
+    before any size trains; a factor that is not positive is one line and exit 2."""
+    import pytest
+
     convergence = _convergence()
     main = json.loads((ROOT / "benchmarks" / "results" / "convergence.json").read_text())
     scale = convergence.SCALES["cpu"]
     [row] = convergence.sizes_sweep(scale, main, None, tmp_path, factors=(1,))
     assert row["hidden"] == scale.hidden == main["scale"]["hidden"] and row["speedup"] == main["arms"]["hyperclone_noise"]["speedup"]
+    assert row["continue_epochs"] == main["corpus_split"]["continue_epochs"]["wide"]  # how often the x2-wide pair saw its text
     assert not list(tmp_path.iterdir())  # nothing trained
     assert convergence._factors("1.5,2") == (1.5, 2.0)
+    with pytest.raises(convergence.ShortOfText):  # hidden 64 needs 26 MB of text to pretrain: refused before hidden 24 trains
+        convergence.sizes_sweep(scale, main, None, tmp_path / "up", factors=(1.5, 4))
+    assert not list((tmp_path / "up").rglob("metrics.jsonl"))
     for bad in ("0,1", "x", ""):
         refused = _benchmark("convergence.py", f"--sizes={bad}", "--plan", check=False)
         assert refused.returncode == 2 and "give positive factors of the hidden size" in refused.stderr
@@ -254,21 +260,56 @@ def test_sizes_takes_the_factors_it_is_given_and_refuses_others(tmp_path):
 
 
 def test_gpu_sizing_picks_the_largest_model_that_fits_and_refuses_when_none_does(tmp_path, capsys):
-    """fit_scale on this machine with a ladder of CPU-sized models: the forecasts are measured, not assumed."""
+    """fit_scale on this machine with a ladder of CPU-sized models: the forecasts are measured, not assumed,
+    and a size the corpus cannot feed ends the ladder (here hidden 16: about 0.82 MB of text against 0.65 given)."""
     import pytest
 
     convergence = _convergence()
-    corpus = None  # the standard library's source, as the default run; forecasts train nothing, so full budgets
+    corpus = _text(tmp_path / "corpus", 650_000)
     scale = replace(convergence.SCALES["cpu"], split_tokens_per_param=20, jobs=1)
     chosen = convergence.key_arms(scale)
-    fitted, tried = convergence.fit_scale(scale, 1e6, corpus, tmp_path / "all", chosen, ladder=(8, 16))
-    assert fitted.hidden == 16 and fitted.heads == 2 and fitted.ffn == 44 and [t["hidden"] for t in tried] == [8, 16]
-    assert tried[0]["params"]["wide"] < tried[1]["params"]["wide"]
+    fitted, tried = convergence.fit_scale(scale, 1e6, corpus, tmp_path / "all", chosen, ladder=(8, 12, 16))
+    assert fitted.hidden == 12 and fitted.heads == 1 and fitted.ffn == 33  # head size 8 kept
+    assert [t["hidden"] for t in tried] == [8, 12, 16]
+    assert tried[0]["params"]["wide"] < tried[1]["params"]["wide"] and "MB of text; hidden 16 needs" in tried[2]["short_of_text"]
+    assert "not sized: " in convergence._plan_table(tried)
     with pytest.raises(SystemExit) as refused:
         convergence.fit_scale(scale, 1e-6, corpus, tmp_path / "none", chosen, ladder=(8, 16))
     assert refused.value.code == 2
     assert "even hidden 8 is forecast at" in capsys.readouterr().err
+    # too little text for the smallest size: one line, exit 2, before anything is measured
+    tiny = _text(tmp_path / "tiny", 100_000)
+    with pytest.raises(convergence.ShortOfText):
+        convergence.fit_scale(scale, 1e6, tiny, tmp_path / "tiny-work", chosen, ladder=(8, 16))
+    short = _benchmark("convergence.py", "--data", str(tiny), "--plan", "--out", str(tmp_path / "cli"), check=False)
+    assert short.returncode == 2 and short.stderr.startswith("error: ") and len(short.stderr.strip().splitlines()) == 1
+    assert "give --data with more text" in short.stderr
 
+
+def test_a_corpus_larger_than_the_run_needs_is_cut_and_the_records_split_is_not(tmp_path):
+    """The continuation stops at `rest_bytes` (whole documents); the default run's corpus, under
+    CONTINUE_FLOOR, is never cut, so its records' split stands."""
+    convergence = _convergence()
+    _, cont, cut = convergence.split_corpus(None, tmp_path, 1_000_000, rest_bytes=2_000_000)
+    assert 2_000_000 <= cut["continue_bytes"] < 2_000_000 + max(len(d.encode()) for d in convergence.documents(None))
+    assert cut["unused_documents"] > 0 and len(cont.read_text().splitlines()) + cut["unused_documents"] < cut["documents"]
+    _, _, whole = convergence.split_corpus(None, tmp_path, 1_000_000)
+    assert "unused_documents" not in whole and whole["continue_bytes"] > cut["continue_bytes"]
+    layout = convergence.lay_out(convergence.Bench(convergence.SCALES["cpu"], tmp_path / "default"), None, None)
+    assert "unused_documents" not in layout.corpus
+
+
+def _text(directory: Path, size: int) -> Path:
+    """About `size` bytes of real text (the standard library's source, cut into files of at most 8 kB)."""
+    directory.mkdir()
+    written = 0
+    for i, doc in enumerate(_convergence().documents(None)):
+        if written >= size:
+            break
+        part = doc[:8000]
+        (directory / f"{i:05}.txt").write_text(part)
+        written += len(part.encode())
+    return directory
 
 
 def test_the_finer_grid_reuses_the_float_a_tunnel_ran_at():
