@@ -355,12 +355,15 @@ def lay_out(bench: Bench, source: Path | None, chosen: list[Arm] | None) -> Layo
     bench.work.mkdir(parents=True, exist_ok=True)
     params = {arch: sum(_count(cfg)) for arch, cfg in bench.architectures().items()}
     budgets = {a: bench.budget(params[a]) for a in ("wide", "wide_deep", "deep")}
+    from hyperclone.train.config import TrainConfig
+
+    trained = 1 - TrainConfig.eval_fraction  # the share of its text an arm trains on; the rest is its held-out eval
     # the continuation holds one pass of the largest arm (every architecture's, so that a subset of arms sees
     # the same split as the full run), never less than CONTINUE_FLOOR
-    corpus = bench.split(source, params["small"], max(CONTINUE_FLOOR, int(1.1 * max(budgets.values()) / 0.95)))
+    corpus = bench.split(source, params["small"], max(CONTINUE_FLOOR, int(1.1 * max(budgets.values()) / trained)))
     todo = arms(bench.scale.noise, bench.scale.layers) if chosen is None else chosen
-    _check_text(corpus, bench.pretrain_bytes(params["small"]), max(budgets[arm.arch] for arm in todo), source, bench.scale.hidden)
-    corpus["continue_epochs"] = {a: round(b / (0.95 * corpus["continue_bytes"]), 2) for a, b in budgets.items()}
+    _check_text(corpus, bench.pretrain_bytes(params["small"]), max(budgets[arm.arch] for arm in todo) / trained, source, bench.scale.hidden)
+    corpus["continue_epochs"] = {a: round(b / (trained * corpus["continue_bytes"]), 2) for a, b in budgets.items()}
     return Layout(params, budgets, corpus, todo)
 
 
@@ -376,8 +379,10 @@ class ShortOfText(Exception):
     over its text more than MAX_EPOCHS times."""
 
 
-def _check_text(corpus: dict, pretrain: int, largest_budget: int, source: Path | None, hidden: int) -> None:
-    need = largest_budget / (0.95 * MAX_EPOCHS)  # 5 % of the continuation is held out for eval
+def _check_text(corpus: dict, pretrain: int, one_pass: float, source: Path | None, hidden: int) -> None:
+    """Raise ShortOfText unless the split holds `pretrain` bytes for the small model and a continuation the
+    largest chosen arm (`one_pass` bytes of text trained on) passes over at most MAX_EPOCHS times."""
+    need = one_pass / MAX_EPOCHS
     if corpus["pretrain_bytes"] >= pretrain and corpus["continue_bytes"] >= need:
         return
     total = (corpus["pretrain_bytes"] + corpus["continue_bytes"]) / 1e6
